@@ -8,12 +8,12 @@ ones take ``past_key_values=`` and return ``out.past_key_values``. Call models t
 from __future__ import annotations
 
 import inspect
-from functools import lru_cache
+from functools import cache
 
 import torch
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cache_kw(cls: type) -> str:
     params = inspect.signature(cls.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
@@ -47,3 +47,20 @@ def new_cache(model: torch.nn.Module):
         return DynamicCache(config=model.config)
     except TypeError:  # older signature
         return DynamicCache()
+
+
+def crop_cache(cache, keep: int) -> None:
+    """Keep only the first ``keep`` positions of every layer of a dynamic cache (in place).
+
+    Slicing (not in-place truncation) keeps autograd intact: the prefix tensors that earlier
+    steps' graphs hold are never modified. ``DynamicCache.crop``'s argument changed meaning across
+    releases (absolute length vs. negative count), so we slice the layers directly when we can.
+    """
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        for layer in layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys = layer.keys[..., :keep, :]
+                layer.values = layer.values[..., :keep, :]
+        return
+    cache.crop(keep)  # pragma: no cover - transformers < 4.56 layout

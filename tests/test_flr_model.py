@@ -1,0 +1,200 @@
+"""FLR module, losses and the recommender on tiny random backbones."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from flrec.errors import ConfigError, FlrecError
+from flrec.models.flr import FactorizedLatentReasoner, apply_rope, positions_from_mask
+from flrec.models.losses import FLRObjective, attention_diversity_loss, orthogonality_loss, sparsity_loss
+from flrec.models.recommender import FLRConfig, FLRRecommender
+
+VOCAB, THOUGHT, PAD = 96, 95, 0
+
+
+def tiny_backbone(kind: str = "llama", seed: int = 0):
+    torch.manual_seed(seed)
+    common = dict(hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=256)
+    if kind == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
+    return LlamaForCausalLM(LlamaConfig(**common)).eval()
+
+
+def make_batch(lengths=(7, 4, 9), target_lengths=(3, 5, 2), seed=1):
+    """Left-padded prompts ending in the thought token, right-padded targets."""
+    g = torch.Generator().manual_seed(seed)
+    p, t = max(lengths), max(target_lengths)
+    b = len(lengths)
+    prompt_ids = torch.full((b, p), PAD)
+    prompt_mask = torch.zeros(b, p, dtype=torch.long)
+    target_ids = torch.full((b, t), PAD)
+    target_mask = torch.zeros(b, t, dtype=torch.long)
+    for i, (lp, lt) in enumerate(zip(lengths, target_lengths, strict=True)):
+        prompt_ids[i, p - lp :] = torch.randint(1, VOCAB - 1, (lp,), generator=g)
+        prompt_ids[i, -1] = THOUGHT
+        prompt_mask[i, p - lp :] = 1
+        target_ids[i, :lt] = torch.randint(1, VOCAB - 1, (lt,), generator=g)
+        target_mask[i, :lt] = 1
+    return dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, target_ids=target_ids, target_mask=target_mask)
+
+
+def make_model(kind="llama", **cfg):
+    cfg.setdefault("gate_hidden", 16)
+    return FLRRecommender(tiny_backbone(kind), FLRConfig(**cfg), THOUGHT).double()
+
+
+# ------------------------------------------------------------------------------------------- losses
+def test_orthogonality_loss_zero_for_orthonormal_and_hand_value():
+    eye = torch.eye(4)[None, :3]  # 3 orthonormal factors in R^4
+    assert orthogonality_loss(eye * 5.0).item() == pytest.approx(0.0, abs=1e-7)
+    same = torch.ones(1, 2, 3)  # two identical factors: gram = [[1,1],[1,1]] -> ||.-I||^2 = 2
+    assert orthogonality_loss(same).item() == pytest.approx(2.0)
+
+
+def test_diversity_loss_zero_for_disjoint_maps_and_hand_value():
+    disjoint = torch.tensor([[[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]])
+    assert attention_diversity_loss(disjoint).item() == pytest.approx(0.0)
+    a = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])  # cos = 1/sqrt(2), K=2 -> 2/(2*1) * cos
+    assert attention_diversity_loss(a).item() == pytest.approx(1 / math.sqrt(2), rel=1e-6)
+
+
+def test_sparsity_loss_zero_for_one_hot_and_log_k_for_uniform():
+    assert sparsity_loss(torch.tensor([[1.0, 0.0, 0.0]])).item() == pytest.approx(0.0, abs=1e-6)
+    assert sparsity_loss(torch.full((2, 4), 0.25)).item() == pytest.approx(math.log(4), rel=1e-5)
+
+
+def test_uncertainty_weighting_formula_and_fixed():
+    obj = FLRObjective(("orth", "sparse"))
+    with torch.no_grad():
+        obj.log_vars["orth"].fill_(math.log(2.0))
+    rec = torch.tensor(1.0)
+    aux = {"orth": torch.tensor(4.0), "sparse": torch.tensor(2.0)}
+    # orth: exp(-log2)/2*4 + log2/2 = 1 + 0.3466; sparse: 1/2*2 + 0 = 1
+    assert obj(rec, aux).item() == pytest.approx(1 + 1 + math.log(2) / 2 + 1)
+    assert obj.weights()["orth"] == pytest.approx(0.25)
+    fixed = FLRObjective(("orth",), "fixed", {"orth": 0.3})
+    assert fixed(rec, {"orth": torch.tensor(2.0)}).item() == pytest.approx(1.6)
+
+
+# ------------------------------------------------------------------------------------------- module
+def test_reasoner_padding_side_invariant():
+    torch.manual_seed(0)
+    r = FactorizedLatentReasoner(16, num_factors=3, gate_hidden=8).double()
+    h = torch.randn(1, 5, 16, dtype=torch.float64)
+    left = torch.cat([torch.randn(1, 3, 16, dtype=torch.float64) * 1e3, h], 1)
+    right = torch.cat([h, torch.full((1, 3, 16), float("nan"), dtype=torch.float64)], 1)
+    m_left = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]])
+    m_right = torch.tensor([[1, 1, 1, 1, 1, 0, 0, 0]])
+    a, b = r(left, m_left), r(right, m_right)
+    torch.testing.assert_close(a.z, b.z)
+    torch.testing.assert_close(a.attn[..., 3:], b.attn[..., :5])
+    assert a.attn[..., :3].abs().max() == 0 and a.gates.sum(-1).allclose(torch.ones(1, dtype=torch.float64))
+
+
+def test_rope_is_a_rotation_with_relative_positions():
+    x = torch.randn(1, 4, 8, dtype=torch.float64)
+    pos = torch.arange(4)[None]
+    y = apply_rope(x, pos, 100.0)
+    torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1))
+    torch.testing.assert_close(apply_rope(x, pos * 0, 100.0), x)
+    assert positions_from_mask(torch.tensor([[0, 0, 1, 1]])).tolist() == [[0, 0, 0, 1]]
+
+
+def test_factors_start_distinct():
+    torch.manual_seed(0)
+    r = FactorizedLatentReasoner(32, num_factors=4, gate_hidden=8)
+    out = r(torch.randn(2, 12, 32), torch.ones(2, 12))
+    # Uniform attention would make all factors equal (L_orth = K^2 - K = 12).
+    assert orthogonality_loss(out.factors).item() < 11.0
+
+
+# ------------------------------------------------------------------------------------- recommender
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("reasoner", ["flr", "latentr3"])
+def test_cached_refinement_equals_naive_values_and_gradients(kind, reasoner):
+    """Prefix cache + one-token steps == N+1 full passes.
+
+    Float64 model; logits agree to 1e-9. transformers computes RMSNorm and RoPE in fp32 even in a
+    float64 model, so gradients (summed in a different order) agree to 1e-6 of their scale.
+    """
+    model = make_model(kind, reasoner=reasoner, num_factors=3, num_steps=2)
+    batch = make_batch()
+    fast = model(**batch)
+    fast["loss"].backward()
+    g_fast = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    slow = model.forward_naive(**batch)
+    slow["loss"].backward()
+    g_slow = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    torch.testing.assert_close(fast["target_logits"], slow["target_logits"], atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(fast["loss"], slow["loss"], atol=1e-9, rtol=1e-9)
+    assert g_fast.keys() == g_slow.keys()
+    assert any(n.startswith("reasoner.") for n in g_fast) and any(n.startswith("backbone.") for n in g_fast)
+    for n in g_fast:
+        scale = g_slow[n].abs().max().item()
+        torch.testing.assert_close(g_fast[n], g_slow[n], atol=1e-6 * scale + 1e-12, rtol=1e-5, msg=n)
+
+
+def test_second_step_changes_the_thought():
+    model = make_model(num_steps=2)
+    batch = make_batch()
+    pos = positions_from_mask(torch.cat([batch["prompt_mask"], batch["target_mask"]], 1))
+    _, _, steps = model.refine(batch["prompt_ids"], batch["prompt_mask"], pos)
+    assert not torch.allclose(steps[0].z, steps[1].z)
+
+
+def test_rows_independent_of_padding_and_batch():
+    model = make_model(num_steps=2)
+    batch = make_batch(lengths=(7, 4, 9), target_lengths=(3, 5, 2))
+    full = model(**batch)["target_logits"]
+    one = {k: v[1:2] for k, v in batch.items()}
+    # strip row 1's extra padding entirely
+    one = {"prompt_ids": one["prompt_ids"][:, -4:], "prompt_mask": one["prompt_mask"][:, -4:],
+           "target_ids": one["target_ids"], "target_mask": one["target_mask"]}
+    alone = model(**one)["target_logits"]
+    torch.testing.assert_close(full[3:8], alone, atol=1e-9, rtol=1e-9)
+
+
+def test_frozen_mode_trains_only_flr_parts():
+    model = make_model()
+    model.set_trainable("frozen")
+    out = model(**make_batch())
+    out["loss"].backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert model.thought_init.grad is not None and model.reasoner.prototypes.grad is not None
+    assert {"rec", "orth", "div", "sparse", "lambda_orth"} <= set(out["logs"])
+
+
+def test_prefill_matches_teacher_forcing_first_token():
+    model = make_model()
+    batch = make_batch(target_lengths=(1, 1, 1))
+    state = model.prefill(batch["prompt_ids"], batch["prompt_mask"])
+    tf = model(**batch)["target_logits"]
+    torch.testing.assert_close(state.next_logits.double(), tf, atol=1e-6, rtol=1e-6)  # prefill returns fp32
+    assert state.cache.get_seq_length() == batch["prompt_ids"].shape[1]
+
+
+def test_bad_config_and_missing_thought():
+    with pytest.raises(ConfigError, match="aux_losses"):
+        FLRConfig(aux_losses=["orth", "bogus"])
+    with pytest.raises(ConfigError, match="num_steps"):
+        FLRConfig(num_steps=0)
+    model = make_model()
+    batch = make_batch()
+    batch["prompt_ids"][:, -1] = 5
+    with pytest.raises(FlrecError, match="Thought"):
+        model(**batch)
+
+
+def test_no_thought_variant_scores_targets():
+    torch.manual_seed(0)
+    model = FLRRecommender(tiny_backbone(), FLRConfig(reasoner="none"), None).double()
+    batch = make_batch()
+    batch["prompt_ids"][:, -1] = 7
+    out = model(**batch)
+    assert torch.isfinite(out["loss"]) and out["aux"] == {}
