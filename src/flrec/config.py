@@ -78,6 +78,12 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
             return False
         raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if isinstance(typ, type) and issubclass(typ, ConfigBase):
+        if isinstance(value, typ):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping of {typ.__name__} keys, got {value!r}")
+        return typ.from_dict(value, source=f"config section '{key}'")
     if typ in (int, float, str):
         try:
             if typ is int and isinstance(value, float) and not value.is_integer():
@@ -127,9 +133,16 @@ class ConfigBase:
             data.update(loaded)
         for ov in overrides or []:
             if "=" not in ov:
-                raise ConfigError(f"override '{ov}' is not key=value (e.g. lr=1e-4)")
+                raise ConfigError(f"override '{ov}' is not key=value (e.g. train.lr=1e-4)")
             k, v = ov.split("=", 1)
-            data[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+            # Dotted keys address nested sections: train.lr=1e-4 -> data["train"]["lr"].
+            *parents, leaf = k.strip().split(".")
+            node = data
+            for part in parents:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override '{ov}': '{part}' is not a section")
+            node[leaf] = yaml.safe_load(v) if v.strip() else ""
         return cls.from_dict(data, source=str(path) if path else "overrides")
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,7 +158,12 @@ class ConfigBase:
     def describe(cls) -> str:
         """Human-readable list of keys with defaults and help."""
         lines = [f"{cls.__name__} keys:"]
+        hints = typing.get_type_hints(cls)
         for f in fields(cls):
+            if isinstance(hints[f.name], type) and issubclass(hints[f.name], ConfigBase):
+                sub = hints[f.name].describe().replace("\n", "\n    ")
+                lines.append(f"  {f.name}:  (section; override as {f.name}.KEY=VALUE)\n    {sub}")
+                continue
             default = f.default if f.default is not MISSING else (
                 f.default_factory() if f.default_factory is not MISSING else "<required>"
             )

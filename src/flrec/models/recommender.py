@@ -244,6 +244,8 @@ class FLRRecommender(nn.Module):
             self.backbone.save_pretrained(path / "adapter")
         elif self.trainable_mode == "full":
             self._causal_lm().save_pretrained(path / "backbone")
+            if tokenizer is not None:  # a self-contained HF directory, loadable on its own
+                tokenizer.save_pretrained(path / "backbone")
         if tokenizer is not None:
             tokenizer.save_pretrained(path / "tokenizer")
         state = {k: v.detach().contiguous().cpu() for k, v in self.flr_state_dict().items()}

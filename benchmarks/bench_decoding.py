@@ -1,0 +1,145 @@
+"""Trie-constrained beam search: flrec's batched search vs HF ``generate`` + prefix callback.
+
+Same model, same users, same beams; each batch is decoded by both (interleaved, so machine noise
+hits both alike). Prints speed and ranking agreement::
+
+    python benchmarks/bench_decoding.py --json [--backbone embedded:smollm2-135m] [--users 16]
+        [--beam 10] [--batch 8] [--data DIR] [--dtype float32|bfloat16] [--threads N]
+
+:func:`decode_users` takes any ``state_fn(model, input_ids, attention_mask) -> PrefillState``
+(e.g. :func:`prefill_plain` or an FLR model's reasoning prefill), so latency comparisons between
+models reuse it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from flrec.data.prompts import PromptBuilder
+from flrec.decoding.beam import constrained_beam_search, hf_reference_search, prefill_plain
+from flrec.decoding.state import PrefillState
+from flrec.decoding.trie import TitleTrie
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # left-padded (input_ids, attention_mask)
+Ranking = list[tuple[int, float]]
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "amazon" / "CDs"
+
+
+def load_prompts(tokenizer, data_dir: Path | None, users: int) -> tuple[list[list[int]], list[str]]:
+    """Prompt ids for ``users`` test rows spread over the split, and the catalogue's titles.
+
+    Without the shared data: synthetic titles and prompts, so the script still runs anywhere.
+    """
+    if data_dir is not None and (data_dir / "test.csv").exists():
+        from flrec.data.d3 import read_d3
+
+        ds = read_d3(data_dir, splits=("test",))
+        rows = ds["test"][:: max(1, len(ds["test"]) // users)][:users]
+        builder = PromptBuilder.for_dataset(tokenizer, ds, use_thought=False)
+        return [e.prompt_ids for e in builder.encode_rows(rows, ds.catalogue)], ds.catalogue.unique_titles
+    titles = [f"Album {i} - Artist {i % 97}" for i in range(2000)]
+    builder = PromptBuilder(tokenizer, domain="CD", use_thought=False)
+    hist = [[titles[(u * 31 + j * 7) % len(titles)] for j in range(10)] for u in range(users)]
+    return builder.encode_batch(hist), titles
+
+
+def make_batches(prompts: Sequence[Sequence[int]], batch: int, pad_id: int) -> list[Batch]:
+    out = []
+    for i in range(0, len(prompts), batch):
+        chunk = [torch.tensor(p) for p in prompts[i : i + batch]]
+        ids = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True, padding_value=pad_id, padding_side="left")
+        lens = torch.tensor([len(p) for p in chunk])
+        mask = (torch.arange(ids.shape[1]) >= ids.shape[1] - lens[:, None]).long()
+        out.append((ids, mask))
+    return out
+
+
+def decode_users(
+    model: torch.nn.Module,
+    state_fn: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], PrefillState],
+    batches: Sequence[Batch],
+    trie: TitleTrie,
+    beam: int = 10,
+) -> tuple[list[Ranking], float]:
+    """Rankings of every user (prefill via ``state_fn``, then the batched search) and total seconds."""
+    res: list[Ranking] = []
+    t0 = time.perf_counter()
+    for ids, mask in batches:
+        res += constrained_beam_search(model, state_fn(model, ids, mask), trie, beam_size=beam)
+    return res, time.perf_counter() - t0
+
+
+def hf_users(model, tokenizer, batches: Sequence[Batch], trie: TitleTrie, beam: int = 10):
+    res: list[Ranking] = []
+    t0 = time.perf_counter()
+    for ids, mask in batches:
+        res += hf_reference_search(model, tokenizer, trie, ids, mask, beam_size=beam)
+    return res, time.perf_counter() - t0
+
+
+def agreement(a: Sequence[Ranking], b: Sequence[Ranking], k: int) -> tuple[float, float]:
+    """Share of users whose top-``k`` title lists are identical, and the largest score gap among them."""
+    same = [[t for t, _ in x[:k]] == [t for t, _ in y[:k]] for x, y in zip(a, b, strict=True)]
+    gap = max((abs(s - r) for x, y, ok in zip(a, b, same) if ok for (_, s), (_, r) in zip(x[:k], y[:k])),
+              default=0.0)
+    return sum(same) / max(1, len(same)), gap
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbone", default="embedded:smollm2-135m")
+    ap.add_argument("--users", type=int, default=16)
+    ap.add_argument("--beam", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=8, help="users per batch (both decoders)")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="D3 folder (default: shared CDs)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object only")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from flrec.models.backbone import load_backbone
+
+    dtype = getattr(torch, args.dtype)
+    model, tok = load_backbone(args.backbone, dtype=dtype)
+    prompts, titles = load_prompts(tok, args.data if args.data.exists() else None, args.users)
+    t0 = time.perf_counter()
+    trie = TitleTrie.build(tok, titles, vocab_size=model.config.vocab_size)
+    trie_s = time.perf_counter() - t0
+    batches = make_batches(prompts, args.batch, tok.pad_token_id)
+
+    decode_users(model, prefill_plain, batches[:1], trie, args.beam)  # warm-up (allocator, kernels)
+    ours, hf, t_ours, t_hf = [], [], 0.0, 0.0
+    for b in batches:  # interleaved so load changes on the machine hit both decoders alike
+        r, s = decode_users(model, prefill_plain, [b], trie, args.beam)
+        ours, t_ours = ours + r, t_ours + s
+        r, s = hf_users(model, tok, [b], trie, args.beam)
+        hf, t_hf = hf + r, t_hf + s
+    agree, gap = agreement(ours, hf, 10)
+    n = len(prompts)
+    report = {
+        "backbone": args.backbone, "dtype": args.dtype, "threads": torch.get_num_threads(),
+        "users": n, "beam": args.beam, "batch": args.batch, "catalogue_titles": len(trie.titles),
+        "trie_nodes": trie.num_nodes, "trie_depth": trie.depth, "trie_build_seconds": round(trie_s, 3),
+        "mean_prompt_tokens": round(sum(map(len, prompts)) / n, 1),
+        "speedup_vs_hf_generate": round(t_hf / t_ours, 2),
+        "top10_agreement_vs_hf_generate": agree,  # top-min(10, beam)
+        "max_score_gap_agreeing_users": gap,
+        "users_per_second": round(n / t_ours, 3),
+        "seconds_per_user_flrec": round(t_ours / n, 3),
+        "seconds_per_user_hf": round(t_hf / n, 3),
+    }
+    print(json.dumps(report) if args.json else json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,292 @@
+"""Compare methods over seeds: one resumable cell per (method, seed), then a results table.
+
+Layout under ``out``::
+
+    cells/<method>/seed<seed>/   fit outputs, model/, ranks.jsonl, summary.json (cell done) or error.txt
+    summary.json                 {"methods", "significance", "relative_improvement", "budget"}
+    summary.md                   the Markdown table (:func:`format_markdown`)
+
+A cell whose ``summary.json`` exists is reused on rerun; a cell that raises is logged to its
+``error.txt`` and reported as failed without stopping the other cells. Significance follows the
+paper: a paired t-test of the reference method against the best other method (by mean NDCG@10)
+on per-row NDCG@10, each row's value averaged over seeds first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flrec.baselines.base import get_recommender
+from flrec.config import ConfigBase, option, save_run_metadata
+from flrec.data.schema import SPLITS, RecDataset
+from flrec.errors import ConfigError
+from flrec.evaluation.analysis import (
+    paired_ttest_values,
+    per_row_metric,
+    relative_improvement,
+    summarise_seeds,
+)
+from flrec.evaluation.runner import PARTIAL, PROGRESS, RANKS, SUMMARY, EvalConfig, evaluate, load_ranks
+from flrec.utils.io import atomic_write_json, atomic_write_text
+from flrec.utils.seed import seed_everything
+
+log = logging.getLogger(__name__)
+
+TABLE_METRICS: tuple[str, ...] = ("hr@5", "hr@10", "ndcg@5", "ndcg@10")
+SIG_METRIC = "ndcg@10"
+_CELL_KEYS = ("split", "limit", "beam")  # a finished cell is reused only if these match
+
+# fit_and_eval(method, seed, dataset, cell_dir, method_config, eval_cfg) -> evaluate()'s summary;
+# it must leave ranks.jsonl and summary.json in cell_dir (evaluate(run_dir=cell_dir) does).
+CellRunner = Callable[[str, int, RecDataset, Path, dict[str, Any], EvalConfig], dict]
+
+
+@dataclass
+class CompareConfig(ConfigBase):
+    data: str = option("", help="D3 dataset folder (info.txt + train/valid/test.csv)")
+    methods: list[str] = option(factory=list, help="methods to compare, e.g. flr,latentr3,sasrec,pop")
+    seeds: list[int] = option(factory=lambda: [1, 2, 3], help="training seeds; every method runs every seed")
+    limit: int | None = option(None, help="evaluate only the first N rows of the split (None = all)")
+    out: str = option("runs/compare", help="output directory (cells/, summary.json, summary.md)")
+    method_configs: dict[str, Any] = option(
+        factory=dict, help="per-method config: {method: {key: value}} or {method: path/to/config.yaml}"
+    )
+    split: str = option("test", help="split to evaluate")
+    reference: str = option("flr", help="method tested for significance against the best other method")
+    batch_size: int = option(64, help="rows per recommend() call")
+    beam: int = option(10, help="titles requested per row (beam width for generative methods)")
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ConfigError("config key 'methods': empty; name at least one method, e.g. methods=pop,sasrec")
+        for key in ("methods", "seeds"):
+            vals = getattr(self, key)
+            if len(set(vals)) != len(vals):
+                raise ConfigError(f"config key '{key}': {vals} has duplicates")
+        if not self.seeds:
+            raise ConfigError("config key 'seeds': empty; give at least one seed, e.g. seeds=1,2,3")
+        extra = sorted(set(self.method_configs) - set(self.methods))
+        if extra:
+            raise ConfigError(f"config key 'method_configs': '{extra[0]}' is not in methods {self.methods}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"config key 'split': {self.split!r} is not one of {list(SPLITS)}")
+        self.eval_config()  # validates limit, batch_size and beam early
+
+    def eval_config(self) -> EvalConfig:
+        # The table needs @5 and @10, so EvalConfig's check asks for beam >= 10.
+        return EvalConfig(split=self.split, limit=self.limit, batch_size=self.batch_size, beam=self.beam,
+                          ks=[1, 3, 5, 10])
+
+    def method_config(self, method: str) -> dict[str, Any]:
+        """The override dict for ``method`` (a YAML path is read here)."""
+        mc = self.method_configs.get(method, {})
+        if isinstance(mc, str):
+            p = Path(mc)
+            if not p.is_file():
+                raise ConfigError(f"method_configs.{method}: file {p} not found")
+            mc = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(mc, dict):
+            raise ConfigError(f"method_configs.{method}: expected a mapping or a YAML path, got {type(mc).__name__}")
+        return dict(mc)
+
+
+def build_recommender(method: str, dataset: RecDataset, method_config: dict[str, Any], seed: int):
+    """``get_recommender(method)(catalogue, config)``.
+
+    ``config`` is built from the overrides by the class's ``config_cls`` (a :class:`ConfigBase`),
+    with ``seed`` set when that config has the key. A class without ``config_cls`` is built as
+    ``cls(catalogue)`` and accepts no overrides.
+    """
+    cls = get_recommender(method)
+    config_cls = getattr(cls, "config_cls", None)
+    if config_cls is None:
+        if method_config:
+            raise ConfigError(f"method_configs.{method}: '{method}' declares no config_cls, so it takes no options")
+        return cls(dataset.catalogue)
+    mc = {**method_config, "seed": seed} if "seed" in {f.name for f in fields(config_cls)} else method_config
+    return cls(dataset.catalogue, config_cls.from_dict(mc, source=f"method_configs.{method}"))
+
+
+def default_fit_and_eval(
+    method: str, seed: int, dataset: RecDataset, cell_dir: Path, method_config: dict[str, Any], eval_cfg: EvalConfig
+) -> dict:
+    """Build, fit on ``dataset`` (train/valid), save to ``cell_dir/model`` and evaluate one cell.
+
+    A retried cell whose model was saved loads it and resumes the interrupted evaluation; without
+    a saved model it refits and discards any partial evaluation (its rows came from another fit).
+    """
+    model_dir = cell_dir / "model"
+    if model_dir.is_dir():
+        rec = get_recommender(method).load(model_dir)
+    else:
+        seed_everything(seed)
+        rec = build_recommender(method, dataset, method_config, seed)
+        rec.fit(dataset, run_dir=cell_dir)
+        rec.save(model_dir)
+        for name in (PARTIAL, PROGRESS):
+            (cell_dir / name).unlink(missing_ok=True)
+    return evaluate(rec, dataset, eval_cfg.replace(seed=seed), run_dir=cell_dir)
+
+
+def _default_loader(data: str) -> RecDataset:
+    from flrec.data.d3 import read_d3  # lazy: only needed when the caller passes no dataset
+
+    return read_d3(data)
+
+
+def _run_cell(method: str, seed: int, cell_dir: Path, dataset: RecDataset, cfg: CompareConfig,
+              runner: CellRunner) -> dict:
+    """Run or reuse one cell; returns its budget entry (status, wall time, error)."""
+    if (cell_dir / SUMMARY).is_file():
+        prev = json.loads((cell_dir / SUMMARY).read_text())
+        want = cfg.eval_config().to_dict()
+        stale = {k: v for k, v in prev.get("eval_config", {}).items() if k in _CELL_KEYS and want[k] != v}
+        if stale:  # reusing a cell run on other rows would silently mix protocols
+            msg = f"finished with {stale}, now {({k: want[k] for k in stale})}; delete {cell_dir} or use another out"
+            log.error("cell %s/seed%d %s", method, seed, msg)
+            return {"status": "failed", "reused": True, "wall_seconds": None, "error": f"stale cell: {msg}"}
+        return {"status": "ok", "reused": True, "wall_seconds": prev.get("wall_seconds")}
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    (cell_dir / "error.txt").unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    try:
+        runner(method, seed, dataset, cell_dir, cfg.method_config(method), cfg.eval_config())
+        summary = json.loads((cell_dir / SUMMARY).read_text())
+    except Exception as e:  # one broken method must not lose the other cells
+        wall = time.perf_counter() - t0
+        (cell_dir / SUMMARY).unlink(missing_ok=True)
+        atomic_write_text(cell_dir / "error.txt", traceback.format_exc())
+        msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        log.error("cell %s/seed%d failed (%s); see %s", method, seed, msg, cell_dir / "error.txt")
+        return {"status": "failed", "reused": False, "wall_seconds": wall, "error": msg}
+    wall = time.perf_counter() - t0
+    atomic_write_json(cell_dir / SUMMARY, {**summary, "wall_seconds": wall})
+    return {"status": "ok", "reused": False, "wall_seconds": wall}
+
+
+def _seed_averaged_rows(cell_dirs: list[Path], metric: str) -> dict[int, float]:
+    per_seed = [per_row_metric(load_ranks(d / RANKS), metric) for d in cell_dirs]
+    rows = set(per_seed[0])
+    for d, vals in zip(cell_dirs, per_seed, strict=True):
+        if set(vals) != rows:
+            raise ConfigError(f"{d / RANKS} covers other rows than {cell_dirs[0] / RANKS}; delete the stale cell")
+    return {r: sum(v[r] for v in per_seed) / len(per_seed) for r in rows}
+
+
+def run_comparison(
+    cfg: CompareConfig,
+    fit_and_eval: CellRunner | None = None,
+    *,
+    dataset: RecDataset | None = None,
+    budget: dict[str, Any] | None = None,
+    load_dataset: Callable[[str], RecDataset] | None = None,
+) -> dict:
+    """Run every (method, seed) cell, aggregate, test significance, write ``summary.json``/``summary.md``.
+
+    ``dataset`` skips loading ``cfg.data``; ``budget`` (e.g. device, planned hours) is merged into
+    the summary's ``budget`` next to the measured wall time of each cell. Returns the summary.
+    """
+    runner = fit_and_eval or default_fit_and_eval
+    if dataset is None:
+        if not cfg.data:
+            raise ConfigError("config key 'data': empty; pass --data DIR")
+        dataset = (load_dataset or _default_loader)(cfg.data)
+    out = Path(cfg.out)
+    save_run_metadata(out, cfg, "compare")
+    t_start = time.perf_counter()
+
+    cells: dict[str, dict] = {}
+    done: dict[str, list[Path]] = {}
+    for method in cfg.methods:
+        done[method] = []
+        for seed in cfg.seeds:
+            cell_dir = out / "cells" / method / f"seed{seed}"
+            cells[f"{method}/seed{seed}"] = entry = _run_cell(method, seed, cell_dir, dataset, cfg, runner)
+            if entry["status"] == "ok":
+                done[method].append(cell_dir)
+
+    methods: dict[str, dict] = {}
+    for method, dirs in done.items():
+        summaries = [json.loads((d / SUMMARY).read_text()) for d in dirs]
+        methods[method] = {
+            m: summarise_seeds([s["metrics"][m] for s in summaries]) if summaries else None for m in TABLE_METRICS
+        }
+        methods[method].update(n_seeds=len(summaries), n_rows=summaries[0]["n_rows"] if summaries else 0)
+
+    ok = [m for m in cfg.methods if methods[m]["n_seeds"] > 0]
+    ref = cfg.reference
+    significance: dict[str, Any] = {"metric": SIG_METRIC, "reference": ref, "vs": None,
+                                    "p_value": None, "t": None, "n": 0}
+    rel: dict[str, dict[str, float | None]] = {}
+    others = [m for m in ok if m != ref]
+    if ref not in ok:
+        significance["skipped"] = f"reference method '{ref}' " + (
+            "has no finished seed" if ref in cfg.methods else "is not among the methods")
+    elif not others:
+        significance["skipped"] = "no other method finished"
+    else:
+        best = max(others, key=lambda m: methods[m][SIG_METRIC]["mean"])
+        test = paired_ttest_values(_seed_averaged_rows(done[ref], SIG_METRIC), _seed_averaged_rows(done[best], SIG_METRIC))
+        significance.update(vs=best, p_value=test["p_value"], t=test["t"], n=test["n"])
+    if ref in ok:
+        rel = {m: {k: relative_improvement(methods[ref][k]["mean"], methods[m][k]["mean"]) for k in TABLE_METRICS}
+               for m in others}
+
+    summary = {
+        "methods": methods,
+        "significance": significance,
+        "relative_improvement": rel,
+        "budget": {**(budget or {}), "cells": cells, "wall_seconds": time.perf_counter() - t_start,
+                   "cell_wall_seconds": sum(c["wall_seconds"] or 0.0 for c in cells.values())},
+    }
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "summary.md", format_markdown(summary))
+    return summary
+
+
+def _fmt(stat: dict | None) -> str:
+    return "failed" if stat is None else f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+
+
+def format_markdown(summary: dict) -> str:
+    """The results table of a comparison summary (mean ± std over seeds), improvements, p-value."""
+    sig = summary["significance"]
+    ref = sig["reference"]
+    rel = summary["relative_improvement"]
+    head = ["method", *[m.upper() for m in TABLE_METRICS], "seeds", "rows",
+            f"{ref} vs. method (N@10)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
+    for name, st in summary["methods"].items():
+        imp = rel.get(name, {}).get(SIG_METRIC)
+        cells = [_fmt(st[m]) for m in TABLE_METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {st['n_seeds']} | {st['n_rows']} | "
+                     + ("" if imp is None else f"{imp:+.2f}%") + " |")
+    lines.append("")
+    if sig.get("skipped"):
+        lines.append(f"Significance test skipped: {sig['skipped']}.")
+    else:
+        p = "n/a" if sig["p_value"] is None else f"{sig['p_value']:.3g}"
+        t = "n/a" if sig["t"] is None else f"{sig['t']:.3f}"
+        lines.append(f"Paired t-test on per-row {sig['metric'].upper()} (averaged over seeds), {ref} vs. "
+                     f"{sig['vs']}: t = {t}, p = {p}, n = {sig['n']} rows.")
+    if rel:
+        lines += ["", f"Relative improvement of {ref} over each method (%):", "",
+                  "| method | " + " | ".join(m.upper() for m in TABLE_METRICS) + " |",
+                  "|---|" + "---:|" * len(TABLE_METRICS)]
+        for name, imps in rel.items():
+            lines.append(f"| {name} | " + " | ".join("n/a" if v is None else f"{v:+.2f}" for v in imps.values()) + " |")
+    failed = {k: c for k, c in summary["budget"].get("cells", {}).items() if c["status"] == "failed"}
+    if failed:
+        lines += ["", "Failed cells (see cells/<method>/seed<seed>/error.txt):", ""]
+        lines += [f"- {k}: {c.get('error', '')}" for k, c in failed.items()]
+    return "\n".join(lines) + "\n"
+
