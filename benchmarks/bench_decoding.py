@@ -5,6 +5,10 @@ hits both alike). Prints speed and ranking agreement::
 
     python benchmarks/bench_decoding.py --json [--backbone embedded:smollm2-135m] [--users 16]
         [--beam 10] [--batch 8] [--data DIR] [--dtype float32|bfloat16] [--threads N]
+        [--device cpu|cuda] [--random-init]
+
+``--random-init`` builds the backbone's architecture (config + tokenizer from a model folder) with
+random weights: for speed checks on machines the trained weights cannot reach, not for quality.
 
 :func:`decode_users` takes any ``state_fn(model, input_ids, attention_mask) -> PrefillState``
 (e.g. :func:`prefill_plain` or an FLR model's reasoning prefill), so latency comparisons between
@@ -87,9 +91,23 @@ def hf_users(model, tokenizer, batches: Sequence[Batch], trie: TitleTrie, beam: 
 def agreement(a: Sequence[Ranking], b: Sequence[Ranking], k: int) -> tuple[float, float]:
     """Share of users whose top-``k`` title lists are identical, and the largest score gap among them."""
     same = [[t for t, _ in x[:k]] == [t for t, _ in y[:k]] for x, y in zip(a, b, strict=True)]
-    gap = max((abs(s - r) for x, y, ok in zip(a, b, same) if ok for (_, s), (_, r) in zip(x[:k], y[:k])),
-              default=0.0)
-    return sum(same) / max(1, len(same)), gap
+    gaps = [abs(s - r) for x, y, ok in zip(a, b, same, strict=True) if ok
+            for (_, s), (_, r) in zip(x[:k], y[:k], strict=True)]
+    return sum(same) / max(1, len(same)), max(gaps, default=0.0)
+
+
+def _load(spec: str, dtype: torch.dtype, random_init: bool):
+    if not random_init:
+        from flrec.models.backbone import load_backbone
+
+        return load_backbone(spec, dtype=dtype)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(spec, padding_side="left")
+    tok.pad_token = tok.pad_token or tok.eos_token
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(spec), dtype=dtype)
+    return model.eval(), tok
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -101,20 +119,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="D3 folder (default: shared CDs)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--random-init", action="store_true", help="random weights, backbone folder's config")
     ap.add_argument("--json", action="store_true", help="print one JSON object only")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from flrec.models.backbone import load_backbone
-
     dtype = getattr(torch, args.dtype)
-    model, tok = load_backbone(args.backbone, dtype=dtype)
+    model, tok = _load(args.backbone, dtype, args.random_init)
+    model = model.to(args.device)
     prompts, titles = load_prompts(tok, args.data if args.data.exists() else None, args.users)
     t0 = time.perf_counter()
-    trie = TitleTrie.build(tok, titles, vocab_size=model.config.vocab_size)
+    trie = TitleTrie.build(tok, titles, vocab_size=model.config.vocab_size).to(args.device)
     trie_s = time.perf_counter() - t0
-    batches = make_batches(prompts, args.batch, tok.pad_token_id)
+    batches = [(i.to(args.device), m.to(args.device)) for i, m in make_batches(prompts, args.batch, tok.pad_token_id)]
 
     decode_users(model, prefill_plain, batches[:1], trie, args.beam)  # warm-up (allocator, kernels)
     ours, hf, t_ours, t_hf = [], [], 0.0, 0.0
@@ -126,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     agree, gap = agreement(ours, hf, 10)
     n = len(prompts)
     report = {
-        "backbone": args.backbone, "dtype": args.dtype, "threads": torch.get_num_threads(),
+        "backbone": args.backbone + (" (random init)" if args.random_init else ""), "dtype": args.dtype,
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", "threads": torch.get_num_threads(),
         "users": n, "beam": args.beam, "batch": args.batch, "catalogue_titles": len(trie.titles),
         "trie_nodes": trie.num_nodes, "trie_depth": trie.depth, "trie_build_seconds": round(trie_s, 3),
         "mean_prompt_tokens": round(sum(map(len, prompts)) / n, 1),

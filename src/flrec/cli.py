@@ -1,0 +1,244 @@
+"""``flrec`` command line. Every command is a thin shell over a Python function of the same job.
+
+Configs: ``--config file.yaml`` plus ``key=value`` overrides (dotted keys for sections, e.g.
+``train.lr=3e-4 flr.num_factors=3``); ``flrec config sft`` lists every key with its help.
+User errors print ``error: <one line>`` and exit with status 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from flrec.errors import FlrecError
+
+CONFIGS = {
+    "sft": "flrec.training.sft:SFTConfig",
+    "flr": "flrec.models.recommender:FLRConfig",
+    "train": "flrec.training.trainer:TrainConfig",
+    "eval": "flrec.evaluation.runner:EvalConfig",
+    "compare": "flrec.evaluation.compare:CompareConfig",
+    "synth": "flrec.data.synth:SynthConfig",
+    "amazon": "flrec.data.amazon:AmazonPrepConfig",
+    "llm": "flrec.baselines.llm:LLMRecConfig",
+}
+
+
+def _config_class(name: str):
+    import importlib
+
+    mod, cls = CONFIGS[name].split(":")
+    return getattr(importlib.import_module(mod), cls)
+
+
+# --------------------------------------------------------------------------------------------- data
+def cmd_data_synth(a) -> None:
+    from flrec.data.stats import dataset_stats, format_stats
+    from flrec.data.synth import SynthConfig, generate_synthetic
+
+    ds = generate_synthetic(SynthConfig.load(a.config, a.overrides), Path(a.out))
+    print(format_stats(dataset_stats(ds)))
+    print(f"wrote {a.out} (D3 format + intents.json ground truth)")
+
+
+def cmd_data_stats(a) -> None:
+    from flrec.data.stats import dataset_stats, format_stats
+    from flrec.training.sft import load_dataset
+
+    stats = dataset_stats(load_dataset(a.dir))
+    print(json.dumps(stats) if a.json else format_stats(stats))
+
+
+def cmd_data_convert(a) -> None:
+    from flrec.data.convert import convert_interactions
+
+    ds = convert_interactions(
+        Path(a.interactions), Path(a.items), Path(a.out), user_col=a.user_col, item_col=a.item_col,
+        time_col=a.time_col, rating_col=a.rating_col, item_id_col=a.item_id_col, title_col=a.title_col,
+        sep=a.sep, items_sep=a.items_sep, encoding=a.encoding, k_core=a.k_core, max_history=a.max_history,
+        min_rating=a.min_rating, shuffle_seed=a.seed, name=a.name, domain=a.domain)
+    print(f"wrote {a.out}: " + ", ".join(f"{k} {len(v)}" for k, v in ds.splits.items()) + f", items {len(ds.catalogue)}")
+
+
+def cmd_data_movielens(a) -> None:
+    from flrec.data.convert import prepare_movielens
+
+    ds = prepare_movielens(Path(a.raw), Path(a.out), k_core=a.k_core, max_history=a.max_history)
+    print(f"wrote {a.out}: " + ", ".join(f"{k} {len(v)}" for k, v in ds.splits.items()) + f", items {len(ds.catalogue)}")
+
+
+def cmd_data_amazon(a) -> None:
+    import logging
+
+    from flrec.data.amazon import AmazonPrepConfig, prepare_amazon
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ds = prepare_amazon(a.reviews, a.meta, a.out, AmazonPrepConfig.load(a.config, a.overrides))
+    print(f"wrote {a.out}: " + ", ".join(f"{k} {len(v)}" for k, v in ds.splits.items()) + f", items {len(ds.catalogue)}")
+
+
+# ------------------------------------------------------------------------------------- model tools
+def cmd_prompt(a) -> None:
+    from flrec.data.prompts import PromptBuilder
+    from flrec.models.backbone import add_thought_token, load_backbone
+    from flrec.training.sft import load_dataset
+
+    ds = load_dataset(a.data)
+    model, tok = load_backbone(a.backbone)
+    add_thought_token(model, tok)
+    row = ds[a.split][a.row]
+    builder = PromptBuilder.for_dataset(tok, ds)
+    text = builder.render(ds.history_titles(row))
+    print(text)
+    print(f"--- {len(builder.encode(ds.history_titles(row)))} prompt tokens; target: {ds.catalogue.title(row.target)!r}")
+
+
+def cmd_train_sft(a) -> None:
+    from flrec.training.sft import SFTConfig, run_sft
+
+    print(json.dumps(run_sft(SFTConfig.load(a.config, a.overrides)), indent=2, default=str))
+
+
+def cmd_evaluate(a) -> None:
+    from flrec.evaluation.runner import EvalConfig, evaluate
+    from flrec.serving.load import load_llm_recommender
+    from flrec.training.sft import load_dataset
+
+    ds = load_dataset(a.data)
+    overrides = list(a.overrides)
+    for key, val in (("split", a.split), ("limit", a.limit), ("batch_size", a.batch_size)):
+        if val is not None:
+            overrides.append(f"{key}={val}")
+    cfg = EvalConfig.load(a.config, overrides)
+    rec = load_llm_recommender(a.model, ds, dtype=a.dtype, beam=cfg.beam)
+    out = Path(a.out) if a.out else Path(a.model) / f"eval-{cfg.split}"
+    summary = evaluate(rec, ds, cfg, out)
+    print(json.dumps({"metrics": summary["metrics"], "inference": summary.get("inference")}, indent=2))
+    print(f"per-row ranks and summary in {out}")
+
+
+def cmd_compare(a) -> None:
+    from flrec.evaluation.compare import CompareConfig, format_markdown, run_comparison
+
+    overrides = list(a.overrides)
+    for key, val in (("data", a.data), ("methods", a.methods), ("seeds", a.seeds), ("limit", a.limit), ("out", a.out)):
+        if val is not None:
+            overrides.append(f"{key}={val}")
+    summary = run_comparison(CompareConfig.load(a.config, overrides))
+    print(format_markdown(summary))
+
+
+def cmd_demo(a) -> None:
+    from flrec.demo import run_demo
+
+    run_demo(out=a.out, steps=a.steps, eval_rows=a.eval_rows)
+
+
+def cmd_config(a) -> None:
+    print(_config_class(a.stage).describe())
+
+
+# ---------------------------------------------------------------------------------------- parsing
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flrec", description="Factorized Latent Reasoning for sequential recommendation")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def with_config(sp):
+        sp.add_argument("--config", help="YAML config file")
+        sp.add_argument("overrides", nargs="*", help="key=value overrides (dotted for sections)")
+        return sp
+
+    data = sub.add_parser("data", help="datasets: synth, stats, convert, prepare-movielens, prepare-amazon")
+    dsub = data.add_subparsers(dest="data_cmd", required=True)
+    s = with_config(dsub.add_parser("synth", help="generate the embedded synthetic dataset"))
+    s.add_argument("--out", default="data/synth")
+    s.set_defaults(fn=cmd_data_synth)
+    s = dsub.add_parser("stats", help="users, items, rows, title collisions, junk titles, popularity")
+    s.add_argument("dir")
+    s.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    s.set_defaults(fn=cmd_data_stats)
+    s = dsub.add_parser("convert", help="your interactions + items files -> D3 format (sliding window, 8:1:1)")
+    for flag in ("interactions", "items", "out", "user-col", "item-col", "time-col", "item-id-col", "title-col"):
+        s.add_argument(f"--{flag}", required=True)
+    s.add_argument("--rating-col")
+    s.add_argument("--min-rating", type=float)
+    s.add_argument("--sep", default=",")
+    s.add_argument("--items-sep")
+    s.add_argument("--encoding", default="utf-8")
+    s.add_argument("--k-core", type=int, default=0)
+    s.add_argument("--max-history", type=int, default=10)
+    s.add_argument("--seed", type=int, default=42, help="item-id shuffle seed (D3 uses 42)")
+    s.add_argument("--name")
+    s.add_argument("--domain", default="item", help="singular item word for prompts, e.g. movie")
+    s.set_defaults(fn=cmd_data_convert)
+    s = dsub.add_parser("prepare-movielens", help="raw MovieLens-100K (u.data + u.item) -> D3 format")
+    s.add_argument("raw")
+    s.add_argument("--out", default="data/ml-100k")
+    s.add_argument("--k-core", type=int, default=0)
+    s.add_argument("--max-history", type=int, default=10)
+    s.set_defaults(fn=cmd_data_movielens)
+    s = with_config(dsub.add_parser("prepare-amazon", help="raw Amazon Review 2018 (5-core + meta) -> D3 format"))
+    s.add_argument("--reviews", required=True)
+    s.add_argument("--meta", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_data_amazon)
+
+    s = sub.add_parser("prompt", help="show the rendered prompt of one dataset row")
+    s.add_argument("--data", default="embedded:synth")
+    s.add_argument("--backbone", default="embedded:smollm2-135m")
+    s.add_argument("--split", default="test")
+    s.add_argument("--row", type=int, default=0)
+    s.set_defaults(fn=cmd_prompt)
+
+    train = sub.add_parser("train", help="training stages")
+    tsub = train.add_subparsers(dest="train_cmd", required=True)
+    s = with_config(tsub.add_parser("sft", help="supervised fine-tuning of FLR (or latentr3 / bigrec via flr.reasoner)"))
+    s.set_defaults(fn=cmd_train_sft)
+
+    s = with_config(sub.add_parser("evaluate", help="constrained beam-search ranking + HR/NDCG on a split"))
+    s.add_argument("--model", required=True, help="a trained model dir (an SFT run's best/) or the run dir")
+    s.add_argument("--data", required=True)
+    s.add_argument("--split")
+    s.add_argument("--limit", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    s.add_argument("--out", help="output dir (default: MODEL/eval-SPLIT)")
+    s.set_defaults(fn=cmd_evaluate)
+
+    s = with_config(sub.add_parser("compare", help="train + evaluate several methods x seeds; table + t-test"))
+    s.add_argument("--data")
+    s.add_argument("--methods", help="comma-separated, e.g. flr,latentr3,bigrec,base,sasrec,gru4rec,caser,alpharec,pop")
+    s.add_argument("--seeds", help="comma-separated, e.g. 1,2,3")
+    s.add_argument("--limit", type=int)
+    s.add_argument("--out")
+    s.set_defaults(fn=cmd_compare)
+
+    s = sub.add_parser("demo", help="embedded data -> FLR SFT -> evaluation -> results table")
+    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--steps", type=int, default=None, help="SFT steps (default from configs/demo.yaml)")
+    s.add_argument("--eval-rows", type=int, default=None, help="test rows to evaluate (default from the demo config)")
+    s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("config", help="list a config's keys, defaults and help")
+    s.add_argument("stage", choices=sorted(CONFIGS))
+    s.set_defaults(fn=cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except FlrecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
