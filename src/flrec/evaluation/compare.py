@@ -64,6 +64,7 @@ class CompareConfig(ConfigBase):
     reference: str = option("flr", help="method tested for significance against the best other method")
     batch_size: int = option(64, help="rows per recommend() call")
     beam: int = option(10, help="titles requested per row (beam width for generative methods)")
+    domain: str | None = option(None, help="item word for LLM prompts, e.g. CD (default: the dataset's dataset.json)")
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -138,9 +139,9 @@ def default_fit_and_eval(
 
 
 def _default_loader(data: str) -> RecDataset:
-    from flrec.data.d3 import read_d3  # lazy: only needed when the caller passes no dataset
+    from flrec.training.sft import load_dataset  # lazy: D3 folder or embedded:synth
 
-    return read_d3(data)
+    return load_dataset(data)
 
 
 def _run_cell(method: str, seed: int, cell_dir: Path, dataset: RecDataset, cfg: CompareConfig,
@@ -200,6 +201,8 @@ def run_comparison(
         if not cfg.data:
             raise ConfigError("config key 'data': empty; pass --data DIR")
         dataset = (load_dataset or _default_loader)(cfg.data)
+        if cfg.domain:
+            dataset.domain = cfg.domain
     out = Path(cfg.out)
     save_run_metadata(out, cfg, "compare")
     t_start = time.perf_counter()
