@@ -58,7 +58,9 @@ def make_batches(prompts: Sequence[Sequence[int]], batch: int, pad_id: int) -> l
     out = []
     for i in range(0, len(prompts), batch):
         chunk = [torch.tensor(p) for p in prompts[i : i + batch]]
-        ids = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True, padding_value=pad_id, padding_side="left")
+        ids = torch.nn.utils.rnn.pad_sequence(
+            chunk, batch_first=True, padding_value=pad_id, padding_side="left"
+        )
         lens = torch.tensor([len(p) for p in chunk])
         mask = (torch.arange(ids.shape[1]) >= ids.shape[1] - lens[:, None]).long()
         out.append((ids, mask))
@@ -91,8 +93,12 @@ def hf_users(model, tokenizer, batches: Sequence[Batch], trie: TitleTrie, beam: 
 def agreement(a: Sequence[Ranking], b: Sequence[Ranking], k: int) -> tuple[float, float]:
     """Share of users whose top-``k`` title lists are identical, and the largest score gap among them."""
     same = [[t for t, _ in x[:k]] == [t for t, _ in y[:k]] for x, y in zip(a, b, strict=True)]
-    gaps = [abs(s - r) for x, y, ok in zip(a, b, same, strict=True) if ok
-            for (_, s), (_, r) in zip(x[:k], y[:k], strict=True)]
+    gaps = [
+        abs(s - r)
+        for x, y, ok in zip(a, b, same, strict=True)
+        if ok
+        for (_, s), (_, r) in zip(x[:k], y[:k], strict=True)
+    ]
     return sum(same) / max(1, len(same)), max(gaps, default=0.0)
 
 
@@ -133,7 +139,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     t0 = time.perf_counter()
     trie = TitleTrie.build(tok, titles, vocab_size=model.config.vocab_size).to(args.device)
     trie_s = time.perf_counter() - t0
-    batches = [(i.to(args.device), m.to(args.device)) for i, m in make_batches(prompts, args.batch, tok.pad_token_id)]
+    batches = [
+        (i.to(args.device), m.to(args.device)) for i, m in make_batches(prompts, args.batch, tok.pad_token_id)
+    ]
 
     decode_users(model, prefill_plain, batches[:1], trie, args.beam)  # warm-up (allocator, kernels)
     ours, hf, t_ours, t_hf = [], [], 0.0, 0.0
@@ -145,10 +153,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     agree, gap = agreement(ours, hf, 10)
     n = len(prompts)
     report = {
-        "backbone": args.backbone + (" (random init)" if args.random_init else ""), "dtype": args.dtype,
-        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", "threads": torch.get_num_threads(),
-        "users": n, "beam": args.beam, "batch": args.batch, "catalogue_titles": len(trie.titles),
-        "trie_nodes": trie.num_nodes, "trie_depth": trie.depth, "trie_build_seconds": round(trie_s, 3),
+        "backbone": args.backbone + (" (random init)" if args.random_init else ""),
+        "dtype": args.dtype,
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "threads": torch.get_num_threads(),
+        "users": n,
+        "beam": args.beam,
+        "batch": args.batch,
+        "catalogue_titles": len(trie.titles),
+        "trie_nodes": trie.num_nodes,
+        "trie_depth": trie.depth,
+        "trie_build_seconds": round(trie_s, 3),
         "mean_prompt_tokens": round(sum(map(len, prompts)) / n, 1),
         "speedup_vs_hf_generate": round(t_hf / t_ours, 2),
         "top10_agreement_vs_hf_generate": agree,  # top-min(10, beam)

@@ -13,12 +13,17 @@ from flrec.decoding.trie import TitleTrie
 from flrec.errors import DataError
 
 K = 5  # beams in the search tests (small catalogue, fast)
+# one very long title makes the trie deep, so rows stop (and are dropped from the batch) at
+# different steps long before the depth limit — the path HF never takes
+LONG = "The Complete Recordings of the Lost Orchestra, Volumes One Through Twelve, Remastered Deluxe Box"
 
 
 def _titles(n: int = 120) -> list[str]:
     rng = random.Random(0)
-    words = ("Best Live Blue Night Song Love Gold Hits Road Sun Dream Fire Rain Soul Jazz Time Home "
-             "Heart Star Moon").split()
+    words = (
+        "Best Live Blue Night Song Love Gold Hits Road Sun Dream Fire Rain Soul Jazz Time Home "
+        "Heart Star Moon"
+    ).split()
     artists = ["Miles", "Nina", "Otis", "Aretha", "Bob", "Joni", "Prince", "Bjork", "Sade", "Tom"]
     pats = ["Greatest Hits - {a}", "The Best of {a}", "{a} Live", "{w} {w2}", "{a}: {w} {w2}", "{w}"]
     out: dict[str, None] = {}
@@ -44,8 +49,12 @@ def tok():
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<pad>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tk.train_from_iterator([f'"{t}"\n' for t in _titles(300)] * 3, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>", pad_token="<pad>")
 
@@ -56,15 +65,24 @@ def model(tok):
 
     torch.manual_seed(0)
     # a large init range makes the random model's distributions peaked, so rankings have no near-ties
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.5,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
 @pytest.fixture(scope="module")
 def trie(tok):
-    return TitleTrie.build(tok, _titles())
+    return TitleTrie.build(tok, [*_titles(), LONG])
 
 
 def _prompts(tok, n: int, seed: int = 1, extra_pad: int = 0):
@@ -75,8 +93,8 @@ def _prompts(tok, n: int, seed: int = 1, extra_pad: int = 0):
     ids = torch.full((n, width), tok.pad_token_id)
     mask = torch.zeros(n, width, dtype=torch.long)
     for i, n_i in enumerate(lens.tolist()):
-        ids[i, width - n_i:] = torch.randint(2, len(tok), (n_i,), generator=g)
-        mask[i, width - n_i:] = 1
+        ids[i, width - n_i :] = torch.randint(2, len(tok), (n_i,), generator=g)
+        mask[i, width - n_i :] = 1
     return ids, mask
 
 
@@ -94,6 +112,7 @@ def _prefix_table(tok, titles) -> dict[tuple[int, ...], set[int]]:
 
 
 # ---------------------------------------------------------------- trie
+
 
 def test_trie_matches_brute_force(tok, trie):
     table = _prefix_table(tok, trie.titles)
@@ -137,6 +156,7 @@ def test_trie_dedupes_and_rejects_bad_input(tok, tmp_path):
 
 # ---------------------------------------------------------------- beam search
 
+
 def test_beams_are_distinct_catalogue_titles(model, tok, trie):
     ids, mask = _prompts(tok, 4)
     res = _decode(model, trie, ids, mask)
@@ -154,7 +174,7 @@ def test_batch_and_padding_invariance(model, tok, trie):
     for bs in (1, 2):
         parts = []
         for i in range(0, 6, bs):
-            sub_ids, sub_mask = ids[i:i + bs], mask[i:i + bs]
+            sub_ids, sub_mask = ids[i : i + bs], mask[i : i + bs]
             keep = sub_mask.any(0)  # strip columns that are padding for every row of this chunk
             parts += _decode(model, trie, sub_ids[:, keep], sub_mask[:, keep])
         assert [[t for t, _ in r] for r in parts] == [[t for t, _ in r] for r in full]
@@ -167,8 +187,16 @@ def test_batch_and_padding_invariance(model, tok, trie):
 
 @pytest.mark.parametrize("beams", [K, 10])
 def test_agrees_with_hf_generate(model, tok, trie, beams):
-    ids, mask = _prompts(tok, 5, seed=3)
-    ours = _decode(model, trie, ids, mask, beams=beams)
+    ids, mask = _prompts(tok, 6, seed=3)
+    rows = []
+    hook = model.register_forward_hook(
+        lambda m, a, kw, o: rows.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        ours = _decode(model, trie, ids, mask, beams=beams)
+    finally:
+        hook.remove()
+    assert 6 * beams > min(rows[1:]) > 0 and len(rows) < trie.depth  # some rows stopped early
     ref = hf_reference_search(model, tok, trie, ids, mask, beam_size=beams)
     assert all(len(r) == beams for r in ref)
     assert [[t for t, _ in r] for r in ours] == [[t for t, _ in r] for r in ref]
@@ -181,3 +209,16 @@ def test_small_catalogue_returns_fewer_not_duplicates(model, tok):
     ids, mask = _prompts(tok, 2, seed=4)
     res = _decode(model, small, ids, mask, beams=5)
     assert all(sorted(t for t, _ in r) == [0, 1, 2] for r in res)
+
+
+def test_bf16_weights_and_short_budget(model, tok, trie):
+    import copy
+
+    ids, mask = _prompts(tok, 3, seed=5)
+    res = _decode(copy.deepcopy(model).to(torch.bfloat16), trie, ids, mask)
+    assert all(len({t for t, _ in r}) == K for r in res)
+    # a budget shorter than the trie depth only ever returns titles that end (EOS) within it
+    state = prefill_plain(model, ids, mask)
+    short = constrained_beam_search(model, state, trie, beam_size=K, max_new_tokens=6)
+    assert all(len(encode_target(tok, trie.titles[t])) <= 6 for r in short for t, _ in r)
+    assert any(short)

@@ -6,7 +6,8 @@ It reproduces Hugging Face beam search (transformers 5.24 ``GenerationMixin._bea
 mask with tensor ops instead of a Python callback per beam per step. Per step, as in HF:
 
 1. ``log_softmax`` of the float32 logits, then -inf on tokens outside the trie (no renormalising);
-   add each beam's running log-prob; take the top ``2K`` candidates over the row's ``K × V``.
+   add each beam's running log-prob; take the top ``2K`` candidates over the row's ``K × V``
+   (computed over the trie children only: the other tokens are -inf anyway).
 2. Candidates ending in EOS that rank in the first ``K`` of those ``2K`` finish with score
    ``sum_logprobs / generated_len ** length_penalty`` (the length counts EOS) and compete for the
    row's ``K`` finished slots; the best ``K`` non-EOS candidates keep running.
@@ -29,20 +30,34 @@ import torch
 
 from flrec.decoding.state import PrefillState
 from flrec.decoding.trie import TitleTrie
+from flrec.errors import FlrecError
 from flrec.models.compat import lm_forward, new_cache, out_cache
 
 NEG_INF = float("-inf")
 
 
 @torch.inference_mode()
-def prefill_plain(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PrefillState:
+def prefill_plain(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> PrefillState:
     """Read left-padded prompts once into a fresh KV cache; logits only for the last position."""
     attention_mask = attention_mask.to(input_ids.device)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = lm_forward(model, cache=new_cache(model), input_ids=input_ids, attention_mask=attention_mask,
-                     position_ids=position_ids, use_cache=True, logits_to_keep=1)
-    return PrefillState(cache=out_cache(out), next_logits=out.logits[:, -1].float(),
-                        attention_mask=attention_mask, next_position=attention_mask.long().sum(-1))
+    out = lm_forward(
+        model,
+        cache=new_cache(model),
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return PrefillState(
+        cache=out_cache(out),
+        next_logits=out.logits[:, -1].float(),
+        attention_mask=attention_mask,
+        next_position=attention_mask.long().sum(-1),
+    )
 
 
 @torch.inference_mode()
@@ -61,16 +76,21 @@ def constrained_beam_search(
     """
     K = beam_size
     T = trie.depth if max_new_tokens is None else max_new_tokens
+    if K < 1 or T < 1:
+        raise FlrecError(f"beam_size ({K}) and max_new_tokens ({T}) must be >= 1")
     num_return = K if num_return is None else min(num_return, K)
     logits = state.next_logits.float()
     dev = logits.device
     trie = trie if trie.child_ptr.device == dev else trie.to(dev)
     B, V = logits.shape
     if V < trie.vocab_size:
-        raise ValueError(f"model vocabulary ({V}) is smaller than the trie's ({trie.vocab_size})")
+        raise FlrecError(
+            f"the model has {V} logits but the trie was built for {trie.vocab_size}; "
+            "rebuild it with TitleTrie.build(..., vocab_size=model.config.vocab_size)"
+        )
 
     cache = state.cache
-    cache.batch_repeat_interleave(K)
+    cache.batch_repeat_interleave(K)  # one copy of the prompt cache per beam
     attn = state.attention_mask.repeat_interleave(K, 0)
     pos = state.next_position.to(dev).repeat_interleave(K)
     logits = logits.repeat_interleave(K, 0)
@@ -85,12 +105,15 @@ def constrained_beam_search(
 
     for t in range(1, T + 1):
         b = rows.numel()
-        logp = torch.log_softmax(logits, dim=-1)[:, : trie.vocab_size]
-        logp = trie.constrain(nodes, logp)
-        acc = (logp.view(b, K, -1) + running[:, :, None]).view(b, -1)
+        # Only trie children can score above -inf, so rank those (b, K*F) instead of all (b, K*V)
+        # tokens; children are in ascending token order, so ties break as in HF's dense top-k.
+        child_tok, real = trie.children(nodes)  # (b*K, F)
+        F = child_tok.shape[1]
+        logp = torch.log_softmax(logits, dim=-1).gather(1, child_tok).masked_fill(~real, NEG_INF)
+        acc = (logp.view(b, K, F) + running[:, :, None]).view(b, K * F)
         cand, idx = torch.topk(acc, 2 * K)  # (b, 2K), sorted
-        src = idx // trie.vocab_size
-        tok = idx % trie.vocab_size
+        src = idx // F
+        tok = child_tok.view(b, K * F).gather(1, idx)
         child = trie.advance(nodes.view(b, K).gather(1, src), tok)
         ended = tok == trie.eos_token_id
 
@@ -111,10 +134,11 @@ def constrained_beam_search(
         full = (fin_score > NEG_INF).all(1)
         worst = torch.where(full, fin_score.min(1).values, torch.full_like(fin_score[:, 0], NEG_INF))
         go_on = running[:, 0] / (t**length_penalty) > worst
-        if t == T or not bool(go_on.any()):
+        n_go = int(go_on.sum())  # the one host sync per step
+        if t == T or n_go == 0:
             out_score[rows], out_title[rows] = fin_score, fin_title
             break
-        if not bool(go_on.all()):  # freeze finished rows and drop them from the batch
+        if n_go < b:  # freeze finished rows and drop them from the batch
             done = ~go_on
             out_score[rows[done]], out_title[rows[done]] = fin_score[done], fin_title[done]
             keep_rows = go_on.nonzero().squeeze(1)
@@ -126,8 +150,15 @@ def constrained_beam_search(
             rows = rows[keep_rows]
         cache.reorder_cache(beam_src)  # also drops the beams of frozen rows
         attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], 1)
-        out = lm_forward(model, cache=cache, input_ids=next_tok, attention_mask=attn,
-                         position_ids=pos[:, None], use_cache=True, logits_to_keep=1)
+        out = lm_forward(
+            model,
+            cache=cache,
+            input_ids=next_tok,
+            attention_mask=attn,
+            position_ids=pos[:, None],
+            use_cache=True,
+            logits_to_keep=1,
+        )
         cache = out_cache(out)
         logits = out.logits[:, -1].float()
         pos = pos + 1
@@ -174,14 +205,25 @@ def hf_reference_search(
     def allowed(_batch_id: int, sent: torch.Tensor) -> list[int]:
         return allowed_lists.get(tuple(sent[width:].tolist()), [eos])  # dead (off-trie) beams: anything
 
-    cfg = GenerationConfig(num_beams=beam_size, num_return_sequences=beam_size, do_sample=False,
-                           length_penalty=length_penalty, early_stopping=False,
-                           max_new_tokens=trie.depth if max_new_tokens is None else max_new_tokens,
-                           pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
-                           return_dict_in_generate=True, output_scores=True)
+    cfg = GenerationConfig(
+        num_beams=beam_size,
+        num_return_sequences=beam_size,
+        do_sample=False,
+        length_penalty=length_penalty,
+        early_stopping=False,
+        max_new_tokens=trie.depth if max_new_tokens is None else max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
     with torch.inference_mode():
-        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=cfg,
-                             prefix_allowed_tokens_fn=allowed)
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=cfg,
+            prefix_allowed_tokens_fn=allowed,
+        )
     gen, scores = out.sequences[:, width:].tolist(), out.sequences_scores.tolist()
     res: list[list[tuple[int, float]]] = []
     for r in range(input_ids.shape[0]):

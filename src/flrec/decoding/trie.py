@@ -1,11 +1,14 @@
 """A token trie over catalogue titles, stored as flat tensors for batched constrained decoding.
 
-Every path from the root spells one title's target ids (:func:`flrec.data.prompts.encode_target`:
-``"Title"`` + newline + EOS), so a beam that follows the trie can only ever emit catalogue titles.
+Every path from the root spells one title's target ids — exactly those of
+:func:`flrec.data.prompts.encode_target` (``"Title"`` + newline + EOS, tokenised as one string) —
+so a beam that follows the trie can only ever emit catalogue titles (map a title back to item ids
+with :meth:`flrec.data.schema.Catalogue.item_ids`).
 Nodes are numbered breadth-first (root = 0); the edges of node ``n`` are
 ``child_tok/child_node[child_ptr[n]:child_ptr[n + 1]]``, sorted by token. Because a node's edges
 are also sorted globally by ``parent * V + token``, :meth:`TitleTrie.advance` is one
-``searchsorted`` and :meth:`TitleTrie.allowed_mask` one scatter — no Python loop over beams.
+``searchsorted`` and :meth:`TitleTrie.children` one gather — no Python loop over beams and no
+data-dependent shapes (so no host syncs on a GPU).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from flrec.data.prompts import encode_target
+from flrec.data.prompts import target_text
 from flrec.errors import DataError
 from flrec.utils.io import atomic_save
 
@@ -42,11 +45,13 @@ class TitleTrie:
         """
         uniq = list(dict.fromkeys(titles))
         if not uniq:
-            raise DataError("catalogue titles", "no titles to build a decoding trie from; pass a non-empty catalogue")
+            raise DataError("catalogue titles", "no titles to build a decoding trie from; pass a catalogue")
         eos = tokenizer.eos_token_id
         if eos is None:
             raise DataError("tokenizer", "no eos_token_id, so titles cannot end; set tokenizer.eos_token")
-        seqs = [encode_target(tokenizer, t) for t in uniq]
+        # encode_target's exact call, batched (one tokenizer call for the whole catalogue)
+        encoded = tokenizer([target_text(t) for t in uniq], add_special_tokens=False)["input_ids"]
+        seqs = [[*ids, eos] for ids in encoded]
         V = int(vocab_size if vocab_size is not None else len(tokenizer))
         lengths = torch.tensor([len(s) for s in seqs])
         depth = int(lengths.max())
@@ -56,10 +61,15 @@ class TitleTrie:
         bad = ((tok == eos).cumsum(1) > 0) & (torch.arange(depth) < (lengths - 1)[:, None])
         if bad.any():
             i = int(bad.any(1).nonzero()[0])
-            raise DataError("catalogue titles", f"title {uniq[i]!r} tokenises to the EOS id before its end; "
-                            "remove the special token from the title")
+            raise DataError(
+                "catalogue titles",
+                f"title {uniq[i]!r} tokenises to the EOS id before its end; "
+                "remove the special token from the title",
+            )
         if int(tok.max()) >= V:
-            raise DataError("tokenizer", f"token id {int(tok.max())} >= vocab_size {V}; pass the model's vocab_size")
+            raise DataError(
+                "tokenizer", f"token id {int(tok.max())} >= vocab_size {V}; pass the model's vocab_size"
+            )
 
         # Level by level: a node is a unique (parent, token) pair. Unique keys come out sorted, so
         # node ids grow with (parent, token) and the edge list below is already in CSR order.
@@ -83,8 +93,11 @@ class TitleTrie:
         if torch.unique(node).numel() != len(seqs):  # e.g. a normalising tokenizer merging two titles
             _, inv, counts = torch.unique(node, return_inverse=True, return_counts=True)
             i, j = (counts[inv] > 1).nonzero().squeeze(1)[:2].tolist()
-            raise DataError("catalogue titles", f"titles {uniq[i]!r} and {uniq[j]!r} tokenise identically; "
-                            "make them distinct in the catalogue")
+            raise DataError(
+                "catalogue titles",
+                f"titles {uniq[i]!r} and {uniq[j]!r} tokenise identically; "
+                "make them distinct in the catalogue",
+            )
         node_title[node] = torch.arange(len(seqs))
         return cls(uniq, child_ptr, child_tok, child_node, node_title, V, int(eos), depth)
 
@@ -93,47 +106,35 @@ class TitleTrie:
     def num_nodes(self) -> int:
         return self.node_title.numel()
 
-    def _edges(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(row, edge index) for every edge out of ``nodes`` (invalid nodes < 0 have none)."""
+    def __post_init__(self) -> None:
+        # derived lookups: edge keys (parent * V + token, sorted) and the largest fan-out
+        nodes = torch.arange(self.num_nodes, device=self.child_ptr.device)
+        self._key = torch.repeat_interleave(nodes, self.child_ptr.diff()) * self.vocab_size + self.child_tok
+        self._fanout = max(2, int(self.child_ptr.diff().max()))  # >= 2: a beam search takes 2K of K*F
+
+    def children(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, F) child tokens of each node (ascending), padded to the largest fan-out F, and which
+        are real. Fixed width (no data-dependent shapes): no host sync on an accelerator.
+        """
         n = nodes.clamp(min=0)
         start = self.child_ptr[n]
         count = torch.where(nodes >= 0, self.child_ptr[n + 1] - start, 0)
-        rows = torch.repeat_interleave(torch.arange(nodes.numel(), device=nodes.device), count)
-        # edge index = start of its row + rank within the row
-        first = torch.cumsum(count, 0) - count
-        edge = start[rows] + torch.arange(rows.numel(), device=nodes.device) - first[rows]
-        return rows, edge
+        j = torch.arange(self._fanout, device=nodes.device)
+        edge = (start[:, None] + j).clamp(max=self.child_tok.numel() - 1)
+        return self.child_tok[edge], j < count[:, None]
 
     def allowed_mask(self, nodes: torch.Tensor) -> torch.Tensor:
         """(M, V) bool: which next tokens keep each of ``nodes`` (M,) inside the trie."""
-        nodes = nodes.to(self.child_ptr.device)
-        mask = torch.zeros(nodes.numel(), self.vocab_size, dtype=torch.bool, device=nodes.device)
-        rows, edge = self._edges(nodes)
-        mask[rows, self.child_tok[edge]] = True
-        return mask
-
-    def constrain(self, nodes: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """``scores`` (M, V) with every token outside the trie set to -inf (as HF's prefix constraint)."""
-        out = torch.full_like(scores, float("-inf"))
-        rows, edge = self._edges(nodes.to(self.child_ptr.device))
-        rows, cols = rows.to(scores.device), self.child_tok[edge].to(scores.device)
-        out[rows, cols] = scores[rows, cols]
-        return out
+        tok, valid = self.children(nodes.to(self.child_ptr.device))
+        mask = torch.zeros(tok.shape[0], self.vocab_size + 1, dtype=torch.bool, device=tok.device)
+        return mask.scatter_(1, torch.where(valid, tok, self.vocab_size), True)[:, :-1]  # col V: padding
 
     def advance(self, nodes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Child of each node via each token; -1 where the edge does not exist (or node is -1)."""
-        key = self._edge_keys()
         q = nodes.clamp(min=0) * self.vocab_size + tokens
-        pos = torch.searchsorted(key, q).clamp(max=key.numel() - 1)
-        hit = (key[pos] == q) & (nodes >= 0)
+        pos = torch.searchsorted(self._key, q).clamp(max=self._key.numel() - 1)
+        hit = (self._key[pos] == q) & (nodes >= 0)
         return torch.where(hit, self.child_node[pos], -1)
-
-    def _edge_keys(self) -> torch.Tensor:
-        key = getattr(self, "_key", None)
-        if key is None:
-            nodes = torch.arange(self.num_nodes, device=self.child_ptr.device)
-            key = self._key = torch.repeat_interleave(nodes, self.child_ptr.diff()) * self.vocab_size + self.child_tok
-        return key
 
     def title_of(self, nodes: torch.Tensor) -> torch.Tensor:
         """Title index of each (terminal) node; -1 for non-terminal or invalid nodes."""
@@ -146,7 +147,7 @@ class TitleTrie:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        state = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        state = {k: getattr(self, k) for k in self.__dataclass_fields__}  # derived lookups are rebuilt
         atomic_save(path, lambda p: torch.save(state, p))
 
     @classmethod
