@@ -116,6 +116,31 @@ def _load(spec: str, dtype: torch.dtype, random_init: bool):
     return model.eval(), tok
 
 
+def flr_latency(model, tok, prompts, titles, args) -> dict:
+    """Ranking latency of FLR (K=4, N=2 refinement, then decoding) over the same backbone without a
+    thought token, same users and beams, interleaved batch by batch. The FLR module is untrained:
+    this measures cost, not quality (its rankings differ from the no-thought ones)."""
+    from flrec.models.backbone import add_thought_token
+    from flrec.models.recommender import FLRConfig, FLRRecommender
+
+    thought = add_thought_token(model, tok)  # resizes the vocabulary: rebuild the trie to match
+    flr = FLRRecommender(model, FLRConfig(num_factors=4, num_steps=2), thought).to(args.device).eval()
+    flr.to(getattr(torch, args.dtype))
+    vocab = model.get_output_embeddings().weight.shape[0]
+    trie = TitleTrie.build(tok, titles, vocab_size=vocab).to(args.device)
+    plain = make_batches(prompts, args.batch, tok.pad_token_id)
+    with_thought = make_batches([list(p) + [thought] for p in prompts], args.batch, tok.pad_token_id)
+    flr_state = lambda m, ids, mask: flr.prefill(ids, mask)  # noqa: E731
+    decode_users(model, flr_state, with_thought[:1], trie, args.beam)  # warm-up
+    t_flr = t_plain = 0.0
+    for (pi, pm), (ti, tm) in zip(plain, with_thought, strict=True):
+        t_plain += decode_users(model, prefill_plain, [(pi.to(args.device), pm.to(args.device))], trie, args.beam)[1]
+        t_flr += decode_users(model, flr_state, [(ti.to(args.device), tm.to(args.device))], trie, args.beam)[1]
+    return {"latency_ratio_flr_vs_nothought": round(t_flr / t_plain, 3),
+            "seconds_per_user_flr": round(t_flr / len(prompts), 3),
+            "seconds_per_user_nothought": round(t_plain / len(prompts), 3)}
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default="embedded:smollm2-135m")
@@ -128,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--random-init", action="store_true", help="random weights, backbone folder's config")
     ap.add_argument("--json", action="store_true", help="print one JSON object only")
+    ap.add_argument("--no-flr", action="store_true", help="skip the FLR (K=4, N=2) vs no-thought latency part")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -172,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "seconds_per_user_flrec": round(t_ours / n, 3),
         "seconds_per_user_hf": round(t_hf / n, 3),
     }
+    if not args.no_flr:
+        report.update(flr_latency(model, tok, prompts, titles, args))
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))
     return report
 

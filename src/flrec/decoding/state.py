@@ -2,7 +2,7 @@
 
 Plain LMs produce it with one prompt forward; FLR produces it after its N refinement steps (the
 prefix and the final thought are in the cache). The beam search only ever calls
-``model(input_ids=..., attention_mask=..., position_ids=..., past_key_values=cache, use_cache=True)``
+``model(input_ids=..., attention_mask=..., position_ids=..., <cache kw>=cache, use_cache=True)`` (via ``flrec.models.compat.lm_forward``)
 on top of it, so any ``AutoModelForCausalLM`` works.
 """
 
