@@ -86,6 +86,9 @@ def test_padding_left_aligned_and_truncated() -> None:
     rows = [Interaction("u", [3, 4], 0), Interaction("u", list(range(12)), 0), Interaction("u", [], 0)]
     x = pad_histories(rows, max_len=5, n_items=20)
     assert x.tolist() == [[0, 0, 0, 4, 5], [8, 9, 10, 11, 12], [0, 0, 0, 0, 0]]
+    for bad in (20, -1):  # -1 must not silently become padding
+        with pytest.raises(DataError, match="row 1 .*history"):
+            pad_histories([rows[0], Interaction("u", [1, bad], 0)], max_len=5, n_items=20)
 
 
 @pytest.mark.parametrize("method", ["sasrec", "gru4rec", "caser"])

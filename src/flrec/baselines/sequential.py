@@ -122,17 +122,19 @@ class CaserConfig(SeqConfig):
 
 def pad_histories(rows: Sequence[Interaction], max_len: int, n_items: int) -> Tensor:
     """``(len(rows), max_len)`` long tensor: last ``max_len`` history items + 1, left-padded with 0."""
-    out = torch.zeros(len(rows), max_len, dtype=torch.long)
+    ids = torch.zeros(len(rows), max_len, dtype=torch.long)
+    real = torch.zeros(len(rows), max_len, dtype=torch.bool)
     for r, row in enumerate(rows):
         hist = row.history[-max_len:]
         if hist:
-            out[r, max_len - len(hist) :] = torch.tensor(hist, dtype=torch.long) + 1
-    bad = (out < 0) | (out > n_items)
+            ids[r, max_len - len(hist) :] = torch.tensor(hist, dtype=torch.long)
+            real[r, max_len - len(hist) :] = True
+    bad = real & ((ids < 0) | (ids >= n_items))
     if bad.any():
         r = int(bad.any(1).nonzero()[0])
         raise DataError(f"row {r} (user {rows[r].user})", f"history has an item id outside 0..{n_items - 1}; "
                         "rebuild the rows against this catalogue", field="history")
-    return out
+    return torch.where(real, ids + 1, 0)
 
 
 def targets_of(rows: Sequence[Interaction], n_items: int) -> Tensor:
