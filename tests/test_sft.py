@@ -85,8 +85,8 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_data):
 
 @pytest.mark.parametrize("method", ["flr", "latentr3", "bigrec"])
 def test_llm_recommenders_rank_catalogue_titles(tmp_path, tiny_data, method):
-    cfg = LLMRecConfig.from_dict({"sft": sft_cfg(tmp_path, train={"max_steps": 2}).to_dict(), "beam": 5,
-                                  "batch_size": 3})
+    cfg = LLMRecConfig.from_dict({"sft": sft_cfg(tmp_path, train={"max_steps": 2}, max_history=4).to_dict(),
+                                  "beam": 5, "batch_size": 3})
     rec = get_rec(method)(tiny_data.catalogue, cfg)
     rec.fit(tiny_data, run_dir=tmp_path / method)
     rows = tiny_data["test"][:5]
@@ -101,6 +101,12 @@ def test_llm_recommenders_rank_catalogue_titles(tmp_path, tiny_data, method):
     rec.save(tmp_path / "saved")
     again = type(rec).load(tmp_path / "saved")
     assert_same_rankings(again.recommend(rows, k=5), ranked)
+    # prompts are rebuilt exactly as in training, even by a loader that knows nothing of the SFT config
+    from flrec.serving.load import load_llm_recommender
+
+    served = load_llm_recommender(tmp_path / method / "sft", tiny_data, beam=5)
+    assert served.builder.max_history == again.builder.max_history == 4
+    assert served.builder.domain == tiny_data.domain
 
 
 def assert_same_rankings(a, b, tol=1e-4):

@@ -77,14 +77,16 @@ class LLMRecommender(Recommender):
     def _attach(self, model, tokenizer, dataset: RecDataset | None, domain: str | None = None) -> None:
         from flrec.data.prompts import PromptBuilder
 
+        # Prompts must be built exactly as in training: the model carries its prompt settings; the
+        # config (and then the dataset) only fill in what an older/untrained model does not say.
         sft = self.config.sft
-        # Pin the prompt's domain word in the config so a saved recommender rebuilds identical prompts.
-        resolved = sft.domain or domain or (dataset.domain if dataset else "item")
-        self.config.sft = sft = sft.replace(domain=resolved)
+        ps = dict(model.prompt_settings)
+        ps.setdefault("domain", sft.domain or domain or (dataset.domain if dataset else "item"))
+        ps.setdefault("max_history", sft.max_history)
+        ps.setdefault("max_prompt_tokens", sft.max_prompt_tokens)
+        self.config.sft = sft.replace(**ps)  # a saved recommender then rebuilds identical prompts
         self.model, self.tokenizer = model, tokenizer
-        self.builder = PromptBuilder(tokenizer, domain=resolved,
-                                     max_prompt_tokens=sft.max_prompt_tokens, max_history=sft.max_history,
-                                     use_thought=model.config.uses_thought)
+        self.builder = PromptBuilder(tokenizer, use_thought=model.config.uses_thought, **ps)
         self._trie = None
 
     # ------------------------------------------------------------------------------------ ranking

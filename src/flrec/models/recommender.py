@@ -80,6 +80,9 @@ class FLRRecommender(nn.Module):
         self.backbone, self.config, self.backbone_spec = backbone, config, backbone_spec
         self.thought_token_id = thought_token_id
         self.trainable_mode = "full"
+        # How prompts were built in training (domain word, history length, token budget); saved with
+        # the model so ranking and serving rebuild exactly the prompts the model was trained on.
+        self.prompt_settings: dict = {}
         if config.uses_thought and thought_token_id is None:
             raise FlrecError("a thought token id is required; call flrec.models.backbone.add_thought_token first")
         emb = backbone.get_input_embeddings().weight
@@ -254,6 +257,7 @@ class FLRRecommender(nn.Module):
         atomic_write_json(path / CONFIG_NAME, {
             "flr": self.config.to_dict(), "backbone_spec": self.backbone_spec,
             "thought_token_id": self.thought_token_id, "trainable_mode": self.trainable_mode,
+            "prompt": self.prompt_settings,
         })
 
     @classmethod
@@ -282,6 +286,7 @@ class FLRRecommender(nn.Module):
             backbone = PeftModel.from_pretrained(backbone, path / "adapter")
         model = cls(backbone, cfg, thought_id, backbone_spec=meta["backbone_spec"])
         model.trainable_mode = meta.get("trainable_mode", "full")
+        model.prompt_settings = meta.get("prompt", {})
         missing, unexpected = model.load_state_dict(load_file(str(path / STATE_NAME)), strict=False)
         bad = [k for k in missing if not k.startswith("backbone.")] + list(unexpected)
         if bad:

@@ -87,8 +87,9 @@ def build_model(cfg: SFTConfig, dataset: RecDataset):
     thought = add_thought_token(backbone, tokenizer) if cfg.flr.uses_thought else None
     model = FLRRecommender(backbone, cfg.flr, thought, backbone_spec=cfg.backbone)
     model.set_trainable(cfg.trainable, cfg.lora_r, cfg.lora_alpha, tuple(cfg.lora_targets))
-    builder = PromptBuilder(tokenizer, domain=cfg.domain or dataset.domain, max_prompt_tokens=cfg.max_prompt_tokens,
-                            max_history=cfg.max_history, use_thought=cfg.flr.uses_thought)
+    model.prompt_settings = {"domain": cfg.domain or dataset.domain, "max_prompt_tokens": cfg.max_prompt_tokens,
+                             "max_history": cfg.max_history}
+    builder = PromptBuilder(tokenizer, use_thought=cfg.flr.uses_thought, **model.prompt_settings)
     return model, tokenizer, builder
 
 
