@@ -40,18 +40,27 @@ def rows_with_long_prompts(ds, builder, n: int, target_tokens: int = 150):
     return [rows[i] for i in order[:n]]
 
 
-def timed_steps(model, batch, autocast, n: int, optimizer=None, naive: bool = False) -> float:
-    times = []
-    for _ in range(n + 1):  # first step warms up allocators and kernels
-        t = time.perf_counter()
+def timed_pair(a, b, n: int) -> tuple[float, float]:
+    """Median seconds of callables ``a`` and ``b``, interleaved (a, b, a, b, ...) so that machine
+    load and thermal drift hit both alike; the first round is a warm-up."""
+    ta, tb = [], []
+    for _ in range(n + 1):
+        for fn, acc in ((a, ta), (b, tb)):
+            t = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t)
+    return statistics.median(ta[1:]), statistics.median(tb[1:])
+
+
+def step_fn(model, batch, autocast, optimizer=None, naive: bool = False):
+    def run():
         with autocast():
             out = (model.forward_naive if naive else model)(**batch)
         out["loss"].backward()
         if optimizer is not None:
             optimizer.step()
         model.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times[1:])
+    return run
 
 
 def main() -> None:
@@ -82,21 +91,22 @@ def main() -> None:
     # Same backbone object for both models, so weights are identical.
     flr = FLRRecommender(backbone, FLRConfig(num_factors=4, num_steps=2), thought)
     plain = FLRRecommender(backbone, FLRConfig(reasoner="none"), None)
-    for name, model, batch in (("flr", flr, b_flr), ("nothought", plain, b_plain)):
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
-        res[f"sft_step_s_{name}"] = timed_steps(model, batch, autocast, a.steps, opt)
-        del opt
+    # lr=0: the optimizer does all its work but leaves the shared weights unchanged for the other model.
+    opt_flr = torch.optim.AdamW([p for p in flr.parameters() if p.requires_grad], lr=0.0, fused=True)
+    opt_plain = torch.optim.AdamW([p for p in plain.parameters() if p.requires_grad], lr=0.0, fused=True)
+    res["sft_step_s_flr"], res["sft_step_s_nothought"] = timed_pair(
+        step_fn(flr, b_flr, autocast, opt_flr), step_fn(plain, b_plain, autocast, opt_plain), a.steps)
+    del opt_flr, opt_plain
     res["sft_step_ratio_flr_vs_nothought"] = res["sft_step_s_flr"] / res["sft_step_s_nothought"]
 
-    cached = timed_steps(flr, b_flr, autocast, a.steps)
-    naive = timed_steps(flr, b_flr, autocast, a.steps, naive=True)
+    cached, naive = timed_pair(step_fn(flr, b_flr, autocast), step_fn(flr, b_flr, autocast, naive=True), a.steps)
     res.update(fwd_bwd_s_cached=cached, fwd_bwd_s_naive=naive, cached_vs_naive_speedup=naive / cached)
     with torch.no_grad():
         fast, slow = flr(**b_flr)["target_logits"], flr.forward_naive(**b_flr)["target_logits"]
     res["max_abs_diff_cached_vs_naive"] = float((fast - slow).abs().max())
 
     # The z-scaling choice: rec loss at initialisation and thought scale relative to embeddings.
-    emb_rms = float(backbone.get_input_embeddings().weight.float().pow(2).mean().sqrt())
+    emb_rms = float(backbone.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
     for flag in (True, False):
         torch.manual_seed(0)
         m = FLRRecommender(backbone, FLRConfig(num_factors=4, num_steps=2, embed_scale=flag), thought)
