@@ -123,3 +123,13 @@ def test_sft_config_errors():
         SFTConfig.load(None, ["flr.nope=1"])
     with pytest.raises(ConfigError, match="train_limit"):
         SFTConfig(train_limit=0)
+
+
+@pytest.mark.parametrize("mode", ["lora", "frozen"])
+def test_lora_and_frozen_modes_train_and_reload(tmp_path, tiny_data, mode):
+    cfg = sft_cfg(tmp_path, trainable=mode, train={"max_steps": 3, "eval_every": 3})
+    res = run_sft(cfg, tiny_data)
+    model, _ = FLRRecommender.from_pretrained(res["model_dir"])
+    assert model.trainable_mode == mode
+    saved = {p.name for p in (tmp_path / "run" / "best").iterdir()}
+    assert ("adapter" in saved) == (mode == "lora") and "backbone" not in saved
