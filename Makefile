@@ -23,10 +23,10 @@ demo: setup
 	$(BIN)/flrec demo
 
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow" --durations=10
+	$(BIN)/python -m pytest -m "not slow" --durations=10
 
 test-all: setup
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest --durations=15
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
