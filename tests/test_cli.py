@@ -49,3 +49,10 @@ def test_stats_json_on_cds(capsys):
     stats = json.loads(capsys.readouterr().out)
     assert stats["rows"]["valid"] == 6156 and stats["rows"]["test"] == 6157 and stats["items"] == 5841
     assert stats["colliding_titles"] == 185 and stats["junk_titles"] >= 29
+
+
+def test_single_value_list_override():
+    from flrec.evaluation.compare import CompareConfig
+
+    cfg = CompareConfig.load(None, ["methods=pop", "seeds=1", "data=x"])
+    assert cfg.seeds == [1] and cfg.methods == ["pop"]

@@ -61,6 +61,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v != ""] if value else []
+        elif isinstance(value, int | float | bool):  # `seeds=1` on the CLI parses as a scalar
+            value = [value]
         if not isinstance(value, list | tuple):
             raise ConfigError(f"config key '{key}': expected a list (comma-separated on the CLI), got {value!r}")
         inner = args[0] if args else Any
