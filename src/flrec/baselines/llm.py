@@ -12,7 +12,6 @@ they train; all share SFT (:mod:`flrec.training.sft`) and constrained beam-searc
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,10 +122,8 @@ class LLMRecommender(Recommender):
             examples = self.builder.encode_rows(chunk, self.catalogue)
             batch = collate_left_padded(examples, self.tokenizer.pad_token_id)
             state = self.model.prefill(batch["prompt_ids"], batch["prompt_mask"])
-            t0 = time.perf_counter()
             ranked = constrained_beam_search(self.model.backbone, state, self._trie, beam_size=self.config.beam,
                                              length_penalty=self.config.length_penalty)
-            self.decode_seconds = getattr(self, "decode_seconds", 0.0) + time.perf_counter() - t0
             for hyps in ranked:
                 out.append([(self._trie.titles[i], s) for i, s in hyps[:k]])
                 self.last_generated_tokens += sum(self._title_len[i] for i, _ in hyps)
