@@ -25,6 +25,7 @@ import torch
 
 from flrec.data.prompts import PromptBuilder, collate_left_padded
 from flrec.models.backbone import add_thought_token, load_backbone
+from flrec.models.flr import positions_from_mask
 from flrec.models.recommender import FLRConfig, FLRRecommender
 from flrec.training.sft import load_dataset
 from flrec.training.trainer import resolve_mixed_precision
@@ -112,8 +113,8 @@ def main() -> None:
         m = FLRRecommender(backbone, FLRConfig(num_factors=4, num_steps=2, embed_scale=flag), thought)
         with torch.no_grad():
             out = m(**b_flr)
-            e, _, _ = m.refine(b_flr["prompt_ids"], b_flr["prompt_mask"],
-                               (torch.cat([b_flr["prompt_mask"], b_flr["target_mask"]], 1).cumsum(-1) - 1).clamp(min=0))
+            full_mask = torch.cat([b_flr["prompt_mask"], b_flr["target_mask"]], 1)
+            e, _, _ = m.refine(b_flr["prompt_ids"], b_flr["prompt_mask"], positions_from_mask(full_mask))
         key = "on" if flag else "off"
         res[f"init_rec_loss_embed_scale_{key}"] = float(out["rec_loss"])
         res[f"thought_rms_ratio_{key}"] = float(e.float().pow(2).mean().sqrt()) / emb_rms

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,7 +78,7 @@ class RecDataset:
         return self.splits[split]
 
     def item_popularity(self, split: str = "train") -> Counter:
-        """Target frequency per item id in ``split`` (history items counted too, as in D3)."""
+        """Target frequency per item id in ``split`` (history occurrences are not counted)."""
         c: Counter = Counter()
         for r in self.splits.get(split, []):
             c[r.target] += 1
@@ -87,11 +86,3 @@ class RecDataset:
 
     def history_titles(self, row: Interaction) -> list[str]:
         return [self.catalogue.titles[i] for i in row.history]
-
-
-def count_by(rows: Iterable[Interaction], key) -> Counter:  # pragma: no cover - tiny helper
-    return Counter(key(r) for r in rows)
-
-
-def titles_of(catalogue: Catalogue, ids: Sequence[int]) -> list[str]:
-    return [catalogue.titles[i] for i in ids]

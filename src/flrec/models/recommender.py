@@ -26,7 +26,7 @@ from torch import nn
 from flrec.config import ConfigBase, option
 from flrec.decoding.state import PrefillState
 from flrec.errors import ConfigError, FlrecError
-from flrec.models.compat import crop_cache, new_cache
+from flrec.models.compat import cache_kwarg, crop_cache, new_cache
 from flrec.models.flr import EmbeddingScale, FactorizedLatentReasoner, ReasonerOutput, positions_from_mask  # noqa: F401
 from flrec.models.losses import AUX_LOSSES, FLRObjective
 from flrec.models.reasoners import build_reasoner
@@ -115,7 +115,7 @@ class FLRRecommender(nn.Module):
     def _run(self, embeds, mask, positions, cache=None):
         """Last-layer (post-norm) hidden states; appends to ``cache`` when one is given."""
         dec = self._decoder()
-        kw = {("cache" if _takes_cache_kw(dec) else "past_key_values"): cache} if cache is not None else {}
+        kw = {cache_kwarg(dec): cache} if cache is not None else {}
         out = dec(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=cache is not None, **kw)
         return out.last_hidden_state
 
@@ -292,12 +292,6 @@ class FLRRecommender(nn.Module):
         if bad:
             raise FlrecError(f"{path / STATE_NAME}: weights do not match the config (e.g. '{bad[0]}'); was it saved by another flrec version?")
         return model.to(dtype), tokenizer
-
-
-def _takes_cache_kw(module: nn.Module) -> bool:
-    from flrec.models.compat import _cache_kw
-
-    return _cache_kw(type(module)) == "cache"
 
 
 __all__ = ["FLRConfig", "FLRRecommender", "FactorizedLatentReasoner"]
