@@ -214,3 +214,17 @@ def test_compare_config_checks_and_yaml_method_config(tmp_path: Path):
     assert s["methods"][OTHER]["hr@5"]["mean"] == 1.0
     with pytest.raises(ConfigError, match="not found"):
         _cfg(tmp_path, method_configs={OTHER: str(tmp_path / "nope.yaml")}).method_config(OTHER)
+
+
+def test_method_seeds_override_seeds_per_method(tmp_path: Path):
+    cfg = _cfg(tmp_path, methods=[REF, OTHER], seeds=[1, 2], method_seeds={OTHER: [7]}, method_configs={})
+    s = run_comparison(cfg, dataset=tiny_dataset())
+    cells = Path(cfg.out) / "cells"
+    assert sorted(p.name for p in (cells / OTHER).iterdir()) == ["seed7"]
+    assert sorted(p.name for p in (cells / REF).iterdir()) == ["seed1", "seed2"]
+    assert s["methods"][OTHER]["n_seeds"] == 1 and s["methods"][REF]["n_seeds"] == 2
+    assert s["significance"]["vs"] == OTHER and s["significance"]["n"] == 20
+    with pytest.raises(ConfigError, match="method_seeds.*typo"):
+        CompareConfig(methods=["pop"], method_seeds={"typo": [1]})
+    with pytest.raises(ConfigError, match="method_seeds.pop"):
+        CompareConfig(methods=["pop"], method_seeds={"pop": []})

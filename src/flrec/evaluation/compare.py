@@ -55,6 +55,9 @@ class CompareConfig(ConfigBase):
     data: str = option("", help="D3 dataset folder (info.txt + train/valid/test.csv)")
     methods: list[str] = option(factory=list, help="methods to compare, e.g. flr,latentr3,sasrec,pop")
     seeds: list[int] = option(factory=lambda: [1, 2, 3], help="training seeds; every method runs every seed")
+    method_seeds: dict[str, list[int]] = option(
+        factory=dict, help="seeds of particular methods, overriding seeds (e.g. {flr: [0]} for a costly method "
+        "under a compute budget); the table reports each method's number of seeds")
     limit: int | None = option(None, help="evaluate only the first N rows of the split (None = all)")
     out: str = option("runs/compare", help="output directory (cells/, summary.json, summary.md)")
     method_configs: dict[str, Any] = option(
@@ -64,6 +67,9 @@ class CompareConfig(ConfigBase):
     reference: str = option("flr", help="method tested for significance against the best other method")
     batch_size: int = option(64, help="rows per recommend() call")
     beam: int = option(10, help="titles requested per row (beam width for generative methods)")
+    budget: dict[str, Any] = option(
+        factory=dict, help="free-form description of the compute budget (training rows, device, ...), copied "
+        "into summary.json's budget next to the measured wall time of every cell")
     domain: str | None = option(None, help="item word for LLM prompts, e.g. CD (default: the dataset's dataset.json)")
 
     def __post_init__(self) -> None:
@@ -75,12 +81,23 @@ class CompareConfig(ConfigBase):
                 raise ConfigError(f"config key '{key}': {vals} has duplicates")
         if not self.seeds:
             raise ConfigError("config key 'seeds': empty; give at least one seed, e.g. seeds=1,2,3")
-        extra = sorted(set(self.method_configs) - set(self.methods))
-        if extra:
-            raise ConfigError(f"config key 'method_configs': '{extra[0]}' is not in methods {self.methods}")
+        for key in ("method_configs", "method_seeds"):
+            extra = sorted(set(getattr(self, key)) - set(self.methods))
+            if extra:
+                raise ConfigError(f"config key '{key}': '{extra[0]}' is not in methods {self.methods}")
+        for method, seeds in self.method_seeds.items():
+            if isinstance(seeds, int):
+                seeds = self.method_seeds[method] = [seeds]
+            if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(x, int) for x in seeds):
+                raise ConfigError(f"config key 'method_seeds.{method}': {seeds} must be a non-empty list of "
+                                  "distinct integer seeds, e.g. [0]")
         if self.split not in SPLITS:
             raise ConfigError(f"config key 'split': {self.split!r} is not one of {list(SPLITS)}")
         self.eval_config()  # validates limit, batch_size and beam early
+
+    def seeds_of(self, method: str) -> list[int]:
+        """The seeds ``method`` runs: ``method_seeds[method]`` if given, else ``seeds``."""
+        return list(self.method_seeds.get(method, self.seeds))
 
     def eval_config(self) -> EvalConfig:
         # The table needs @5 and @10, so EvalConfig's check asks for beam >= 10.
@@ -211,7 +228,7 @@ def run_comparison(
     done: dict[str, list[Path]] = {}
     for method in cfg.methods:
         done[method] = []
-        for seed in cfg.seeds:
+        for seed in cfg.seeds_of(method):
             cell_dir = out / "cells" / method / f"seed{seed}"
             cells[f"{method}/seed{seed}"] = entry = _run_cell(method, seed, cell_dir, dataset, cfg, runner)
             if entry["status"] == "ok":
@@ -248,12 +265,22 @@ def run_comparison(
         "methods": methods,
         "significance": significance,
         "relative_improvement": rel,
-        "budget": {**(budget or {}), "cells": cells, "wall_seconds": time.perf_counter() - t_start,
+        "budget": {**cfg.budget, **(budget or {}), "machine": _machine(), "cells": cells, "wall_seconds": time.perf_counter() - t_start,
                    "cell_wall_seconds": sum(c["wall_seconds"] or 0.0 for c in cells.values())},
     }
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", format_markdown(summary))
     return summary
+
+
+def _machine() -> dict[str, Any]:
+    import os
+    import platform
+
+    import torch
+
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def _fmt(stat: dict | None) -> str:
