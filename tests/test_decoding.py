@@ -140,6 +140,7 @@ def test_trie_matches_brute_force(tok, trie):
         if ok:
             assert prefix_of[c] == prefix_of[n] + (x,)
     assert trie.depth == max(len(encode_target(tok, t)) for t in trie.titles)
+    assert trie.title_lengths().tolist() == [len(encode_target(tok, t)) for t in trie.titles]
 
 
 def test_trie_dedupes_and_rejects_bad_input(tok, tmp_path):

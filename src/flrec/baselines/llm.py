@@ -90,7 +90,6 @@ class LLMRecommender(Recommender):
 
     # ------------------------------------------------------------------------------------ ranking
     def _prepare(self) -> None:
-        from flrec.data.prompts import encode_target
         from flrec.decoding.trie import TitleTrie
 
         if self.model is None:
@@ -102,7 +101,7 @@ class LLMRecommender(Recommender):
         if self._trie is None:
             vocab = self.model._causal_lm().get_output_embeddings().weight.shape[0]
             self._trie = TitleTrie.build(self.tokenizer, self.catalogue.unique_titles, vocab_size=vocab)
-            self._title_len = [len(encode_target(self.tokenizer, t)) for t in self._trie.titles]
+            self._title_len = self._trie.title_lengths().tolist()
 
     @torch.inference_mode()
     def recommend(self, rows: Sequence[Interaction], k: int = 20, batch_size: int | None = None) -> list[Ranked]:

@@ -140,6 +140,23 @@ class TitleTrie:
         """Title index of each (terminal) node; -1 for non-terminal or invalid nodes."""
         return torch.where(nodes >= 0, self.node_title[nodes.clamp(min=0)], -1)
 
+    def title_lengths(self) -> torch.Tensor:
+        """(T,) tokens of each title's target ids (EOS included): the depth of its leaf."""
+        edge_parent = torch.repeat_interleave(
+            torch.arange(self.num_nodes, device=self.child_ptr.device), self.child_ptr.diff()
+        )
+        parent = torch.full_like(self.node_title, -1)
+        parent[self.child_node] = edge_parent
+        leaf = torch.full((len(self.titles),), -1, dtype=torch.long, device=self.node_title.device)
+        is_leaf = self.node_title >= 0
+        leaf[self.node_title[is_leaf]] = is_leaf.nonzero().squeeze(1)
+        length = torch.zeros_like(leaf)
+        for _ in range(self.depth):  # pointer jumping to the root (node 0), one level per step
+            up = leaf > 0
+            length += up.long()
+            leaf = torch.where(up, parent[leaf.clamp(min=0)], leaf)
+        return length
+
     def to(self, device: torch.device | str) -> TitleTrie:
         """A copy whose tensors live on ``device`` (keep it next to the model's logits)."""
         t = [x.to(device) for x in (self.child_ptr, self.child_tok, self.child_node, self.node_title)]
