@@ -240,7 +240,13 @@ def run_comparison(
         methods[method] = {
             m: summarise_seeds([s["metrics"][m] for s in summaries]) if summaries else None for m in TABLE_METRICS
         }
-        methods[method].update(n_seeds=len(summaries), n_rows=summaries[0]["n_rows"] if summaries else 0)
+        methods[method].update(
+            n_seeds=len(summaries),
+            n_rows=summaries[0]["n_rows"] if summaries else 0,
+            # cost and the generic-title diagnostic, averaged over seeds (None where a cell lacks them)
+            seconds_per_user=_mean([(s.get("inference") or {}).get("seconds_per_user") for s in summaries]),
+            top1_distinct_share=_mean([(s.get("diagnostics") or {}).get("top1_distinct_share") for s in summaries]),
+        )
 
     ok = [m for m in cfg.methods if methods[m]["n_seeds"] > 0]
     ref = cfg.reference
@@ -273,6 +279,10 @@ def run_comparison(
     return summary
 
 
+def _mean(values: list[float | None]) -> float | None:
+    return None if not values or any(v is None for v in values) else sum(values) / len(values)
+
+
 def _machine() -> dict[str, Any]:
     import os
     import platform
@@ -292,14 +302,16 @@ def format_markdown(summary: dict) -> str:
     sig = summary["significance"]
     ref = sig["reference"]
     rel = summary["relative_improvement"]
-    head = ["method", *[m.upper() for m in TABLE_METRICS], "seeds", "rows",
+    head = ["method", *[m.upper() for m in TABLE_METRICS], "seeds", "rows", "s/user", "distinct top-1",
             f"{ref} vs. method (N@10)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
     for name, st in summary["methods"].items():
         imp = rel.get(name, {}).get(SIG_METRIC)
         cells = [_fmt(st[m]) for m in TABLE_METRICS]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {st['n_seeds']} | {st['n_rows']} | "
-                     + ("" if imp is None else f"{imp:+.2f}%") + " |")
+        spu, top1 = st.get("seconds_per_user"), st.get("top1_distinct_share")
+        cells += [str(st["n_seeds"]), str(st["n_rows"]), "" if spu is None else f"{spu:.4f}",
+                  "" if top1 is None else f"{top1:.1%}", "" if imp is None else f"{imp:+.2f}%"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     if sig.get("skipped"):
         lines.append(f"Significance test skipped: {sig['skipped']}.")
