@@ -131,7 +131,7 @@ def test_compare_summary_shape_resume_and_failures(tmp_path: Path):
     cells = summary["budget"]["cells"]
     assert cells[f"{BROKEN}/seed1"]["status"] == "failed" and "boom" in cells[f"{BROKEN}/seed1"]["error"]
     assert cells["pop/seed2"]["status"] == "ok" and cells["pop/seed2"]["wall_seconds"] > 0
-    assert summary["budget"]["device"] == "cpu"
+    assert summary["budget"]["device"] == "cpu" and summary["budget"]["machine"]["cpu_count"] >= 1
 
     # Mean/std over seeds are the sample statistics of the cells' own metrics.
     vals = [json.loads((out / "cells" / REF / f"seed{s}" / "summary.json").read_text())["metrics"]["ndcg@10"]
@@ -222,8 +222,10 @@ def test_compare_config_checks_and_yaml_method_config(tmp_path: Path):
 
 
 def test_method_seeds_override_seeds_per_method(tmp_path: Path):
-    cfg = _cfg(tmp_path, methods=[REF, OTHER], seeds=[1, 2], method_seeds={OTHER: [7]}, method_configs={})
+    cfg = _cfg(tmp_path, methods=[REF, OTHER], seeds=[1, 2], method_seeds={OTHER: [7]}, method_configs={},
+               budget={"llm_training": "100 steps"})
     s = run_comparison(cfg, dataset=tiny_dataset())
+    assert s["budget"]["llm_training"] == "100 steps"  # the config's budget note travels into summary.json
     cells = Path(cfg.out) / "cells"
     assert sorted(p.name for p in (cells / OTHER).iterdir()) == ["seed7"]
     assert sorted(p.name for p in (cells / REF).iterdir()) == ["seed1", "seed2"]
