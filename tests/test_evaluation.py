@@ -16,6 +16,7 @@ from flrec.baselines.base import Recommender
 from flrec.data.schema import Catalogue, Interaction, RecDataset
 from flrec.errors import ConfigError, DataError, FlrecError
 from flrec.evaluation.analysis import (
+    item_level_row_metric,
     paired_ttest,
     per_row_metric,
     popular_items,
@@ -243,6 +244,17 @@ def test_paired_ttest_matches_scipy_and_hand_formula():
     assert res["n"] == 6 and res["t"] == pytest.approx(t_hand) and res["t"] == pytest.approx(ref.statistic)
     assert res["p_value"] == pytest.approx(ref.pvalue) and res["mean_diff"] == pytest.approx(d.mean())
     assert per_row_metric(rec_b, "hr@1") == {0: 0.0, 1: 0.0, 2: 0.0, 3: 1.0, 4: 1.0, 5: 0.0}
+
+
+def test_item_level_metric_discounts_shared_titles_by_hand():
+    cat = Catalogue(["Greatest Hits", "Greatest Hits", "Greatest Hits", "Abbey Road", "Kind of Blue"])
+    rec = [{"row": 0, "rank": 1, "target_title": "Greatest Hits"},  # 1 / 3 items
+           {"row": 1, "rank": 3, "target_title": "Abbey Road"},  # unique: plain NDCG = 1/log2(4) = 0.5
+           {"row": 2, "rank": None, "target_title": "Kind of Blue"}]
+    assert item_level_row_metric(rec, cat, "ndcg@10") == pytest.approx({0: 1 / 3, 1: 0.5, 2: 0.0})
+    assert item_level_row_metric(rec, cat, "hr@1") == pytest.approx({0: 1 / 3, 1: 0.0, 2: 0.0})
+    with pytest.raises(FlrecError, match="not in the catalogue"):
+        item_level_row_metric([{"row": 0, "rank": 1, "target_title": "Nevermind"}], cat)
 
 
 def test_paired_ttest_degenerate_and_mismatched():

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from flrec.data.schema import RecDataset
+from flrec.data.schema import Catalogue, RecDataset
 from flrec.errors import FlrecError
 from flrec.evaluation.metrics import hit_at, ndcg_at
 
@@ -37,6 +37,27 @@ def per_row_metric(records: Iterable[Mapping], metric: str = "ndcg@10") -> dict[
         if row in out:
             raise FlrecError(f"row {row} appears twice in the evaluation records; re-run the evaluation")
         out[row] = fn(r["rank"])
+    return out
+
+
+def item_level_row_metric(
+    records: Iterable[Mapping], catalogue: Catalogue, metric: str = "ndcg@10"
+) -> dict[int, float]:
+    """Per-row ``metric`` with a hit on a title shared by ``m`` catalogue items credited ``1/m``.
+
+    Title-level hits (the generative protocol) cannot tell items that share a title apart, which
+    flatters a generator that keeps proposing a generic title ("Greatest Hits" names many CDs).
+    ``value / m`` is the expected item-level value if each recommended title stood for one of its
+    ``m`` items chosen uniformly; for catalogues with unique titles it equals ``metric``.
+    """
+    base = per_row_metric(records, metric)
+    out = {}
+    for r in records:
+        m = len(catalogue.item_ids(r["target_title"]))
+        if m == 0:
+            raise FlrecError(f"row {r['row']}: target title {r['target_title']!r} is not in the catalogue; "
+                             "evaluate against the dataset the records came from")
+        out[int(r["row"])] = base[int(r["row"])] / m
     return out
 
 

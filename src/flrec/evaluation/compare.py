@@ -30,6 +30,7 @@ from flrec.config import ConfigBase, option, save_run_metadata
 from flrec.data.schema import SPLITS, RecDataset
 from flrec.errors import ConfigError
 from flrec.evaluation.analysis import (
+    item_level_row_metric,
     paired_ttest_values,
     per_row_metric,
     relative_improvement,
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 TABLE_METRICS: tuple[str, ...] = ("hr@5", "hr@10", "ndcg@5", "ndcg@10")
 SIG_METRIC = "ndcg@10"
+ITEM_METRIC = "ndcg@10"  # also reported with shared-title hits discounted (analysis.item_level_row_metric)
 _CELL_KEYS = ("split", "limit", "beam")  # a finished cell is reused only if these match
 
 # fit_and_eval(method, seed, dataset, cell_dir, method_config, eval_cfg) -> evaluate()'s summary;
@@ -246,6 +248,7 @@ def run_comparison(
             # cost and the generic-title diagnostic, averaged over seeds (None where a cell lacks them)
             seconds_per_user=_mean([(s.get("inference") or {}).get("seconds_per_user") for s in summaries]),
             top1_distinct_share=_mean([(s.get("diagnostics") or {}).get("top1_distinct_share") for s in summaries]),
+            **{f"item_{ITEM_METRIC}": _item_level(dirs, dataset)},
         )
 
     ok = [m for m in cfg.methods if methods[m]["n_seeds"] > 0]
@@ -279,6 +282,13 @@ def run_comparison(
     return summary
 
 
+def _item_level(cell_dirs: list[Path], dataset: RecDataset) -> dict[str, float] | None:
+    if not cell_dirs:
+        return None
+    vals = [item_level_row_metric(load_ranks(d / RANKS), dataset.catalogue, ITEM_METRIC) for d in cell_dirs]
+    return summarise_seeds([sum(v.values()) / max(len(v), 1) for v in vals])
+
+
 def _mean(values: list[float | None]) -> float | None:
     return None if not values or any(v is None for v in values) else sum(values) / len(values)
 
@@ -302,15 +312,17 @@ def format_markdown(summary: dict) -> str:
     sig = summary["significance"]
     ref = sig["reference"]
     rel = summary["relative_improvement"]
-    head = ["method", *[m.upper() for m in TABLE_METRICS], "seeds", "rows", "s/user", "distinct top-1",
-            f"{ref} vs. method (N@10)"]
+    item = f"item_{ITEM_METRIC}"
+    head = ["method", *[m.upper() for m in TABLE_METRICS], f"item {ITEM_METRIC.upper()}", "seeds", "rows",
+            "s/user", "distinct top-1", f"{ref} vs. method (N@10)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
     for name, st in summary["methods"].items():
         imp = rel.get(name, {}).get(SIG_METRIC)
-        cells = [_fmt(st[m]) for m in TABLE_METRICS]
         spu, top1 = st.get("seconds_per_user"), st.get("top1_distinct_share")
-        cells += [str(st["n_seeds"]), str(st["n_rows"]), "" if spu is None else f"{spu:.4f}",
-                  "" if top1 is None else f"{top1:.1%}", "" if imp is None else f"{imp:+.2f}%"]
+        cells = [_fmt(st[m]) for m in TABLE_METRICS] + [
+            "" if st.get(item) is None else _fmt(st[item]), str(st["n_seeds"]), str(st["n_rows"]),
+            "" if spu is None else f"{spu:.4f}", "" if top1 is None else f"{top1:.1%}",
+            "" if imp is None else f"{imp:+.2f}%"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     if sig.get("skipped"):
