@@ -240,3 +240,8 @@ def test_method_seeds_override_seeds_per_method(tmp_path: Path):
         CompareConfig(methods=["pop"], method_seeds={"typo": [1]})
     with pytest.raises(ConfigError, match="method_seeds.pop"):
         CompareConfig(methods=["pop"], method_seeds={"pop": []})
+    # YAML/CLI values are coerced like top-level keys: a scalar or "a,b" becomes a list of ints
+    assert CompareConfig.load(overrides=["methods=pop", "method_seeds.pop=0"]).method_seeds == {"pop": [0]}
+    assert CompareConfig.load(overrides=["methods=pop", "method_seeds.pop=0,1"]).method_seeds == {"pop": [0, 1]}
+    with pytest.raises(ConfigError, match="method_seeds.pop.*expected int"):
+        CompareConfig.load(overrides=["methods=pop", "method_seeds.pop=a"])

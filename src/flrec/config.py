@@ -71,7 +71,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
-        return dict(value)
+        kt, vt = args if args else (Any, Any)  # values get the same coercion as top-level keys
+        return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if typ is bool:
         if isinstance(value, bool):
             return value

@@ -87,10 +87,8 @@ class CompareConfig(ConfigBase):
             extra = sorted(set(getattr(self, key)) - set(self.methods))
             if extra:
                 raise ConfigError(f"config key '{key}': '{extra[0]}' is not in methods {self.methods}")
-        for method, seeds in self.method_seeds.items():
-            if isinstance(seeds, int):
-                seeds = self.method_seeds[method] = [seeds]
-            if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(x, int) for x in seeds):
+        for method, seeds in self.method_seeds.items():  # from YAML/CLI already coerced to lists of ints
+            if not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(x, int) for x in seeds):
                 raise ConfigError(f"config key 'method_seeds.{method}': {seeds} must be a non-empty list of "
                                   "distinct integer seeds, e.g. [0]")
         if self.split not in SPLITS:
