@@ -136,6 +136,15 @@ def cmd_demo(a) -> None:
     run_demo(out=a.out, steps=a.steps, eval_rows=a.eval_rows)
 
 
+def cmd_analyze_factors(a) -> None:
+    from flrec.analysis.factors import factor_diagnostics, format_report
+    from flrec.training.sft import load_dataset
+
+    rep = factor_diagnostics(a.model, load_dataset(a.data), split=a.split, limit=a.limit,
+                             batch_size=a.batch_size, n_perm=a.permutations)
+    print(json.dumps(rep) if a.json else format_report(rep))
+
+
 def cmd_config(a) -> None:
     print(_config_class(a.stage).describe())
 
@@ -220,6 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=None, help="SFT steps (default from configs/demo.yaml)")
     s.add_argument("--eval-rows", type=int, default=None, help="test rows to evaluate (default from the demo config)")
     s.set_defaults(fn=cmd_demo)
+
+    analyze = sub.add_parser("analyze", help="analyses of a trained model")
+    asub = analyze.add_subparsers(dest="analyze_cmd", required=True)
+    s = asub.add_parser("factors", help="factor health: thought similarity across users, gate usage, attention on "
+                        "history items, planted-intent recovery (synthetic data)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--model", required=True, help="an SFT run dir (holding best/) or a model dir")
+    s.add_argument("--data", required=True, help="D3 dataset dir or embedded:synth")
+    s.add_argument("--split", default="test", help="split whose rows are analysed")
+    s.add_argument("--limit", type=int, default=200, help="first N rows of the split (0 = all)")
+    s.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (results do not depend on it)")
+    s.add_argument("--permutations", type=int, default=1000, help="permutations for the MI p-value")
+    s.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+    s.set_defaults(fn=cmd_analyze_factors)
 
     s = sub.add_parser("config", help="list a config's keys, defaults and help")
     s.add_argument("stage", choices=sorted(CONFIGS))

@@ -69,7 +69,7 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows:
           f"target: {ds.catalogue.title(row.target)!r}")
     del model
 
-    _banner(f"3/4 FLR SFT ({cfg.train.max_steps} steps, K={cfg.flr.num_factors}, N={cfg.flr.num_steps})")
+    _banner(f"3/4 FLR SFT ({cfg.train.max_steps} steps, K={cfg.flr.num_factors}, N={cfg.flr.steps})")
     res = run_sft(cfg, ds)
     print(f"best step {res['best_step']} (valid loss {res['best_valid_loss']:.4f}); model: {res['model_dir']}")
 

@@ -120,7 +120,7 @@ class LLMRecommender(Recommender):
             chunk = rows[start : start + bs]
             examples = self.builder.encode_rows(chunk, self.catalogue)
             batch = collate_left_padded(examples, self.tokenizer.pad_token_id)
-            state = self.model.prefill(batch["prompt_ids"], batch["prompt_mask"])
+            state = self.model.prefill(batch["prompt_ids"], batch["prompt_mask"], batch.get("prompt_items"))
             ranked = constrained_beam_search(self.model.backbone, state, self._trie, beam_size=self.config.beam,
                                              length_penalty=self.config.length_penalty)
             for hyps in ranked:
