@@ -210,3 +210,51 @@ def test_tune_writes_decoding_json_and_evaluate_uses_it(rec, ds, tmp_path, capsy
     (model_dir / DECODING_FILE).write_text('{"decoding": {"scoring": "mean"}}')
     with pytest.raises(ConfigError, match="scoring"):
         load_llm_recommender(tmp_path / "saved", ds, beam=10)
+
+
+def test_flr_plus_sasrec_fits_saves_and_loads(ds, tmp_path):
+    cls = get_recommender("flr+sasrec")
+    cfg = cls.config_cls.from_dict({
+        "sft": {"backbone": "tiny:llama", "max_history": 4, "train_limit": 16, "valid_limit": 4,
+                "flr": {"num_factors": 2, "gate_hidden": 8},
+                "train": {"max_steps": 1, "mixed_precision": "no", "progress": False}},
+        "beam": 10, "batch_size": 4, "seed": 3, "decoding": {"gamma": 0.5},
+        "assistant_config": {"max_epochs": 1, "progress": False, "hidden_size": 16}})
+    rec = cls(ds.catalogue, cfg).fit(ds, run_dir=tmp_path / "run")
+    assert rec.assistant.name == "sasrec" and rec.assistant.config.seed == 3
+    rows = ds["test"][:3]
+    got = rec.recommend(rows, k=10)
+    assert rec.decoding_info()["assistant"] == "sasrec"
+    rec.save(tmp_path / "saved")
+    again = cls.load(tmp_path / "saved")
+    assert again.assistant is not None and again.config.decoding.gamma == 0.5
+    for a, b in zip(again.recommend(rows, k=10), got, strict=True):
+        assert [t for t, _ in a] == [t for t, _ in b]
+    # the assisted method reads its own tuned file; plain FLR never loads an assisted directory as FLR
+    (tmp_path / "saved" / "model" / "decoding+assistant.json").write_text('{"decoding": {"gamma": 0.0}}')
+    assert cls.load(tmp_path / "saved").config.decoding.gamma == 0.0
+    with pytest.raises(ConfigError, match="unknown key 'assistant'"):
+        get_recommender("flr").load(tmp_path / "saved")
+    with pytest.raises(ConfigError, match="assistant"):
+        cls(ds.catalogue, cfg).recommend(rows)
+
+
+def test_cli_tune_decoding(rec, tmp_path, capsys):
+    from flrec.cli import main
+
+    data = tmp_path / "data"
+    generate_synthetic(SYNTH, data)
+    _set(rec)
+    rec.save(tmp_path / "saved")
+    argv = ["tune-decoding", "--model", str(tmp_path / "saved"), "--data", str(data), "--limit", "3",
+            "scorings=sum,info_gain", "length_penalties=1", "alphas=0", "batch_size=3"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "decoding.json: length_penalty=1.0" in out and "search (2 points)" in out
+    assert (tmp_path / "saved" / "model" / DECODING_FILE).is_file()
+    assert main(argv) == 2 and "--force" in capsys.readouterr().err
+    assert main([*argv, "--force"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--split", "test"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "valid" in err and "\n" not in err
