@@ -225,6 +225,14 @@ def test_flr_plus_sasrec_fits_saves_and_loads(ds, tmp_path):
     rows = ds["test"][:3]
     got = rec.recommend(rows, k=10)
     assert rec.decoding_info()["assistant"] == "sasrec"
+    # with a thought token too, the PMI prior is the empty-history beam score (same decoding)
+    from flrec.decoding.beam import constrained_beam_search
+
+    assert rec.model.config.uses_thought
+    dec = DecodingConfig(scoring="trie_renorm", prior_cache_dir=str(tmp_path / "priors"))
+    empty = constrained_beam_search(rec.model.backbone, rec._empty_prefill(), rec._trie, beam_size=10,
+                                    length_penalty=0.5, scoring="trie_renorm")[0]
+    assert rec.title_prior([t for t, _ in empty], dec, 0.5).tolist() == pytest.approx([s for _, s in empty], abs=1e-4)
     rec.save(tmp_path / "saved")
     again = cls.load(tmp_path / "saved")
     assert again.assistant is not None and again.config.decoding.gamma == 0.5

@@ -258,7 +258,7 @@ class LLMRecommender(Recommender):
     def _assistant_probs(self, chunk: Sequence[Interaction], dec: DecodingConfig) -> torch.Tensor | None:
         if self.assistant is None or (dec.gamma >= 1.0 and dec.item_tiebreak != "assistant"):
             return None
-        scores = self.assistant.score(chunk).double()
+        scores = self.assistant.score(chunk).double().cpu()
         return torch.softmax(scores / dec.cf_temperature, dim=1)
 
     def _seen(self, chunk: Sequence[Interaction]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,7 +46,7 @@ def score_titles(
     chunk, since the search consumes the cache); ``model`` is the causal LM that continues it.
     """
     decoding = decoding or DecodingConfig()
-    tok_all, len_all = trie.title_tokens()
+    tok_all, len_all = (x.cpu() for x in trie.title_tokens())
     weight = edge_weights(trie, decoding)
     idx = torch.as_tensor(list(titles), dtype=torch.long)
     out = torch.empty(len(idx), dtype=torch.float64)
@@ -73,12 +73,12 @@ def score_titles(
             logits = logits0[:, None]
         logp_all = torch.log_softmax(logits, dim=-1)
         # walk the trie along each title: node before token i, and the edges out of it
+        t_dev = trie if trie.child_ptr.device == dev else trie.to(dev)
         nodes = torch.zeros(n, L, dtype=torch.long, device=dev)
         cur = torch.zeros(n, dtype=torch.long, device=dev)
         for i in range(L):
             nodes[:, i] = cur
-            cur = trie.advance(cur, tok[:, i].clamp(min=0))
-        t_dev = trie if trie.child_ptr.device == dev else trie.to(dev)
+            cur = t_dev.advance(cur, tok[:, i].clamp(min=0))
         child_tok, real, edge = t_dev.child_edges(nodes.view(-1))
         logp = logp_all.view(n * L, -1).gather(1, child_tok).masked_fill(~real, float("-inf"))
         s = token_scores(logp, real, edge, decoding.scoring, None if weight is None else weight.to(dev))
