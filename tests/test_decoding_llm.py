@@ -266,3 +266,31 @@ def test_cli_tune_decoding(rec, tmp_path, capsys):
     assert main([*argv, "--split", "test"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "valid" in err and "\n" not in err
+
+
+def test_tune_resumes_after_an_interruption(rec, ds, tmp_path, monkeypatch):
+    from flrec.decoding.tune import TuneConfig, tune_decoding
+
+    _set(rec)
+    cfg = TuneConfig(limit=4, scorings=["sum", "trie_renorm", "info_gain"], length_penalties=[1.0], alphas=[0.0],
+                     batch_size=4)
+    calls = []
+    orig = type(rec).decode_candidates
+
+    def crash_on_third(self, rows, decoding=None, length_penalty=None, batch_size=None):
+        calls.append(decoding.scoring)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return orig(self, rows, decoding, length_penalty, batch_size)
+
+    monkeypatch.setattr(type(rec), "decode_candidates", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        tune_decoding(rec, ds, cfg, tmp_path)
+    assert (tmp_path / "decoding_search.json.partial").is_file() and not (tmp_path / DECODING_FILE).exists()
+    monkeypatch.setattr(type(rec), "decode_candidates", orig)
+    full = tune_decoding(rec, ds, cfg, tmp_path / "fresh")
+    calls.clear()
+    monkeypatch.setattr(type(rec), "decode_candidates", crash_on_third)  # counts calls again; 1 left to do
+    resumed = tune_decoding(rec, ds, cfg, tmp_path)
+    assert calls == ["info_gain"]
+    assert resumed["points"] == full["points"] and not (tmp_path / "decoding_search.json.partial").exists()
