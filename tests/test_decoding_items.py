@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -115,3 +116,51 @@ def test_title_protocol_has_no_item_ranks(tmp_path):
     assert s["item_metrics_expected"]["hr@1"] == pytest.approx(0.5)
     with pytest.raises(FlrecError, match="protocol=item"):
         per_row_metric([{"row": 0, "rank": 1}], "hr@1", rank_key="item_rank")
+
+
+def test_tune_selection_and_title_floor_by_hand(tmp_path, monkeypatch):
+    """Selection on a stubbed grid: best item-level point, ties to the earlier point, title floor."""
+    from dataclasses import dataclass
+
+    import flrec.decoding.tune as tune
+    from flrec.baselines.llm import DECODING_FILE
+
+    @dataclass
+    class Cfg:
+        beam: int = 10
+        batch_size: int = 8
+
+        def replace(self, **kw):
+            return Cfg(**{**self.__dict__, **kw})
+
+    class Stub:
+        assistant, item_popularity, config = None, [1.0], Cfg()
+
+        def decode_candidates(self, rows, dec, lp):
+            return [], []
+
+        def finalise(self, rows, cands, probs, dec, lp, k):
+            return dec, lp
+
+    # (scoring, alpha) -> (title ndcg@10, item ndcg@10)
+    table = {("sum", 0.0): (.30, .10), ("sum", 0.5): (.25, .40), ("trie_renorm", 0.0): (.31, .20),
+             ("trie_renorm", 0.5): (.35, .20)}
+
+    def measure(dataset, rows, dec, lp, ks):
+        t, i = table[(dec.scoring, dec.pmi_alpha)]
+        return {"title_metrics": {"ndcg@10": t}, "item_metrics": {"ndcg@10": i}, "top1_distinct_share": 0.0}
+
+    monkeypatch.setattr(tune, "_measure", measure)
+    ds = _ds([Interaction("r", [0], 1)])
+    cfg = tune.TuneConfig(scorings=["sum", "trie_renorm"], length_penalties=[1.0], alphas=[0.0, 0.5])
+    res = tune.tune_decoding(Stub(), ds, cfg, tmp_path / "a")
+    assert [(p["decoding"]["scoring"], p["decoding"]["pmi_alpha"]) for p in res["points"]] == list(table)
+    chosen = res["chosen"][DECODING_FILE]
+    assert (chosen["decoding"]["scoring"], chosen["decoding"]["pmi_alpha"]) == ("sum", 0.5)
+    # never below the first point's title-level value: (sum, .5) drops to .25 < .30, so the best
+    # qualifying item-level point is the earlier of the two .20s
+    res = tune.tune_decoding(Stub(), ds, cfg.replace(title_floor=1.0), tmp_path / "b")
+    chosen = res["chosen"][DECODING_FILE]
+    assert (chosen["decoding"]["scoring"], chosen["decoding"]["pmi_alpha"]) == ("trie_renorm", 0.0)
+    written = json.loads((tmp_path / "b" / DECODING_FILE).read_text())
+    assert written["decoding"]["scoring"] == "trie_renorm" and written["selected_on"]["value"] == .20

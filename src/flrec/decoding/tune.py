@@ -6,7 +6,9 @@ candidates, so every alpha reuses that search). Each point is scored on the *val
 (the test split is refused) by ``metric`` under ``protocol`` (item-level by default: the issue's
 problem is generic titles that name many items), with title-level and item-level HR/NDCG, and
 the distinct-top-1 share recorded beside it. The best point wins; ties go to the earlier point
-of the grid, whose first point is today's decoding.
+of the grid, whose first point is today's decoding. With ``title_floor`` only points whose
+title-level metric is at least that factor times the first point's qualify (the issue's goal: more
+item-level quality without losing title-level quality); the first point always qualifies.
 
 Outputs, in the model directory (never overwritten without ``force``):
 
@@ -55,6 +57,10 @@ class TuneConfig(ConfigBase):
         factory=DecodingConfig, help="the options that are not searched (exclude_seen, item_tiebreak, zero_gain_weight...)")
     protocol: Literal["title", "item"] = option("item", help="protocol of the objective: title or item ranks")
     metric: str = option("ndcg@10", help="objective: hr@K or ndcg@K (mean over the rows)")
+    title_floor: float = option(
+        0.0, help="a point qualifies only if its title-level metric >= title_floor x that of the grid's first "
+        "point (with the default grid: today's decoding); e.g. 1.0 = never trade title-level quality for the "
+        "objective. 0 = no constraint")
     batch_size: int = option(8, help="users decoded together")
     out: str | None = option(None, help="search JSON (default: MODEL_DIR/decoding_search.json)")
     force: bool = option(False, help="overwrite an existing decoding.json / search file")
@@ -77,6 +83,8 @@ class TuneConfig(ConfigBase):
         name, _, k = self.metric.partition("@")
         if name not in ("hr", "ndcg") or not k.isdigit() or int(k) < 1:
             raise ConfigError(f"config key 'metric': {self.metric!r}; use hr@K or ndcg@K, e.g. ndcg@10")
+        if self.title_floor < 0:
+            raise ConfigError(f"config key 'title_floor': {self.title_floor} must be >= 0 (0 = no constraint)")
         if self.batch_size < 1:
             raise ConfigError(f"config key 'batch_size': {self.batch_size} must be >= 1")
 
@@ -141,14 +149,18 @@ def tune_decoding(recommender, dataset: RecDataset, cfg: TuneConfig, model_dir: 
                for s, lp, g in searches for a in cfg.alphas]
     obj = "item_metrics" if cfg.protocol == "item" else "title_metrics"
 
+    floor = cfg.title_floor * ordered[0]["title_metrics"][cfg.metric]
+
     def best(cands: list[dict]) -> dict:
-        return max(cands, key=lambda p: p[obj][cfg.metric])  # max keeps the first of equals: grid order
+        ok = [p for p in cands if p["title_metrics"][cfg.metric] >= floor] or [ordered[0]]
+        return max(ok, key=lambda p: p[obj][cfg.metric])  # max keeps the first of equals: grid order
 
     plain = best([p for p in ordered if p["decoding"]["gamma"] >= 1.0])
     choices = {DECODING_FILE: plain}
     if assisted:
         choices[ASSISTED_DECODING_FILE] = best(ordered)
     result = {"settings": settings, "objective": f"{cfg.protocol}:{cfg.metric}", "search_file": str(out),
+              "title_floor": {"factor": cfg.title_floor, "reference": ordered[0], "value": floor},
               "points": ordered,
               "chosen": {name: {**p, "file": str(model_dir / name)} for name, p in choices.items()}}
     for name, p in choices.items():
