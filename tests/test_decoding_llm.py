@@ -120,6 +120,8 @@ def test_assistant_gamma_one_is_plain_and_zero_is_the_id_model(rec, ds):
     rows = ds["test"][:5]
     _set(rec, length_penalty=0.0)
     plain = rec.recommend(rows, k=10)
+    with pytest.raises(ConfigError, match="another catalogue"):
+        rec.attach_assistant(FixedID(Catalogue(ds.catalogue.titles[:-1])))
     rec.attach_assistant(FixedID(ds.catalogue))
     rec.config = rec.config.replace(decoding=DecodingConfig(gamma=1.0))
     assert rec.recommend(rows, k=10) == plain

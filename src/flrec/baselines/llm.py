@@ -119,9 +119,9 @@ class LLMRecommender(Recommender):
 
     def attach_assistant(self, assistant: Recommender) -> None:
         """Use ``assistant`` (any recommender with :meth:`Recommender.score`) as the text-free assistant."""
-        if self.catalogue is not None and len(assistant.catalogue) != len(self.catalogue):
-            raise ConfigError(f"the assistant '{assistant.name}' ranks {len(assistant.catalogue)} items but the "
-                              f"catalogue has {len(self.catalogue)}; train it on the same dataset")
+        if self.catalogue is not None and assistant.catalogue.titles != self.catalogue.titles:
+            raise ConfigError(f"the assistant '{assistant.name}' was trained on another catalogue ({len(assistant.catalogue)} "
+                              f"items, here {len(self.catalogue)}); train it on the same dataset")
         self.assistant = assistant
 
     def apply_decoding_file(self, path: str | Path) -> None:
