@@ -221,3 +221,56 @@ def item_rankings_for(recommender, dataset: RecDataset, rows: Sequence, rankings
         return [expand_titles_to_items(r, dataset.catalogue, w, "assign", k=k) for r in rankings]
     top = scores.topk(min(k, scores.shape[1]), dim=1)
     return [list(zip(i, v, strict=True)) for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True)]
+
+
+def add_item_ranks(records: list[dict], recommender, dataset: RecDataset, rows: Sequence,
+                   rankings: Sequence[Sequence[tuple[str, float]]], protocol: str, k: int, keep: int = 20) -> None:
+    """For ``protocol == "item"``: add ``item_rank`` (1-based rank of the target *item*, or None) and
+    ``items`` (the first ``keep`` item ids) to each evaluation record (in place).
+
+    A recommender that shares titles among items by popularity (``item_popularity`` is None) is
+    first given the dataset's train counts.
+    """
+    if protocol != "item":
+        return
+    if getattr(recommender, "item_popularity", False) is None:
+        recommender.item_popularity = item_popularity_weights(dataset)
+    items = item_rankings_for(recommender, dataset, rows, rankings, k)
+    for rec, row, ranked in zip(records, rows, items, strict=True):
+        ids = [int(i) for i, _ in ranked]
+        if len(set(ids)) != len(ids):
+            raise FlrecError(f"row {rec['row']}: the item ranking repeats an item; recommenders must rank distinct items")
+        rec["item_rank"] = next((j + 1 for j, i in enumerate(ids) if i == row.target), None)
+        rec["items"] = ids[:keep]
+
+
+def item_level_summary(dataset: RecDataset, records: Sequence[Mapping], ks: Sequence[int], protocol: str = "title",
+                       recommender=None) -> dict:
+    """Item-level additions to an evaluation summary.
+
+    * ``item_metrics_expected`` (always): HR/NDCG@K with title-level hits discounted to ``1/m``
+      (:func:`item_level_row_metric`);
+    * for ``protocol == "item"``: ``item_metrics`` (HR/NDCG@K of the target item's rank in the
+      item ranking, :func:`add_item_ranks`) and ``item_top1_distinct_share``;
+    * ``decoding`` when the recommender reports one (``decoding_info()``, LLM recommenders).
+    """
+    from flrec.evaluation.metrics import metrics_from_ranks
+
+    n = max(len(records), 1)
+    expected = {}
+    for k in ks:
+        for name in ("hr", "ndcg"):
+            vals = item_level_row_metric(records, dataset.catalogue, f"{name}@{k}") if records else {}
+            expected[f"{name}@{k}"] = sum(vals.values()) / n
+    out: dict = {"protocol": protocol, "item_metrics_expected": expected}
+    info = getattr(recommender, "decoding_info", None)
+    if callable(info):
+        out["decoding"] = info()
+    if protocol == "item":
+        if any("item_rank" not in r for r in records):
+            raise FlrecError("some records have no item_rank (rows of a title-protocol run were resumed); "
+                             "re-run the evaluation in a fresh folder with eval.protocol=item")
+        out["item_metrics"] = metrics_from_ranks([r["item_rank"] for r in records], ks)
+        top1 = [r["items"][0] for r in records if r["items"]]
+        out["item_top1_distinct_share"] = len(set(top1)) / max(len(top1), 1)
+    return out

@@ -35,13 +35,7 @@ from flrec.baselines.base import Ranked, Recommender
 from flrec.config import ConfigBase, option
 from flrec.data.schema import SPLITS, Interaction, RecDataset
 from flrec.errors import ConfigError, DataError, FlrecError
-from flrec.evaluation.analysis import (
-    POPULAR_FRACTION,
-    item_level_row_metric,
-    item_popularity_weights,
-    item_rankings_for,
-    popular_items,
-)
+from flrec.evaluation.analysis import POPULAR_FRACTION, add_item_ranks, item_level_summary, popular_items
 from flrec.evaluation.metrics import metrics_from_ranks, target_rank
 from flrec.utils.io import atomic_write_json, atomic_write_jsonl
 from flrec.utils.seed import seed_everything
@@ -61,11 +55,11 @@ class EvalConfig(ConfigBase):
     limit: int | None = option(None, help="evaluate only the first N rows of the split (None = all)")
     batch_size: int = option(64, help="rows per recommend() call; results do not depend on it")
     ks: list[int] = option(factory=lambda: list(EVAL_KS), help="cut-offs K for HR@K and NDCG@K")
-    beam: int = option(10, help="titles requested per row (beam width for generative methods); >= max(ks)")
-    seed: int = option(0, help="seed set before evaluating (for methods with stochastic inference)")
     protocol: Literal["title", "item"] = option(
         "title", help="title: the paper's title-level hits (metrics); item: also rank items (a title names m "
         "items; see flrec.evaluation.analysis.item_rankings_for) and report item_metrics beside them")
+    beam: int = option(10, help="titles requested per row (beam width for generative methods); >= max(ks)")
+    seed: int = option(0, help="seed set before evaluating (for methods with stochastic inference)")
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -208,7 +202,6 @@ def evaluate(recommender: Recommender, dataset: RecDataset, cfg: EvalConfig, run
         raise ConfigError(f"split '{cfg.split}' is not in dataset '{dataset.name}' (has {sorted(dataset.splits)})")
     rows = dataset[cfg.split][: cfg.limit]
     fp = _fingerprint(recommender, cfg)
-    _prepare_item_protocol(recommender, dataset, cfg, fp)
     run_dir = Path(run_dir) if run_dir is not None else None
     records: list[dict] = []
     progress: dict[str, Any] = {}
@@ -235,8 +228,8 @@ def evaluate(recommender: Recommender, dataset: RecDataset, cfg: EvalConfig, run
                 gen = getattr(recommender, "last_generated_tokens", None)
                 tokens = None if gen is None or tokens is None else tokens + int(gen)
                 new = _row_records(dataset, batch, rankings, start)
-                _add_item_ranks(new, recommender, dataset, batch, rankings, cfg)
                 records.extend(new)
+                add_item_ranks(new, recommender, dataset, batch, rankings, cfg.protocol, cfg.beam, RECORDED_TOP)
                 if sink is not None:
                     sink.write("".join(json.dumps(r) + "\n" for r in new))
                     sink.flush()
@@ -262,62 +255,10 @@ def evaluate(recommender: Recommender, dataset: RecDataset, cfg: EvalConfig, run
         },
         "eval_config": cfg.to_dict(),
     }
-    summary.update(item_level_summary(dataset, records, cfg, recommender))
+    summary.update(item_level_summary(dataset, records, cfg.ks, cfg.protocol, recommender))
     if run_dir is not None:
         atomic_write_jsonl(run_dir / RANKS, records)
         atomic_write_json(run_dir / SUMMARY, summary)
         for name in (PARTIAL, PROGRESS):
             (run_dir / name).unlink(missing_ok=True)
     return summary
-
-
-# ------------------------------------------------------------------------------------ item level
-
-
-def _prepare_item_protocol(recommender: Recommender, dataset: RecDataset, cfg: EvalConfig, fingerprint: dict) -> None:
-    """Item protocol: give a recommender that shares titles among items by popularity the train
-    counts it needs (when it has none), and keep item-level partial files apart from title-level ones."""
-    if cfg.protocol != "item":
-        return
-    fingerprint["protocol"] = cfg.protocol
-    if hasattr(recommender, "item_popularity") and recommender.item_popularity is None:
-        recommender.item_popularity = item_popularity_weights(dataset)
-
-
-def _add_item_ranks(records: list[dict], recommender: Recommender, dataset: RecDataset,
-                    rows: Sequence[Interaction], rankings: Sequence[Ranked], cfg: EvalConfig) -> None:
-    """``item_rank`` (1-based rank of the target *item*, or None) and ``items`` (first 20) per record."""
-    if cfg.protocol != "item":
-        return
-    items = item_rankings_for(recommender, dataset, rows, rankings, cfg.beam)
-    for rec, row, ranked in zip(records, rows, items, strict=True):
-        ids = [int(i) for i, _ in ranked]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"row {rec['row']}: the item ranking repeats an item")
-        rec["item_rank"] = target_rank(ids, row.target)
-        rec["items"] = ids[:RECORDED_TOP]
-
-
-def item_level_summary(dataset: RecDataset, records: Sequence[dict], cfg: EvalConfig,
-                       recommender: Recommender | None = None) -> dict:
-    """``item_metrics_expected`` (title hits discounted to 1/m, always) and, for ``protocol=item``,
-    ``item_metrics`` (HR/NDCG of the target item's rank in the item ranking) and the share of
-    distinct top-1 items; plus ``decoding`` when the recommender reports one (``decoding_info()``)."""
-    n = max(len(records), 1)
-    expected = {}
-    for k in cfg.ks:
-        for name in ("hr", "ndcg"):
-            vals = item_level_row_metric(records, dataset.catalogue, f"{name}@{k}") if records else {}
-            expected[f"{name}@{k}"] = sum(vals.values()) / n
-    out: dict[str, Any] = {"protocol": cfg.protocol, "item_metrics_expected": expected}
-    info = getattr(recommender, "decoding_info", None)
-    if callable(info):
-        out["decoding"] = info()
-    if cfg.protocol == "item":
-        if any("item_rank" not in r for r in records):
-            raise FlrecError("some records have no item_rank (a title-protocol partial run?); delete the run "
-                             "directory's ranks files and re-run with eval.protocol=item")
-        out["item_metrics"] = metrics_from_ranks([r["item_rank"] for r in records], cfg.ks)
-        top1 = [r["items"][0] for r in records if r["items"]]
-        out["item_top1_distinct_share"] = len(set(top1)) / max(len(top1), 1)
-    return out
