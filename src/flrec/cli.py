@@ -19,11 +19,11 @@ CONFIGS = {
     "flr": "flrec.models.recommender:FLRConfig",
     "train": "flrec.training.trainer:TrainConfig",
     "eval": "flrec.evaluation.runner:EvalConfig",
+    "tune-decoding": "flrec.decoding.tune:TuneConfig",
     "compare": "flrec.evaluation.compare:CompareConfig",
     "synth": "flrec.data.synth:SynthConfig",
     "amazon": "flrec.data.amazon:AmazonPrepConfig",
     "llm": "flrec.baselines.llm:LLMRecConfig",
-    "tune-decoding": "flrec.decoding.tune:TuneConfig",
 }
 
 
@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--row", type=int, default=0)
     s.set_defaults(fn=cmd_prompt)
 
+    add_tune_decoding_parser(sub, with_config)
+
     train = sub.add_parser("train", help="training stages")
     tsub = train.add_subparsers(dest="train_cmd", required=True)
     s = with_config(tsub.add_parser("sft", help="supervised fine-tuning of FLR (or latentr3 / bigrec via flr.reasoner)"))
@@ -245,8 +247,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     s.add_argument("--out", help="output dir (default: MODEL/eval-SPLIT)")
     s.set_defaults(fn=cmd_evaluate)
-
-    add_tune_decoding_parser(sub, with_config)
 
     s = with_config(sub.add_parser("compare", help="train + evaluate several methods x seeds; table + t-test"))
     s.add_argument("--data")
