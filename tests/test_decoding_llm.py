@@ -108,6 +108,7 @@ def test_exclude_seen_never_returns_a_history_item(rec, ds):
     assert any(i in r.history for r, items in zip(rows, plain_items, strict=True) for i, _ in items)
     _set(rec, exclude_seen=True)
     titles = rec.recommend(rows, k=10)
+    assert rec.recommend_items(rows, k=10) == rec.last_item_rankings
     for r, ts, items in zip(rows, titles, rec.last_item_rankings, strict=True):
         assert not {i for i, _ in items} & set(r.history)
         for t, _ in ts:  # a title is dropped only when every item it names was seen

@@ -181,6 +181,12 @@ class LLMRecommender(Recommender):
         self.last_item_rankings = items
         return titles
 
+    def recommend_items(self, rows: Sequence[Interaction], k: int = 20, batch_size: int | None = None) -> list[ItemRanked]:
+        """Top-``k`` *items* per row: the beam's titles split over the items they name
+        (``decoding.item_split`` / ``item_tiebreak``; history items dropped with ``exclude_seen``)."""
+        self.recommend(rows, k=k, batch_size=batch_size)
+        return self.last_item_rankings
+
     def decode_candidates(self, rows: Sequence[Interaction], decoding: DecodingConfig | None = None,
                           length_penalty: float | None = None, batch_size: int | None = None
                           ) -> tuple[Candidates, list[torch.Tensor | None]]:
