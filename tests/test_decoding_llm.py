@@ -241,6 +241,20 @@ def test_flr_plus_sasrec_fits_saves_and_loads(ds, tmp_path):
     assert again.assistant is not None and again.config.decoding.gamma == 0.5
     for a, b in zip(again.recommend(rows, k=10), got, strict=True):
         assert [t for t, _ in a] == [t for t, _ in b]
+    # reusing the trained parts (as a comparison would reuse its flr and sasrec cells): no training
+    import flrec.baselines.llm as llm_mod
+
+    reuse = cfg.replace(llm_dir=str(tmp_path / "saved"), assistant_dir=str(tmp_path / "saved" / "assistant"))
+    orig_sft = llm_mod.run_sft
+    llm_mod.run_sft = lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again"))
+    try:
+        reused = cls(ds.catalogue, reuse).fit(ds)
+    finally:
+        llm_mod.run_sft = orig_sft
+    for a, b in zip(reused.recommend(rows, k=10), got, strict=True):
+        assert [t for t, _ in a] == [t for t, _ in b]
+    with pytest.raises(FlrecError, match="config.json"):
+        cls(ds.catalogue, cfg.replace(llm_dir=str(tmp_path / "saved"), assistant_dir=str(tmp_path))).fit(ds)
     # the assisted method reads its own tuned file; plain FLR never loads an assisted directory as FLR
     (tmp_path / "saved" / "model" / "decoding+assistant.json").write_text('{"decoding": {"gamma": 0.0}}')
     assert cls.load(tmp_path / "saved").config.decoding.gamma == 0.0

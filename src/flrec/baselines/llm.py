@@ -383,14 +383,21 @@ class AssistedLLMRecConfig(LLMRecConfig):
 
     assistant: str = option("sasrec", help="the ID-model method mixed into decoding (any method with item scores)")
     assistant_config: dict[str, Any] = option(factory=dict, help="the assistant's config overrides, e.g. {max_epochs: 50}")
+    llm_dir: str | None = option(
+        None, help="use this trained LLM (a run dir or model dir, e.g. a comparison's flr cell) instead of "
+        "training one in fit; its decoding+assistant.json applies unless use_tuned_decoding=false")
+    assistant_dir: str | None = option(
+        None, help="use this saved assistant (the folder its save() wrote, e.g. a comparison's sasrec cell "
+        "model/) instead of training one in fit")
 
 
 @register_recommender("flr+sasrec")
 class FLRAssistedRec(FLRRec):
     """FLR with a text-free assistant (D3): per token ``gamma * LLM + (1 - gamma) * log p_CF``.
 
-    ``fit`` trains FLR and the assistant (``assistant``, SASRec by default) on the same data;
-    ``save``/``load`` keep the assistant in ``assistant/``. Items of a shared title are ordered by
+    ``fit`` trains FLR and the assistant (``assistant``, SASRec by default) on the same data, or
+    reuses trained ones (``llm_dir`` / ``assistant_dir``, e.g. a comparison's ``flr`` and ``sasrec``
+    cells); ``save``/``load`` keep the assistant in ``assistant/``. Items of a shared title are ordered by
     the assistant when ``decoding.item_tiebreak=assistant``.
     """
 
@@ -398,7 +405,20 @@ class FLRAssistedRec(FLRRec):
     tuned_file = ASSISTED_DECODING_FILE
 
     def fit(self, dataset: RecDataset, run_dir: str | Path | None = None) -> FLRAssistedRec:
-        super().fit(dataset, run_dir)
+        if self.config.llm_dir is not None:  # reuse a trained model: no second SFT of the same FLR
+            from flrec.evaluation.analysis import item_popularity_weights
+            from flrec.serving.load import resolve_model_dir
+
+            model_dir = resolve_model_dir(self.config.llm_dir)
+            self.catalogue = dataset.catalogue
+            self.item_popularity = item_popularity_weights(dataset)
+            self._attach(*_load_model(model_dir), dataset)
+            self._apply_tuned(model_dir)
+        else:
+            super().fit(dataset, run_dir)
+        if self.config.assistant_dir is not None:
+            self.attach_assistant(load_saved_recommender(self.config.assistant_dir))
+            return self
         cls = get_recommender(self.config.assistant)
         config_cls = getattr(cls, "config_cls", None)
         over = dict(self.config.assistant_config)
@@ -423,3 +443,17 @@ class FLRAssistedRec(FLRRec):
         rec = super().load(path)
         rec.attach_assistant(get_recommender(rec.config.assistant).load(Path(path) / "assistant"))
         return rec
+
+
+def load_saved_recommender(path: str | Path) -> Recommender:
+    """A recommender from the folder an ID model's ``save()`` wrote (its ``config.json`` names the method)."""
+    path = Path(path)
+    meta = path / "config.json"
+    if not meta.is_file():
+        raise FlrecError(f"{path}: no config.json; pass the folder an ID recommender's save() wrote "
+                         "(e.g. a comparison's cells/sasrec/seed1/model)")
+    try:
+        method = json.loads(meta.read_text(encoding="utf-8")).get("method")
+    except json.JSONDecodeError as e:
+        raise FlrecError(f"{meta}: not valid JSON ({e.msg}); re-save the recommender") from None
+    return get_recommender(str(method)).load(path)

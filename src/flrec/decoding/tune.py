@@ -192,7 +192,7 @@ def tune_model_dir(model: str | Path, dataset: RecDataset, cfg: TuneConfig, assi
     """Load the model at ``model`` (a run dir or model dir; see :func:`flrec.serving.load.resolve_model_dir`),
     optionally an assistant saved by an ID recommender's ``save``, and run :func:`tune_decoding`."""
     from flrec.baselines.base import get_recommender
-    from flrec.baselines.llm import LLMRecConfig
+    from flrec.baselines.llm import LLMRecConfig, load_saved_recommender
     from flrec.models.recommender import CONFIG_NAME
     from flrec.serving.load import _CLASS_BY_REASONER, resolve_model_dir
 
@@ -202,11 +202,5 @@ def tune_model_dir(model: str | Path, dataset: RecDataset, cfg: TuneConfig, assi
     rec_cfg = LLMRecConfig(inference_dtype=dtype, batch_size=cfg.batch_size, use_tuned_decoding=False)
     rec = cls.from_model_dir(model_dir, dataset.catalogue, rec_cfg, domain=dataset.domain)
     if assistant is not None:
-        a = Path(assistant)
-        meta = a / "config.json"
-        if not meta.is_file():
-            raise FlrecError(f"{a}: no config.json; pass the directory an ID recommender's save() wrote "
-                             "(e.g. a compare cell's model/ folder of sasrec)")
-        method = json.loads(meta.read_text()).get("method")
-        rec.attach_assistant(get_recommender(method).load(a))
+        rec.attach_assistant(load_saved_recommender(assistant))
     return tune_decoding(rec, dataset, cfg, model_dir)
