@@ -19,6 +19,7 @@ CONFIGS = {
     "flr": "flrec.models.recommender:FLRConfig",
     "train": "flrec.training.trainer:TrainConfig",
     "eval": "flrec.evaluation.runner:EvalConfig",
+    "tune-decoding": "flrec.decoding.tune:TuneConfig",
     "compare": "flrec.evaluation.compare:CompareConfig",
     "synth": "flrec.data.synth:SynthConfig",
     "amazon": "flrec.data.amazon:AmazonPrepConfig",
@@ -119,6 +120,44 @@ def cmd_evaluate(a) -> None:
     print(f"per-row ranks and summary in {out}")
 
 
+# --------------------------------------------------------------------------- tune-decoding (issue 11)
+def cmd_tune_decoding(a) -> None:
+    import logging
+
+    from flrec.decoding.tune import TuneConfig, tune_model_dir
+    from flrec.training.sft import load_dataset
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    overrides = list(a.overrides)
+    for key, val in (("limit", a.limit), ("out", a.out), ("split", a.split)):
+        if val is not None:
+            overrides.append(f"{key}={val}")
+    if a.force:
+        overrides.append("force=true")
+    cfg = TuneConfig.load(a.config, overrides)
+    res = tune_model_dir(a.model, load_dataset(a.data), cfg, assistant=a.assistant, dtype=a.dtype)
+    for name, p in res["chosen"].items():
+        print(f"{name}: length_penalty={p['length_penalty']} " + " ".join(
+            f"{k}={p['decoding'][k]}" for k in ("scoring", "pmi_alpha", "gamma")) +
+            f"  {res['objective']}={p['item_metrics' if cfg.protocol == 'item' else 'title_metrics'][cfg.metric]:.4f}"
+            f"  -> {p['file']}")
+    print(f"search ({len(res['points'])} points) in {res['search_file']}")
+
+
+def add_tune_decoding_parser(sub, with_config) -> None:
+    s = with_config(sub.add_parser("tune-decoding", help="choose decoding (scoring, PMI alpha, assistant gamma) on "
+                                   "validation rows; writes MODEL/decoding.json"))
+    s.add_argument("--model", required=True, help="a trained model dir (an SFT run's best/) or the run dir")
+    s.add_argument("--data", required=True)
+    s.add_argument("--limit", type=int, help="validation rows to tune on (default 500)")
+    s.add_argument("--split", help="valid (default) or train; test is refused")
+    s.add_argument("--assistant", help="a saved ID recommender (e.g. sasrec) to tune gamma for flr+sasrec")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    s.add_argument("--out", help="search JSON (default: MODEL/decoding_search.json)")
+    s.add_argument("--force", action="store_true", help="replace an existing decoding.json / search file")
+    s.set_defaults(fn=cmd_tune_decoding)
+
+
 def cmd_compare(a) -> None:
     from flrec.evaluation.compare import CompareConfig, format_markdown, run_comparison
 
@@ -200,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test")
     s.add_argument("--row", type=int, default=0)
     s.set_defaults(fn=cmd_prompt)
+
+    add_tune_decoding_parser(sub, with_config)
 
     train = sub.add_parser("train", help="training stages")
     tsub = train.add_subparsers(dest="train_cmd", required=True)
