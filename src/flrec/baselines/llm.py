@@ -308,7 +308,7 @@ class LLMRecommender(Recommender):
         b = self.builder
         ids = b._head + b._tail + ([b.thought_token_id] if b.use_thought else [])
         t = torch.tensor([ids], dtype=torch.long)
-        return self.model.prefill(t, torch.ones_like(t))
+        return self.model.prefill(t, torch.ones_like(t), torch.full_like(t, -1))  # no token is in a history item
 
     # ----------------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
