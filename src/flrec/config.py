@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
+import math
 import platform
+import re
 import subprocess
 import sys
 import types
@@ -26,6 +28,38 @@ from flrec.errors import ConfigError
 from flrec.utils.io import atomic_write_json, atomic_write_text
 
 T = TypeVar("T", bound="ConfigBase")
+
+
+class YAMLLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans: only true/false (any case) are booleans.
+
+    YAML 1.1 also reads yes/no/on/off as booleans, so ``mixed_precision: no`` would arrive as False
+    and could never match the string choice "no"; boolean fields still accept yes/no (see _coerce).
+    """
+
+
+YAMLLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_MAX_SEED = 2**32 - 1  # numpy's legacy seeding, and thus many libraries, take 0..2**32-1
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse YAML text with :class:`YAMLLoader`; a ConfigError naming ``where`` if it does not parse."""
+    try:
+        return yaml.load(text, Loader=YAMLLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply") from None
+
+
+def _is_seed_key(key: str) -> bool:
+    return any(part == "seed" or part.endswith(("_seed", "seeds")) for part in key.split("."))
 
 
 def option(default: Any = MISSING, help: str = "", *, factory: Any = MISSING) -> Any:  # noqa: A002
@@ -55,7 +89,14 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
                 last = e
         raise last or ConfigError(f"config key '{key}': cannot parse {value!r}")
     if origin is typing.Literal:
-        if value not in args:
+        if isinstance(value, bool):
+            # A value written as yes/no/on/off/true/false that a YAML 1.1 parser turned into a bool:
+            # map it back to the one choice spelled that way (mixed_precision=no).
+            words = ("true", "yes", "on") if value else ("false", "no", "off")
+            match = [a for a in args if isinstance(a, str) and a.lower() in words]
+            if len(match) == 1:
+                return match[0]
+        if isinstance(value, bool) or value not in args:
             raise ConfigError(f"config key '{key}': {value!r} is not one of {list(args)}")
         return value
     if origin in (list, tuple):
@@ -86,17 +127,40 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping of {typ.__name__} keys, got {value!r}")
-        return typ.from_dict(value, source=f"config section '{key}'")
+        return typ.from_dict(value, source=f"config section '{key}'", prefix=f"{key}.")
     if typ in (int, float, str):
-        try:
-            if typ is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            if typ is int and isinstance(value, str):
-                return int(float(value)) if "e" in value.lower() else int(value)
-            return typ(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"config key '{key}': expected {typ.__name__}, got {value!r}") from None
+        return _scalar(value, typ, key)
     return value
+
+
+def _scalar(value: Any, typ: type, key: str) -> Any:
+    """``value`` as int/float/str; non-finite floats and out-of-range seeds are refused."""
+    if isinstance(value, dict | list | tuple) or (typ is not str and isinstance(value, bool)):
+        raise ConfigError(f"config key '{key}': expected {typ.__name__}, got {value!r}")
+    if typ is str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    try:
+        if isinstance(value, str):
+            value = value.strip()
+            number = float(value) if typ is float or not value.lstrip("+-").isdigit() else int(value)
+        else:
+            number = value
+        number = float(number) if typ is float else number
+        if typ is int and isinstance(number, float):
+            if not (math.isfinite(number) and number.is_integer()):
+                raise ValueError
+            number = int(number)
+        elif typ is int:
+            number = int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"config key '{key}': expected {typ.__name__}, got {value!r}") from None
+    if typ is float and not math.isfinite(number):
+        raise ConfigError(
+            f"config key '{key}': {value!r} is not a finite number; give a finite value (e.g. 1e-4)"
+        )
+    if typ is int and _is_seed_key(key) and not 0 <= number <= _MAX_SEED:
+        raise ConfigError(f"config key '{key}': seed {number} must be in 0..{_MAX_SEED}")
+    return number
 
 
 @dataclass
@@ -108,15 +172,16 @@ class ConfigBase:
         return {f.name: f.metadata.get("help", "") for f in fields(cls)}
 
     @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
+    def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", prefix: str = "") -> T:
         hints = typing.get_type_hints(cls)
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known, key=str)  # YAML keys may be numbers too
         if unknown:
             raise ConfigError(
-                f"{source}: unknown key '{unknown[0]}' for {cls.__name__}; valid keys: {', '.join(sorted(known))}"
+                f"{source}: unknown key '{prefix}{unknown[0]}' for {cls.__name__}; "
+                f"valid keys: {', '.join(sorted(known))}"
             )
-        kwargs = {k: _coerce(v, hints[k], k) for k, v in data.items()}
+        kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
         return cls(**kwargs)
 
     @classmethod
@@ -128,9 +193,12 @@ class ConfigBase:
             if not p.is_file():
                 raise ConfigError(f"config file {p} not found; pass an existing YAML file to --config")
             try:
-                loaded = yaml.safe_load(p.read_text()) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+                text = p.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise ConfigError(f"{p}: not a UTF-8 text file; pass a YAML config file to --config") from None
+            except OSError as e:
+                raise ConfigError(f"{p}: cannot be read ({e.strerror or type(e).__name__})") from None
+            loaded = load_yaml(text, str(p)) or {}
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{p}: expected a mapping of key: value at the top level")
             data.update(loaded)
@@ -145,7 +213,7 @@ class ConfigBase:
                 node = node.setdefault(part, {})
                 if not isinstance(node, dict):
                     raise ConfigError(f"override '{ov}': '{part}' is not a section")
-            node[leaf] = yaml.safe_load(v) if v.strip() else ""
+            node[leaf] = load_yaml(v, f"override '{ov}'") if v.strip() else ""
         return cls.from_dict(data, source=str(path) if path else "overrides")
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,12 +17,14 @@ import ast
 import csv
 import json
 import math
+import numbers
 import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from flrec.data.schema import SPLITS, Catalogue, Interaction, RecDataset
+from flrec.data.schema import SPLITS, Catalogue, Interaction, RecDataset, title_problem
+from flrec.data.textio import FIELD_LIMIT, decode_error, iter_csv, open_error
 from flrec.errors import DataError
 from flrec.utils.io import atomic_path, atomic_write_json
 
@@ -42,6 +44,12 @@ _HISTORY_LISTS = (
 # attribute remnant closing the title (``Artist,Album,Label" />``).
 JUNK_TITLE = re.compile(r"<[A-Za-z/!]|/>\s*$")
 HTML_ENTITY = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]*|#[0-9]+|#[xX][0-9A-Fa-f]+);")
+_UTF8_FIX = "D3 files are UTF-8; convert it (e.g. iconv -f latin1 -t utf-8) or regenerate the folder"
+# The item word of the published folders that carry no dataset.json (as in configs/*.yaml).
+KNOWN_DOMAINS: dict[str, str] = {
+    "CDs": "CD", "CDs_and_Vinyl": "CD", "Office": "office product", "Office_Products": "office product",
+    "ml-100k": "movie", "ml-1m": "movie",
+}  # fmt: skip
 
 
 def is_junk_title(title: str) -> bool:
@@ -63,8 +71,12 @@ def read_dataset_meta(root: str | Path) -> dict:
         return {}
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(path, f"not valid JSON ({e}); fix or delete the file") from None
+    except UnicodeDecodeError:
+        raise decode_error(path, "utf-8", _UTF8_FIX) from None
+    except OSError as e:
+        raise open_error(path, e) from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise DataError(path, f"not valid JSON ({str(e)[:80]}); fix or delete the file") from None
     if not isinstance(meta, dict):
         raise DataError(path, "must hold a JSON object with keys like 'name' and 'domain'")
     for key in ("name", "domain", "domain_plural"):
@@ -81,25 +93,14 @@ def read_catalogue(path: str | Path) -> Catalogue:
             path, "item file not found; every D3 dataset folder needs info.txt (title<TAB>item_id)"
         )
     titles: dict[int, str] = {}
-    with open(path, encoding="utf-8", newline="") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            title, tab, raw_id = line.rpartition("\t")  # titles may contain tabs; the id never does
-            if not tab:
-                raise DataError(path, "expected 'title<TAB>item_id' but found no tab", line=lineno)
-            try:
-                item_id = int(raw_id)
-            except ValueError:
-                raise DataError(
-                    path, f"item id {raw_id!r} is not an integer", line=lineno, field="item_id"
-                ) from None
-            if item_id in titles:
-                raise DataError(
-                    path, f"item id {item_id} appears twice; ids must be unique", line=lineno, field="item_id"
-                )
-            titles[item_id] = title
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            for lineno, line in enumerate(f, 1):
+                _catalogue_line(line, lineno, path, titles)
+    except UnicodeDecodeError:
+        raise decode_error(path, "utf-8", _UTF8_FIX) from None
+    except OSError as e:
+        raise open_error(path, e) from None
     n = len(titles)
     if n == 0:
         raise DataError(path, "no items; write one 'title<TAB>item_id' line per item")
@@ -111,6 +112,25 @@ def read_catalogue(path: str | Path) -> Catalogue:
     return Catalogue([titles[i] for i in range(n)])
 
 
+def _catalogue_line(line: str, lineno: int, path: Path, titles: dict[int, str]) -> None:
+    line = line.rstrip("\r\n")
+    if not line.strip():
+        return
+    title, tab, raw_id = line.rpartition("\t")  # titles may contain tabs; the id never does
+    if not tab:
+        raise DataError(path, "expected 'title<TAB>item_id' but found no tab", line=lineno)
+    try:
+        item_id = int(raw_id)
+    except ValueError:
+        raise DataError(path, f"item id {raw_id[:40]!r} is not an integer", line=lineno, field="item_id") from None
+    if item_id in titles:
+        raise DataError(path, f"item id {item_id} appears twice; ids must be unique", line=lineno, field="item_id")
+    problem = title_problem(title)
+    if problem:
+        raise DataError(path, f"item {item_id}: {problem}", line=lineno, field="title")
+    titles[item_id] = title
+
+
 def read_d3(
     root: str | Path,
     *,
@@ -120,7 +140,8 @@ def read_d3(
 ) -> RecDataset:
     """Read a D3 dataset folder (all ``splits`` must exist).
 
-    ``name``/``domain`` override ``dataset.json``; without either: the folder name and "item".
+    ``name``/``domain`` override ``dataset.json``; without either: the folder name and the item word of
+    a known published folder (:data:`KNOWN_DOMAINS`, e.g. CDs -> "CD"), else "item".
     """
     root = Path(root)
     if not root.is_dir():
@@ -145,7 +166,7 @@ def read_d3(
         catalogue=catalogue,
         splits=data,
         name=name or meta.get("name") or root.resolve().name,
-        domain=domain or meta.get("domain") or "item",
+        domain=domain or meta.get("domain") or KNOWN_DOMAINS.get(root.resolve().name, "item"),
         root=root,
         quirks=quirks,
     )
@@ -179,14 +200,13 @@ def _read_split(path: Path, catalogue: Catalogue) -> tuple[list[Interaction], in
     """Rows of one split file and the number of CSV titles that disagree with info.txt."""
     rows: list[Interaction] = []
     mismatches = 0
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        _check_header(path, next(reader, None))
-        for fields in reader:
-            if fields:
-                row, m = _parse_row(fields, catalogue.titles, path, reader.line_num)
-                rows.append(row)
-                mismatches += m
+    records = iter_csv(path, encoding_fix=_UTF8_FIX)
+    _check_header(path, next(records, (1, None))[1])
+    for line, fields in records:
+        if fields:
+            row, m = _parse_row(fields, catalogue.titles, path, line)
+            rows.append(row)
+            mismatches += m
     return rows, mismatches
 
 
@@ -320,22 +340,23 @@ def _scalar(text: str, kind: type, path: Path, line: int, field: str) -> int | f
 
 
 def write_d3(ds: RecDataset, root: str | Path) -> None:
-    """Write ``ds`` as a D3 folder (info.txt, one CSV per split, dataset.json); each file atomically."""
+    """Write ``ds`` as a D3 folder (info.txt, one CSV per split, dataset.json); each file atomically.
+
+    Everything is validated first with the reader's rules (titles, item ids, finite numbers, field
+    sizes), so a folder flrec writes is one flrec reads; on a problem nothing is written.
+    """
     root = Path(root)
     titles = ds.catalogue.titles
-    bad = next((i for i, t in enumerate(titles) if "\n" in t or "\r" in t), None)
-    if bad is not None:
-        raise DataError(
-            root / "info.txt", f"title of item {bad} contains a line break; info.txt holds one item per line"
-        )
+    for i, t in enumerate(titles):
+        problem = title_problem(t)
+        if problem:
+            raise DataError(root / "info.txt", f"item {i}: {problem}; nothing written")
+    longest = max(map(len, titles), default=0)
     for split, rows in ds.splits.items():
-        bad_row = next(
-            (k for k, r in enumerate(rows) if not all(0 <= i < len(titles) for i in (*r.history, r.target))),
-            None,
-        )
-        if bad_row is not None:
-            msg = f"row {bad_row} names an item id outside 0..{len(titles) - 1}; nothing written"
-            raise DataError(root / f"{split}.csv", msg)
+        for k, r in enumerate(rows):
+            problem = _row_problem(r, titles, longest)
+            if problem:
+                raise DataError(root / f"{split}.csv", f"row {k}: {problem}; nothing written")
     with atomic_path(root / "info.txt") as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         f.writelines(f"{t}\t{i}\n" for i, t in enumerate(titles))
     for split, rows in ds.splits.items():
@@ -346,6 +367,40 @@ def write_d3(ds: RecDataset, root: str | Path) -> None:
     meta = read_dataset_meta(root) if (root / "dataset.json").exists() else {}
     meta.update(name=ds.name, domain=ds.domain, quirks=dict(ds.quirks))
     atomic_write_json(root / "dataset.json", meta)
+
+
+def _finite(x: object) -> bool:
+    try:
+        return math.isfinite(x)  # type: ignore[arg-type]
+    except (TypeError, OverflowError):
+        return False
+
+
+def _row_problem(r: Interaction, titles: list[str], longest_title: int) -> str | None:
+    """Why the reader would refuse row ``r`` once written, or None."""
+    n_items = len(titles)
+    if not r.history:
+        return "empty history; every row needs a history item"
+    if not all(isinstance(i, numbers.Integral) and 0 <= i < n_items for i in (*r.history, r.target)):
+        return f"names an item id outside 0..{n_items - 1}"
+    n = len(r.history)
+    for name, values in (("history_ratings", r.history_ratings), ("history_timestamps", r.history_timestamps),
+                         ("history_raw", r.history_raw)):  # fmt: skip
+        if values and len(values) != n:
+            return f"{name} has {len(values)} entries for {n} history items"
+    if not all(map(_finite, (*r.history_ratings, r.rating))):
+        return "a rating is not a finite number (inf or nan)"
+    if not all(isinstance(x, numbers.Integral) or (_finite(x) and x == int(x))
+               for x in (*r.history_timestamps, r.timestamp)):  # fmt: skip
+        return "a timestamp is not an integer"
+    if any("\x00" in s for s in (r.user, r.target_raw, *r.history_raw)):
+        return "a user or raw item id contains a NUL character"
+    # The history-title list is the longest field; check it exactly only when it could be too long.
+    if (longest_title + 4) * n + 2 > FIELD_LIMIT or max(map(len, r.history_raw), default=0) * n > FIELD_LIMIT:
+        fields = [str(x) for x in _csv_row(r, titles)]
+        if max(map(len, fields)) > FIELD_LIMIT:
+            return f"a field is longer than the reader's limit of {FIELD_LIMIT:,} characters; shorten titles or max_history"
+    return None
 
 
 def _csv_row(r: Interaction, titles: list[str]) -> list:
