@@ -104,6 +104,8 @@ class RecDataset:
     domain: str = "item"  # e.g. "CD", "movie", "office product"; used in the prompt
     root: Path | None = None
     quirks: dict[str, int] = field(default_factory=dict)
+    # What a converter dropped, filtered or ignored on the way here (see flrec.data.convert).
+    report: dict = field(default_factory=dict, compare=False)
 
     def __getitem__(self, split: str) -> list[Interaction]:
         return self.splits[split]

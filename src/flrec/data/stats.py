@@ -14,6 +14,27 @@ from flrec.data.schema import RecDataset
 
 HEAD_FRACTION = 0.2  # "head" = the most popular 20% of the catalogue
 
+# What each term means (printed under the human table by `flrec data stats`).
+LEGEND: dict[str, str] = {
+    "domain": "the item word used in prompts (dataset.json, a known published folder name, else 'item')",
+    "unique_titles": "distinct titles; lower than items when several items share a title",
+    "colliding_titles": "titles shared by more than one item (a generated title then names several items)",
+    "items_with_colliding_titles": "items whose title is shared with another item",
+    "junk_titles": "titles scraped from HTML markup instead of a product name (e.g. '<span class=...')",
+    "html_entity_titles": "titles holding an HTML entity such as &amp; (kept as published)",
+    "repeated_targets": "rows whose target item is already in the row's history",
+    "duplicate_rows": "rows identical to an earlier row of the same split (extra copies)",
+    "popularity.head_items": f"how many items form the head: the most popular {HEAD_FRACTION:.0%} of the catalogue by train-target count",
+    "popularity.head_share": "share of train rows whose target is a head item",
+    "popularity.tail_share": "share of train rows whose target is not a head item",
+    "popularity.items_never_train_target": "items that are never a train target",
+    "cold_test_targets": "share of test rows whose target is never a train target (it may occur in train histories)",
+    "unseen_test_targets": "share of test rows whose target never occurs in train at all, histories included",
+    "test_targets_with_shared_title": "share of test rows whose target's title is shared by other items",
+    "test_targets_with_junk_title": "share of test rows whose target has a junk title",
+    "quirks.title_mismatches": "CSV titles that disagree with info.txt (info.txt is used)",
+}
+
 
 def dataset_stats(ds: RecDataset) -> dict:
     """A JSON-serialisable summary of ``ds`` (see :func:`format_stats` for a readable table)."""
@@ -69,8 +90,8 @@ def dataset_stats(ds: RecDataset) -> dict:
     return stats
 
 
-def format_stats(stats: dict) -> str:
-    """Render :func:`dataset_stats` output as an aligned two-column table."""
+def format_stats(stats: dict, legend: bool = False) -> str:
+    """Render :func:`dataset_stats` output as an aligned two-column table (``legend``: explain the terms)."""
     lines: list[tuple[str, str]] = []
 
     def add(key: str, value: object) -> None:
@@ -86,4 +107,10 @@ def format_stats(stats: dict) -> str:
 
     add("", stats)
     width = max(len(k) for k, _ in lines)
-    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)
+    table = "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)
+    if not legend:
+        return table
+    keys = [k for k, _ in lines]
+    terms = [t for t in LEGEND if any(k == t or k.startswith(t + ".") for k in keys)]
+    tw = max(map(len, terms), default=0)
+    return table + "\n\nlegend:\n" + "\n".join(f"  {t.ljust(tw)}  {LEGEND[t]}" for t in terms)
