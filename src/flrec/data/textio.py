@@ -120,6 +120,7 @@ def iter_csv(
     """
     path = Path(path)
     reader = None
+    gz = False
     try:
         with open(path, "rb") as probe:
             gz = probe.read(2) == _GZIP_MAGIC
@@ -135,6 +136,8 @@ def iter_csv(
             for fields in reader:
                 yield reader.line_num, fields
     except UnicodeDecodeError:
+        if gz:
+            raise DataError(path, f"decompressed, it is not valid {encoding} text; {encoding_fix}") from None
         raise decode_error(path, encoding, encoding_fix) from None
     except csv.Error as e:
         msg = str(e)
