@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import ast
 import csv
+import gc
+import itertools
 import json
 import math
 import numbers
+import operator
 import re
+import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from flrec.data.schema import SPLITS, Catalogue, Interaction, RecDataset, title_problem
@@ -161,8 +166,10 @@ def read_d3(
         data[split], m = _read_split(path, catalogue)
         mismatches += m
     # info.txt is the source of truth for titles; CSV copies that disagree are counted, not used.
-    quirks = {**count_quirks(catalogue, data), "title_mismatches": mismatches}
-    return RecDataset(
+    with _gc_paused():
+        counts = {s: split_counts(rows) for s, rows in data.items()}
+        quirks = {**count_quirks(catalogue, data, counts), "title_mismatches": mismatches}
+    ds = RecDataset(
         catalogue=catalogue,
         splits=data,
         name=name or meta.get("name") or root.resolve().name,
@@ -170,44 +177,258 @@ def read_d3(
         root=root,
         quirks=quirks,
     )
+    ds.memo.update({("split_counts", s): (rows, len(rows), counts[s]) for s, rows in data.items()})
+    return ds
 
 
-def count_quirks(catalogue: Catalogue, splits: dict[str, list[Interaction]]) -> dict[str, int]:
-    """Count the known quirks of ``catalogue`` and ``splits`` (kept in the data, reported here)."""
+def count_quirks(
+    catalogue: Catalogue, splits: dict[str, list[Interaction]], counts: dict[str, tuple[int, int]] | None = None
+) -> dict[str, int]:
+    """Count the known quirks of ``catalogue`` and ``splits`` (kept in the data, reported here).
+
+    ``counts``: :func:`split_counts` per split when already computed.
+    """
     collisions = catalogue.colliding_titles()
-    rows = [r for split_rows in splits.values() for r in split_rows]
+    counts = counts or {s: split_counts(rows) for s, rows in splits.items()}
     return {
         "junk_titles": sum(map(is_junk_title, catalogue.titles)),
         "html_entity_titles": sum(map(has_html_entity, catalogue.titles)),
         "colliding_titles": len(collisions),
         "items_with_colliding_titles": sum(len(v) for v in collisions.values()),
-        "duplicate_rows": sum(duplicate_rows(r) for r in splits.values()),
-        "repeated_targets": sum(r.target in r.history for r in rows),
+        "duplicate_rows": sum(c[0] for c in counts.values()),
+        "repeated_targets": sum(c[1] for c in counts.values()),
     }
 
 
+def split_counts(rows: list[Interaction]) -> tuple[int, int]:
+    """``(duplicate rows, rows whose target is already in their history)`` of one split."""
+    repeated = sum(map(operator.contains, map(_HISTORY, rows), map(_TARGET, rows)))
+    return duplicate_rows(rows), repeated
+
+
+def cached_split_counts(ds: RecDataset, split: str) -> tuple[int, int]:
+    """:func:`split_counts` of ``ds[split]``, computed once while that list is unchanged."""
+    rows = ds.splits[split]
+    hit = ds.memo.get(("split_counts", split))
+    if hit is not None and hit[0] is rows and hit[1] == len(rows):
+        return hit[2]
+    value = split_counts(rows)
+    ds.memo[("split_counts", split)] = (rows, len(rows), value)
+    return value
+
+
+_HISTORY, _TARGET = operator.attrgetter("history"), operator.attrgetter("target")
+
+
+def _row_key(r: Interaction) -> tuple:
+    return (r.user, r.target, r.target_raw, r.timestamp, r.rating, tuple(r.history), tuple(r.history_raw),
+            tuple(r.history_timestamps), tuple(r.history_ratings))  # fmt: skip
+
+
 def duplicate_rows(rows: list[Interaction]) -> int:
-    """Rows identical to an earlier row of the same list (extra copies only; CDs test: 42)."""
-    keys = {
-        (r.user, r.target, r.target_raw, r.timestamp, r.rating, tuple(r.history), tuple(r.history_raw),
-         tuple(r.history_timestamps), tuple(r.history_ratings))
-        for r in rows
-    }  # fmt: skip
-    return len(rows) - len(keys)
+    """Rows identical to an earlier row of the same list (extra copies only; CDs test: 42).
+
+    Only each row's hash is kept for all rows (a set of full keys would cost ~0.5 KB a row); rows
+    whose hash repeats are then compared exactly.
+    """
+    hashes = [hash(_row_key(r)) for r in rows]
+    seen: set[int] = set()
+    repeated = {h for h in hashes if h in seen or seen.add(h)}  # type: ignore[func-returns-value]
+    del seen
+    if not repeated:
+        return 0
+    keys = {_row_key(r) for r, h in zip(rows, hashes, strict=True) if h in repeated}
+    n_candidates = sum(h in repeated for h in hashes)
+    return n_candidates - len(keys)
+
+
+_CHUNK = 4096  # rows parsed together by _FastRows.bulk
 
 
 def _read_split(path: Path, catalogue: Catalogue) -> tuple[list[Interaction], int]:
     """Rows of one split file and the number of CSV titles that disagree with info.txt."""
     rows: list[Interaction] = []
     mismatches = 0
+    fast = _FastRows(catalogue.titles)
     records = iter_csv(path, encoding_fix=_UTF8_FIX)
     _check_header(path, next(records, (1, None))[1])
-    for line, fields in records:
-        if fields:
-            row, m = _parse_row(fields, catalogue.titles, path, line)
-            rows.append(row)
-            mismatches += m
+    with _gc_paused():
+        mismatches = _read_rows(records, fast, rows, path, catalogue.titles)
     return rows, mismatches
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC: the rows hold no cycles, yet their millions of lists trigger full passes."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _read_rows(records, fast: _FastRows, rows: list[Interaction], path: Path, titles: list[str]) -> int:
+    mismatches = 0
+    while True:
+        chunk = [rec for rec in itertools.islice(records, _CHUNK) if rec[1]]
+        if not chunk:
+            break
+        parsed = fast.bulk([fields for _, fields in chunk])
+        if parsed is not None:
+            rows.extend(parsed)
+            continue
+        for line, fields in chunk:  # something unusual in this chunk: row by row
+            row = fast.parse(fields)
+            if row is None:  # the exact parser accepts the row or names its problem
+                row, m = _parse_row(fields, titles, path, line)
+                mismatches += m
+            rows.append(row)
+    return mismatches
+
+
+class _ItemIds(dict):
+    """'17' -> 17 for every valid item id, sharing one int object per id (a KeyError otherwise)."""
+
+    def __init__(self, n: int):
+        super().__init__((str(i), i) for i in range(n))
+
+
+class _Floats(dict):
+    """Text -> finite float, caching each distinct text (ratings take a handful of values)."""
+
+    def __missing__(self, text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value) or len(self) > 10_000:
+            raise ValueError(text)
+        self[text] = value
+        return value
+
+
+class _FastRows:
+    """Parse rows exactly as written by :func:`write_d3` (and D3) with C-level string operations.
+
+    Every list is split once with ``str.split`` and converted with ``map`` (no per-element Python
+    code); ids are looked up in a table, which validates them and shares one int per id. A row that
+    deviates in any way returns None and goes through the exact (slower) parser instead, so both
+    paths accept and reject the same rows.
+    """
+
+    def __init__(self, titles: list[str]):
+        self.titles = titles
+        self.ids = _ItemIds(len(titles))
+        self.floats = _Floats()
+
+    def parse(self, f: list[str]) -> Interaction | None:
+        if len(f) != len(HEADER):
+            return None
+        user, asins, asin, hid, iid, htitles, ititle, hrat, rat, hts, ts = f
+        if not (hid[:1] == hts[:1] == hrat[:1] == "[" and hid[-1:] == hts[-1:] == hrat[-1:] == "]"):
+            return None
+        if not (hts.isascii() and hrat.isascii() and ts.isascii()):
+            return None  # int()/float() also take non-ASCII digits, which the exact parser refuses
+        try:
+            hist = list(map(self.ids.__getitem__, hid[1:-1].split(", ")))
+            target = self.ids[iid]
+            ratings = list(map(self.floats.__getitem__, hrat[1:-1].split(", ")))
+            rating = self.floats[rat]
+            stamps = list(map(int, hts[1:-1].split(", ")))
+            timestamp = int(ts)
+        except (KeyError, ValueError):
+            return None
+        raw = _fast_str_list(asins)
+        n = len(hist)
+        if raw is None or not len(raw) == len(ratings) == len(stamps) == n:
+            return None
+        titles = self.titles
+        if htitles != str(list(map(titles.__getitem__, hist))) or ititle != titles[target]:
+            return None  # CSV titles disagreeing with info.txt are counted by the exact parser
+        return Interaction(
+            sys.intern(user), hist, target, stamps, timestamp, ratings, rating, list(map(sys.intern, raw)),
+            sys.intern(asin),
+        )  # positional: the field order of Interaction
+
+
+    def bulk(self, chunk: list[list[str]]) -> list[Interaction] | None:
+        """All rows of ``chunk`` if every one is in the plain written form, else None.
+
+        Each list column of the chunk is joined into one string, split once and converted with one
+        ``map``; rows are then sliced out by their comma counts. Any deviation (a bracket or quote
+        inside an element, an unknown id, a title that disagrees with info.txt) returns None.
+        """
+        if any(len(f) != len(HEADER) for f in chunk):
+            return None
+        users, asins, asin, hid, iid, htitles, ititle, hrat, rat, hts, ts = map(list, zip(*chunk, strict=True))
+        n = len(chunk)
+        counts = list(map(str.count, hid, itertools.repeat(",")))
+        for col, sep in ((hts, ","), (hrat, ","), (asins, "', '")):
+            if list(map(str.count, col, itertools.repeat(sep))) != counts:
+                return None  # lists of one row differ in length: the exact parser names the field
+        try:
+            hist = _split_rows(list(map(self.ids.__getitem__, _flat(hid, n, "[", "]", ", "))), counts)
+            stamps = _split_rows(list(map(int, _flat(hts, n, "[", "]", ", "))), counts)
+            ratings = _split_rows(list(map(self.floats.__getitem__, _flat(hrat, n, "[", "]", ", "))), counts)
+            raw = _split_rows(list(map(sys.intern, _flat(asins, n, "['", "']", "', '"))), counts)
+            targets = list(map(self.ids.__getitem__, iid))
+            rating = list(map(self.floats.__getitem__, rat))
+            timestamp = list(map(int, ts))
+        except (KeyError, ValueError):
+            return None
+        if hist is None or stamps is None or ratings is None or raw is None:
+            return None
+        if not "".join(hts + hrat + ts).isascii():
+            return None  # int()/float() also take non-ASCII digits, which the exact parser refuses
+        get = self.titles.__getitem__
+        expected = map(str, map(list, map(map, itertools.repeat(get), hist)))
+        if not all(map(operator.eq, expected, htitles)) or not all(map(operator.eq, map(get, targets), ititle)):
+            return None  # CSV titles that disagree with info.txt are counted by the exact parser
+        return list(
+            map(Interaction, map(sys.intern, users), hist, targets, stamps, timestamp, ratings, rating, raw,
+                map(sys.intern, asin))
+        )  # fmt: skip
+
+
+def _flat(texts: list[str], n: int, open_: str, close: str, sep: str) -> list[str]:
+    """The elements of ``n`` list literals (``open_`` a, ``sep`` b ``close``) in one split.
+
+    Raises ValueError unless every text is exactly one such literal with no delimiter inside an
+    element (then the counts of openers, closers and joints all agree).
+    """
+    joined = "".join(texts)
+    joint = close + open_
+    if (
+        not (joined.startswith(open_) and joined.endswith(close))
+        or joined.count(open_) != n
+        or joined.count(close) != n
+        or joined.count(joint) != n - 1
+    ):
+        raise ValueError("not plain list literals")
+    if open_ == "['" and ('"' in joined or "\\" in joined):
+        raise ValueError("quotes or escapes inside a string element")
+    parts = joined[len(open_) : -len(close)].replace(joint, sep).split(sep)
+    if open_ == "['" and joined.count("'") != 2 * len(parts):
+        raise ValueError("a quote inside a string element")
+    return parts
+
+
+def _split_rows(flat: list, counts: list[int]) -> list[list] | None:
+    """``flat`` cut into consecutive rows of ``count + 1`` elements (None if the total differs)."""
+    sizes = [c + 1 for c in counts]
+    ends = list(itertools.accumulate(sizes))
+    if ends[-1] != len(flat):
+        return None
+    starts = [0, *ends[:-1]]
+    return list(map(flat.__getitem__, map(slice, starts, ends)))
+
+
+def _fast_str_list(text: str) -> list[str] | None:
+    """``repr`` of a list of plain strings (no quotes or backslashes inside), else None."""
+    if text.startswith("['") and text.endswith("']") and '"' not in text and "\\" not in text:
+        parts = text[2:-2].split("', '")
+        if text.count("'") == 2 * len(parts):
+            return parts
+    return None
 
 
 def _check_header(path: Path, header: list[str] | None) -> None:
@@ -277,10 +498,9 @@ def _parse_row(fields: list[str], titles: list[str], path: Path, line: int) -> t
 def _str_list(text: str, path: Path, line: int, field: str) -> list[str]:
     # Fast path for repr() output without quotes/backslashes inside elements: every element is then
     # delimited by single quotes that cannot occur inside it, so splitting on "', '" is exact.
-    if text.startswith("['") and text.endswith("']") and '"' not in text and "\\" not in text:
-        parts = text[2:-2].split("', '")
-        if text.count("'") == 2 * len(parts):
-            return parts
+    parts = _fast_str_list(text)
+    if parts is not None:
+        return parts
     if text == "[]":
         return []
     value = _literal(text, path, line, field)

@@ -78,7 +78,7 @@ class Catalogue:
         return {t: ids for t, ids in self._by_title.items() if len(ids) > 1}
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a million rows in memory cost ~100 MB less
 class Interaction:
     """One row: ``history`` items (oldest first) and the ``target`` item that followed."""
 
@@ -106,6 +106,9 @@ class RecDataset:
     quirks: dict[str, int] = field(default_factory=dict)
     # What a converter dropped, filtered or ignored on the way here (see flrec.data.convert).
     report: dict = field(default_factory=dict, compare=False)
+    # Values derived from the splits (e.g. duplicate counts), each stored with the list it was
+    # computed from and reused only while ds.splits still holds that very list at that length.
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __getitem__(self, split: str) -> list[Interaction]:
         return self.splits[split]

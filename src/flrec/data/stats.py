@@ -7,9 +7,11 @@ split is cold (never a train target) or popular-head.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
+from operator import attrgetter
 
-from flrec.data.d3 import duplicate_rows, has_html_entity, is_junk_title
+from flrec.data.d3 import _gc_paused, cached_split_counts, has_html_entity, is_junk_title
 from flrec.data.schema import RecDataset
 
 HEAD_FRACTION = 0.2  # "head" = the most popular 20% of the catalogue
@@ -38,16 +40,21 @@ LEGEND: dict[str, str] = {
 
 def dataset_stats(ds: RecDataset) -> dict:
     """A JSON-serialisable summary of ``ds`` (see :func:`format_stats` for a readable table)."""
+    with _gc_paused():  # millions of temporary tuples, no cycles
+        return _stats(ds)
+
+
+def _stats(ds: RecDataset) -> dict:
     cat = ds.catalogue
     collisions = cat.colliding_titles()
-    all_rows = [r for rows in ds.splits.values() for r in rows]
-    lengths = Counter(len(r.history) for r in all_rows)
+    all_rows = list(itertools.chain.from_iterable(ds.splits.values()))
+    lengths = Counter(map(len, map(attrgetter("history"), all_rows)))
     n_rows = sum(lengths.values())
     stats: dict = {
         "name": ds.name,
         "domain": ds.domain,
         "rows": {s: len(rows) for s, rows in ds.splits.items()},
-        "users": len({r.user for r in all_rows}),
+        "users": len(set(map(attrgetter("user"), all_rows))),
         "items": len(cat),
         "unique_titles": len(cat.unique_titles),
         "history_length": {
@@ -60,12 +67,12 @@ def dataset_stats(ds: RecDataset) -> dict:
         "items_with_colliding_titles": sum(len(ids) for ids in collisions.values()),
         "junk_titles": sum(map(is_junk_title, cat.titles)),
         "html_entity_titles": sum(map(has_html_entity, cat.titles)),
-        "repeated_targets": {s: sum(r.target in r.history for r in rows) for s, rows in ds.splits.items()},
-        "duplicate_rows": {s: duplicate_rows(rows) for s, rows in ds.splits.items()},
+        "repeated_targets": {s: cached_split_counts(ds, s)[1] for s in ds.splits},
+        "duplicate_rows": {s: cached_split_counts(ds, s)[0] for s in ds.splits},
     }
     train, test = ds.splits.get("train"), ds.splits.get("test")
     if train:
-        counts = Counter(r.target for r in train)
+        counts = Counter(map(attrgetter("target"), train))
         n_head = max(1, round(HEAD_FRACTION * len(cat)))
         head = sum(c for _, c in counts.most_common(n_head))
         stats["popularity"] = {
