@@ -27,7 +27,7 @@ def _dataset(tmp: Path) -> Path:
             rows.append(Interaction(
                 f"u{u}", seq[:pos], seq[pos], history_timestamps=[1000 * u + k for k in range(pos)],
                 timestamp=1000 * u + pos, history_ratings=[float(k % 5) for k in range(pos)], rating=4.5,
-                history_raw=[f"A{i}" if i % 4 else f"A'{i}" for i in seq[:pos]], target_raw=f"A{seq[pos]}",
+                history_raw=[f"A{i}" if i != 31 else f"A'{i}" for i in seq[:pos]], target_raw=f"A{seq[pos]}",
             ))  # fmt: skip
     rows.append(rows[-1])  # a duplicate row (in the test split)
     ds = RecDataset(Catalogue(titles), {"train": rows[:150], "valid": rows[150:175], "test": rows[175:]})
