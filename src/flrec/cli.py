@@ -42,6 +42,16 @@ def _wrote(out: str, ds) -> None:
         print(format_report(ds.report))
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Shows an option's default in its help unless it has none (None/False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
 def cmd_data_synth(a) -> None:
     from flrec.data.stats import dataset_stats, format_stats
     from flrec.data.synth import SynthConfig, generate_synthetic
@@ -179,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="datasets: synth, stats, convert, prepare-movielens, prepare-amazon")
     dsub = data.add_subparsers(dest="data_cmd", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsHelp
     overwrite_help = "replace a non-empty --out folder (without it such a folder is left untouched and it is an error)"
     s = with_config(dsub.add_parser("synth", help="generate the embedded synthetic dataset", formatter_class=fmt))
     s.add_argument("--out", default="data/synth", help="output folder (new or empty)")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from flrec.config import one_line
 from flrec.data.d3 import count_quirks, write_d3
 from flrec.data.protocol import chronological_split, iterative_k_core, sliding_window_rows
 from flrec.data.schema import Catalogue, RecDataset, title_problem
@@ -130,15 +131,34 @@ def format_report(report: dict) -> str:
     if single.get("users"):
         lines.append(f"dropped {single['users']:,} users with a single interaction (a row needs a history)")
     if report.get("items_without_interactions"):
-        lines.append(f"left out {report['items_without_interactions']:,} items of the item file that no kept "
+        lines.append(f"left out {report['items_without_interactions']:,} items of the item file that no "
                      "interaction names")  # fmt: skip
     for which, cols in report.get("ignored_columns", {}).items():
         if cols:
             lines.append(
-                f"ignored: column{'s' if len(cols) > 1 else ''} {', '.join(cols)} of the {which} file "
+                f"ignored: column{'s' if len(cols) > 1 else ''} {_column_list(cols)} of the {which} file "
                 "(flrec uses item titles only)"
             )
     return "\n".join(lines) if lines else "nothing dropped or ignored"
+
+
+def _column_list(cols: list[str]) -> str:
+    """'category, brand' or, for runs of unnamed columns, '#2-#23'."""
+    parts: list[str] = []
+    run: list[int] = []
+    for c in [*cols, None]:
+        k = int(c[1:]) if c is not None and c[:1] == "#" and c[1:].isdigit() else None
+        if k is not None and (not run or k == run[-1] + 1):
+            run.append(k)
+            continue
+        if run:
+            parts.append(f"#{run[0]}" if len(run) == 1 else f"#{run[0]}-#{run[-1]}")
+            run = []
+        if k is not None:
+            run.append(k)
+        elif c is not None:
+            parts.append(one_line(c))
+    return ", ".join(parts)
 
 
 # ------------------------------------------------------------------------------------ users' data
@@ -208,7 +228,7 @@ def convert_interactions(
         "items_file": str(items),
         **report,
         **ds.report,
-        "items_without_interactions": len(titles) - len(ds.catalogue),
+        "items_without_interactions": len(titles.keys() - {e[1] for e in events}),
         "ignored_columns": ignored,
     }
     write_converted(ds, out_dir, overwrite)
@@ -458,7 +478,7 @@ def prepare_movielens(
         "items_file": str(item_file),
         "interactions_read": len(events),
         **ds.report,
-        "items_without_interactions": len(titles) - len(ds.catalogue),
+        "items_without_interactions": len(titles.keys() - {e[1] for e in events}),
     }
     write_converted(ds, out_dir, overwrite)
     return ds
