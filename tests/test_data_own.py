@@ -107,3 +107,11 @@ def test_stats_legend_and_domain(tmp_path):
     for term in ("junk_titles", "popularity.head_items", "cold_test_targets", "unseen_test_targets"):
         assert f"\n  {term} " in legend
     assert "legend" not in format_stats(stats)
+
+
+def test_data_help_shows_defaults_and_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "convert", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: ,)" in text and "(default: 0)" in text and "(default: utf-8)" in text
+    assert "(default: None)" not in text and "--drop-unknown" in text and "0-based" in text

@@ -47,7 +47,9 @@ class _DefaultsHelp(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+        default = action.default
+        if default is not None and default is not False and default != argparse.SUPPRESS and action.option_strings \
+                and "default" not in text:
             text += " (default: %(default)s)"
         return text
 

@@ -191,7 +191,7 @@ class ConfigBase:
         unknown = sorted(set(data) - known, key=str)  # YAML keys may be numbers too
         if unknown:
             raise _error(
-                f"{source}: unknown key '{prefix}{unknown[0]}' for {cls.__name__}; "
+                f"{source}: unknown key '{unknown[0]}' for {cls.__name__}; "
                 f"valid keys: {', '.join(sorted(known))}"
             )
         kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
