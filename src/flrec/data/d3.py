@@ -319,6 +319,9 @@ class _FastRows:
         self.titles = titles
         self.ids = _ItemIds(len(titles))
         self.floats = _Floats()
+        # Each timestamp recurs in up to max_history rows; keeping one int object per value (a dict
+        # from the int to itself) saves ~30 bytes per list element, ~0.2 KB a row.
+        self.stamps: dict[int, int] = {}
 
     def parse(self, f: list[str]) -> Interaction | None:
         if len(f) != len(HEADER):
@@ -367,12 +370,14 @@ class _FastRows:
                 return None  # lists of one row differ in length: the exact parser names the field
         try:
             hist = _split_rows(list(map(self.ids.__getitem__, _flat(hid, n, "[", "]", ", "))), counts)
-            stamps = _split_rows(list(map(int, _flat(hts, n, "[", "]", ", "))), counts)
+            flat_stamps = list(map(int, _flat(hts, n, "[", "]", ", ")))
+            stamps = _split_rows(list(map(self.stamps.setdefault, flat_stamps, flat_stamps)), counts)
             ratings = _split_rows(list(map(self.floats.__getitem__, _flat(hrat, n, "[", "]", ", "))), counts)
             raw = _split_rows(list(map(sys.intern, _flat(asins, n, "['", "']", "', '"))), counts)
             targets = list(map(self.ids.__getitem__, iid))
             rating = list(map(self.floats.__getitem__, rat))
             timestamp = list(map(int, ts))
+            timestamp = list(map(self.stamps.setdefault, timestamp, timestamp))
         except (KeyError, ValueError):
             return None
         if hist is None or stamps is None or ratings is None or raw is None:
