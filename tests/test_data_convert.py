@@ -127,4 +127,4 @@ def test_movielens_format(tmp_path):
     assert sum(map(len, ds.splits.values())) == 13  # per user: 9 and 6 events -> 8 + 5 rows
     (raw / "u.data").write_text("1\t1\t5\n")
     with pytest.raises(DataError, match="line 1.*4 tab-separated"):
-        prepare_movielens(raw, tmp_path / "out")
+        prepare_movielens(raw, tmp_path / "out2")

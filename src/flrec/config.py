@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
+import math
 import platform
+import re
 import subprocess
 import sys
 import types
@@ -26,6 +28,51 @@ from flrec.errors import ConfigError
 from flrec.utils.io import atomic_write_json, atomic_write_text
 
 T = TypeVar("T", bound="ConfigBase")
+
+
+class YAMLLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans: only true/false (any case) are booleans.
+
+    YAML 1.1 also reads yes/no/on/off as booleans, so ``mixed_precision: no`` would arrive as False
+    and could never match the string choice "no"; boolean fields still accept yes/no (see _coerce).
+    """
+
+
+YAMLLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_MAX_SEED = 2**32 - 1  # numpy's legacy seeding, and thus many libraries, take 0..2**32-1
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped (errors are one line)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _error(message: str) -> ConfigError:
+    """A ConfigError whose message stays on one line whatever the user's keys and values hold."""
+    return ConfigError(one_line(message))
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse YAML text with :class:`YAMLLoader`; a ConfigError naming ``where`` if it does not parse."""
+    try:
+        return yaml.load(text, Loader=YAMLLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise _error(f"{where}: not valid YAML ({first})") from None
+    except RecursionError:
+        raise _error(f"{where}: YAML nested too deeply") from None
+
+
+def _is_seed_key(key: str) -> bool:
+    return any(part == "seed" or part.endswith(("_seed", "seeds")) for part in key.split("."))
 
 
 def option(default: Any = MISSING, help: str = "", *, factory: Any = MISSING) -> Any:  # noqa: A002
@@ -53,10 +100,17 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except ConfigError as e:
                 last = e
-        raise last or ConfigError(f"config key '{key}': cannot parse {value!r}")
+        raise last or _error(f"config key '{key}': cannot parse {value!r}")
     if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {list(args)}")
+        if isinstance(value, bool):
+            # A value written as yes/no/on/off/true/false that a YAML 1.1 parser turned into a bool:
+            # map it back to the one choice spelled that way (mixed_precision=no).
+            words = ("true", "yes", "on") if value else ("false", "no", "off")
+            match = [a for a in args if isinstance(a, str) and a.lower() in words]
+            if len(match) == 1:
+                return match[0]
+        if isinstance(value, bool) or value not in args:
+            raise _error(f"config key '{key}': {value!r} is not one of {list(args)}")
         return value
     if origin in (list, tuple):
         if isinstance(value, str):
@@ -64,13 +118,13 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         elif isinstance(value, int | float | bool):  # `seeds=1` on the CLI parses as a scalar
             value = [value]
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"config key '{key}': expected a list (comma-separated on the CLI), got {value!r}")
+            raise _error(f"config key '{key}': expected a list (comma-separated on the CLI), got {value!r}")
         inner = args[0] if args else Any
         out = [_coerce(v, inner, key) for v in value]
         return tuple(out) if origin is tuple else out
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+            raise _error(f"config key '{key}': expected a mapping, got {value!r}")
         kt, vt = args if args else (Any, Any)  # values get the same coercion as top-level keys
         return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if typ is bool:
@@ -80,23 +134,46 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             return True
         if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
             return False
-        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+        raise _error(f"config key '{key}': expected true/false, got {value!r}")
     if isinstance(typ, type) and issubclass(typ, ConfigBase):
         if isinstance(value, typ):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected a mapping of {typ.__name__} keys, got {value!r}")
-        return typ.from_dict(value, source=f"config section '{key}'")
+            raise _error(f"config key '{key}': expected a mapping of {typ.__name__} keys, got {value!r}")
+        return typ.from_dict(value, source=f"config section '{key}'", prefix=f"{key}.")
     if typ in (int, float, str):
-        try:
-            if typ is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            if typ is int and isinstance(value, str):
-                return int(float(value)) if "e" in value.lower() else int(value)
-            return typ(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"config key '{key}': expected {typ.__name__}, got {value!r}") from None
+        return _scalar(value, typ, key)
     return value
+
+
+def _scalar(value: Any, typ: type, key: str) -> Any:
+    """``value`` as int/float/str; non-finite floats and out-of-range seeds are refused."""
+    if isinstance(value, dict | list | tuple) or (typ is not str and isinstance(value, bool)):
+        raise _error(f"config key '{key}': expected {typ.__name__}, got {value!r}")
+    if typ is str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    try:
+        if isinstance(value, str):
+            value = value.strip()
+            number = float(value) if typ is float or not value.lstrip("+-").isdigit() else int(value)
+        else:
+            number = value
+        number = float(number) if typ is float else number
+        if typ is int and isinstance(number, float):
+            if not (math.isfinite(number) and number.is_integer()):
+                raise ValueError
+            number = int(number)
+        elif typ is int:
+            number = int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise _error(f"config key '{key}': expected {typ.__name__}, got {value!r}") from None
+    if typ is float and not math.isfinite(number):
+        raise _error(
+            f"config key '{key}': {value!r} is not a finite number; give a finite value (e.g. 1e-4)"
+        )
+    if typ is int and _is_seed_key(key) and not 0 <= number <= _MAX_SEED:
+        raise _error(f"config key '{key}': seed {number} must be in 0..{_MAX_SEED}")
+    return number
 
 
 @dataclass
@@ -108,15 +185,16 @@ class ConfigBase:
         return {f.name: f.metadata.get("help", "") for f in fields(cls)}
 
     @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
+    def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", prefix: str = "") -> T:
         hints = typing.get_type_hints(cls)
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known, key=str)  # YAML keys may be numbers too
         if unknown:
-            raise ConfigError(
-                f"{source}: unknown key '{unknown[0]}' for {cls.__name__}; valid keys: {', '.join(sorted(known))}"
+            raise _error(
+                f"{source}: unknown key '{unknown[0]}' for {cls.__name__}; "
+                f"valid keys: {', '.join(sorted(known))}"
             )
-        kwargs = {k: _coerce(v, hints[k], k) for k, v in data.items()}
+        kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
         return cls(**kwargs)
 
     @classmethod
@@ -126,17 +204,20 @@ class ConfigBase:
         if path is not None:
             p = Path(path)
             if not p.is_file():
-                raise ConfigError(f"config file {p} not found; pass an existing YAML file to --config")
+                raise _error(f"config file {p} not found; pass an existing YAML file to --config")
             try:
-                loaded = yaml.safe_load(p.read_text()) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+                text = p.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise _error(f"{p}: not a UTF-8 text file; pass a YAML config file to --config") from None
+            except OSError as e:
+                raise _error(f"{p}: cannot be read ({e.strerror or type(e).__name__})") from None
+            loaded = load_yaml(text, str(p)) or {}
             if not isinstance(loaded, dict):
-                raise ConfigError(f"{p}: expected a mapping of key: value at the top level")
+                raise _error(f"{p}: expected a mapping of key: value at the top level")
             data.update(loaded)
         for ov in overrides or []:
             if "=" not in ov:
-                raise ConfigError(f"override '{ov}' is not key=value (e.g. train.lr=1e-4)")
+                raise _error(f"override '{ov}' is not key=value (e.g. train.lr=1e-4)")
             k, v = ov.split("=", 1)
             # Dotted keys address nested sections: train.lr=1e-4 -> data["train"]["lr"].
             *parents, leaf = k.strip().split(".")
@@ -144,8 +225,8 @@ class ConfigBase:
             for part in parents:
                 node = node.setdefault(part, {})
                 if not isinstance(node, dict):
-                    raise ConfigError(f"override '{ov}': '{part}' is not a section")
-            node[leaf] = yaml.safe_load(v) if v.strip() else ""
+                    raise _error(f"override '{ov}': '{part}' is not a section")
+            node[leaf] = load_yaml(v, f"override '{ov}'") if v.strip() else ""
         return cls.from_dict(data, source=str(path) if path else "overrides")
 
     def to_dict(self) -> dict[str, Any]:

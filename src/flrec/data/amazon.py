@@ -46,7 +46,8 @@ from tqdm import tqdm
 
 from flrec.config import ConfigBase, option
 from flrec.data.protocol import chronological_split, sliding_window_rows
-from flrec.data.schema import Catalogue, RecDataset
+from flrec.data.schema import Catalogue, RecDataset, title_problem
+from flrec.data.textio import check_output_dir, staged_output_dir
 from flrec.errors import ConfigError, DataError, FlrecError
 from flrec.utils.io import atomic_write_json
 
@@ -152,7 +153,11 @@ def _parse(line: str, path: Path, lineno: int) -> dict:
 
 
 def clean_title(raw: object, path: Path, lineno: int) -> tuple[str | None, str]:
-    """D3's title filter: ``(title, "kept")`` or ``(None, reason)``."""
+    """D3's title filter: ``(title, "kept")`` or ``(None, reason)``.
+
+    Beyond D3, a title that breaks flrec's shared title rule (:func:`~flrec.data.schema.title_problem`:
+    a line break, a special token) is dropped as ``invalid_title`` and counted in the report.
+    """
     if raw is None:
         return None, "no_title"
     if not isinstance(raw, str):
@@ -164,6 +169,8 @@ def clean_title(raw: object, path: Path, lineno: int) -> tuple[str | None, str]:
         return None, "short_title"
     if len(title.split(" ")) > 20:
         return None, "long_title"
+    if title_problem(title):  # a line break or a special token: no D3 file could hold it faithfully
+        return None, "invalid_title"
     return title, "kept"
 
 
@@ -268,15 +275,23 @@ def k_core_mask(user: np.ndarray, item: np.ndarray, k: int) -> np.ndarray:
 
 
 def prepare_amazon(
-    reviews: str | Path, meta: str | Path, out_dir: str | Path | None, cfg: AmazonPrepConfig | None = None
+    reviews: str | Path,
+    meta: str | Path,
+    out_dir: str | Path | None,
+    cfg: AmazonPrepConfig | None = None,
+    *,
+    overwrite: bool = False,
 ) -> RecDataset:
     """Build the D3 dataset from raw ``<Category>_5.json.gz`` + ``meta_<Category>.json.gz``.
 
     With ``out_dir``, writes the D3 folder and ``prepare_report.json`` (filter counts and every
-    window tried).
+    window tried); ``out_dir`` must be new or empty unless ``overwrite``, and is written as a whole
+    or not at all.
     """
     cfg = cfg or AmazonPrepConfig()
     reviews, meta = Path(reviews), Path(meta)
+    if out_dir is not None:
+        check_output_dir(out_dir, overwrite)
     for p in (reviews, meta):
         if not p.is_file():
             raise DataError(
@@ -320,7 +335,6 @@ def prepare_amazon(
         from flrec.data.d3 import write_d3
 
         out_dir = Path(out_dir)
-        write_d3(ds, out_dir)
         report = {
             "reviews_file": str(reviews),
             "meta_file": str(meta),
@@ -332,7 +346,10 @@ def prepare_amazon(
             "rows": {s: len(r) for s, r in ds.splits.items()},
             "items": len(ds.catalogue),
         }
-        atomic_write_json(out_dir / "prepare_report.json", report)
+        ds.report = report
+        with staged_output_dir(out_dir, overwrite) as tmp:
+            write_d3(ds, tmp)
+            atomic_write_json(tmp / "prepare_report.json", report)
         ds.root = out_dir
     return ds
 

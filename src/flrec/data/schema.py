@@ -9,11 +9,42 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
+
+# The token that ends every prompt; flrec.data.prompts.THOUGHT_TOKEN must be the same string (a
+# test checks). Repeated here because prompts imports torch and the data layer must not.
+THOUGHT_TOKEN = "<|Thought|>"
+# Special-token-shaped strings (<|endoftext|>, <|im_end|>, <|eot_id|>, </s>): tokenizers turn them
+# into control tokens, so a title holding one would end generation or the prompt early.
+SPECIAL_TOKEN = re.compile(r"<\|[^|<>\s]{1,40}\|>|</s>")
+
+
+def title_problem(title: object) -> str | None:
+    """Why ``title`` cannot be a catalogue title, or None if it can.
+
+    The one rule shared by every converter (at conversion) and the D3 reader (at reading), so that
+    whatever flrec writes, flrec reads: a non-empty single-line string without the thought token or another
+    special-token string such as ``<|endoftext|>`` (the tokenizer would read it as a control token).
+    """
+    if not isinstance(title, str):
+        return f"title must be text, got {type(title).__name__}"
+    if not title.strip():
+        return "title is empty; give every item a non-empty title"
+    if "\n" in title or "\r" in title:
+        return "title contains a line break; put each title on one line"
+    if "\x00" in title:
+        return "title contains a NUL character; remove it"
+    if THOUGHT_TOKEN in title:
+        return f"title contains the reserved token {THOUGHT_TOKEN}; remove it from the title"
+    special = SPECIAL_TOKEN.search(title)
+    if special:
+        return f"title contains the special token {special.group()!r}; remove it from the title"
+    return None
 
 
 @dataclass
@@ -47,7 +78,7 @@ class Catalogue:
         return {t: ids for t, ids in self._by_title.items() if len(ids) > 1}
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a million rows in memory cost ~100 MB less
 class Interaction:
     """One row: ``history`` items (oldest first) and the ``target`` item that followed."""
 
@@ -73,6 +104,11 @@ class RecDataset:
     domain: str = "item"  # e.g. "CD", "movie", "office product"; used in the prompt
     root: Path | None = None
     quirks: dict[str, int] = field(default_factory=dict)
+    # What a converter dropped, filtered or ignored on the way here (see flrec.data.convert).
+    report: dict = field(default_factory=dict, compare=False)
+    # Values derived from the splits (e.g. duplicate counts), each stored with the list it was
+    # computed from and reused only while ds.splits still holds that very list at that length.
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __getitem__(self, split: str) -> list[Interaction]:
         return self.splits[split]

@@ -7,26 +7,54 @@ split is cold (never a train target) or popular-head.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
+from operator import attrgetter
 
-from flrec.data.d3 import duplicate_rows, has_html_entity, is_junk_title
+from flrec.data.d3 import _gc_paused, cached_split_counts, has_html_entity, is_junk_title
 from flrec.data.schema import RecDataset
 
 HEAD_FRACTION = 0.2  # "head" = the most popular 20% of the catalogue
 
+# What each term means (printed under the human table by `flrec data stats`).
+LEGEND: dict[str, str] = {
+    "domain": "the item word used in prompts (dataset.json, a known published folder name, else 'item')",
+    "unique_titles": "distinct titles; lower than items when several items share a title",
+    "colliding_titles": "titles shared by more than one item (a generated title then names several items)",
+    "items_with_colliding_titles": "items whose title is shared with another item",
+    "junk_titles": "titles scraped from HTML markup instead of a product name (e.g. '<span class=...')",
+    "html_entity_titles": "titles holding an HTML entity such as &amp; (kept as published)",
+    "repeated_targets": "rows whose target item is already in the row's history",
+    "duplicate_rows": "rows identical to an earlier row of the same split (extra copies)",
+    "popularity.head_items": f"how many items form the head: the most popular {HEAD_FRACTION:.0%} of the catalogue by train-target count",
+    "popularity.head_share": "share of train rows whose target is a head item",
+    "popularity.tail_share": "share of train rows whose target is not a head item",
+    "popularity.items_never_train_target": "items that are never a train target",
+    "cold_test_targets": "share of test rows whose target is never a train target (it may occur in train histories)",
+    "unseen_test_targets": "share of test rows whose target never occurs in train at all, histories included",
+    "test_targets_with_shared_title": "share of test rows whose target's title is shared by other items",
+    "test_targets_with_junk_title": "share of test rows whose target has a junk title",
+    "quirks.title_mismatches": "CSV titles that disagree with info.txt (info.txt is used)",
+}
+
 
 def dataset_stats(ds: RecDataset) -> dict:
     """A JSON-serialisable summary of ``ds`` (see :func:`format_stats` for a readable table)."""
+    with _gc_paused():  # millions of temporary tuples, no cycles
+        return _stats(ds)
+
+
+def _stats(ds: RecDataset) -> dict:
     cat = ds.catalogue
     collisions = cat.colliding_titles()
-    all_rows = [r for rows in ds.splits.values() for r in rows]
-    lengths = Counter(len(r.history) for r in all_rows)
+    all_rows = list(itertools.chain.from_iterable(ds.splits.values()))
+    lengths = Counter(map(len, map(attrgetter("history"), all_rows)))
     n_rows = sum(lengths.values())
     stats: dict = {
         "name": ds.name,
         "domain": ds.domain,
         "rows": {s: len(rows) for s, rows in ds.splits.items()},
-        "users": len({r.user for r in all_rows}),
+        "users": len(set(map(attrgetter("user"), all_rows))),
         "items": len(cat),
         "unique_titles": len(cat.unique_titles),
         "history_length": {
@@ -39,12 +67,12 @@ def dataset_stats(ds: RecDataset) -> dict:
         "items_with_colliding_titles": sum(len(ids) for ids in collisions.values()),
         "junk_titles": sum(map(is_junk_title, cat.titles)),
         "html_entity_titles": sum(map(has_html_entity, cat.titles)),
-        "repeated_targets": {s: sum(r.target in r.history for r in rows) for s, rows in ds.splits.items()},
-        "duplicate_rows": {s: duplicate_rows(rows) for s, rows in ds.splits.items()},
+        "repeated_targets": {s: cached_split_counts(ds, s)[1] for s in ds.splits},
+        "duplicate_rows": {s: cached_split_counts(ds, s)[0] for s in ds.splits},
     }
     train, test = ds.splits.get("train"), ds.splits.get("test")
     if train:
-        counts = Counter(r.target for r in train)
+        counts = Counter(map(attrgetter("target"), train))
         n_head = max(1, round(HEAD_FRACTION * len(cat)))
         head = sum(c for _, c in counts.most_common(n_head))
         stats["popularity"] = {
@@ -69,8 +97,8 @@ def dataset_stats(ds: RecDataset) -> dict:
     return stats
 
 
-def format_stats(stats: dict) -> str:
-    """Render :func:`dataset_stats` output as an aligned two-column table."""
+def format_stats(stats: dict, legend: bool = False) -> str:
+    """Render :func:`dataset_stats` output as an aligned two-column table (``legend``: explain the terms)."""
     lines: list[tuple[str, str]] = []
 
     def add(key: str, value: object) -> None:
@@ -86,4 +114,10 @@ def format_stats(stats: dict) -> str:
 
     add("", stats)
     width = max(len(k) for k, _ in lines)
-    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)
+    table = "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)
+    if not legend:
+        return table
+    keys = [k for k, _ in lines]
+    terms = [t for t in LEGEND if any(k == t or k.startswith(t + ".") for k in keys)]
+    tw = max(map(len, terms), default=0)
+    return table + "\n\nlegend:\n" + "\n".join(f"  {t.ljust(tw)}  {LEGEND[t]}" for t in terms)

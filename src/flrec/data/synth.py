@@ -36,6 +36,7 @@ import numpy as np
 from flrec.config import ConfigBase, option
 from flrec.data.protocol import chronological_split, sliding_window_rows
 from flrec.data.schema import Catalogue, Interaction, RecDataset
+from flrec.data.textio import check_output_dir, staged_output_dir
 from flrec.errors import ConfigError
 from flrec.utils.io import atomic_write_json
 
@@ -325,15 +326,21 @@ def _segment(step: int, mix: np.ndarray, weights: np.ndarray) -> dict:
     return {"from_step": step, "intents": mix.tolist(), "weights": [round(float(w), 4) for w in weights]}
 
 
-def generate_synthetic(cfg: SynthConfig, out_dir: str | Path | None = None) -> RecDataset:
-    """Generate the synthetic dataset; with ``out_dir``, write it as a D3 folder plus ``intents.json``."""
+def generate_synthetic(cfg: SynthConfig, out_dir: str | Path | None = None, *, overwrite: bool = False) -> RecDataset:
+    """Generate the synthetic dataset; with ``out_dir``, write it as a D3 folder plus ``intents.json``.
+
+    ``out_dir`` must be new or empty unless ``overwrite``; it is written as a whole or not at all.
+    """
+    if out_dir is not None:
+        check_output_dir(out_dir, overwrite)
     res = synthesize(cfg)
     if out_dir is not None:
         from flrec.data.d3 import write_d3
 
         out_dir = Path(out_dir)
-        write_d3(res.dataset, out_dir)
-        atomic_write_json(out_dir / "intents.json", res.planted, indent=None)
+        with staged_output_dir(out_dir, overwrite) as tmp:
+            write_d3(res.dataset, tmp)
+            atomic_write_json(tmp / "intents.json", res.planted, indent=None)
         res.dataset.root = out_dir
     return res.dataset
 
