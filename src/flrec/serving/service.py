@@ -1,0 +1,349 @@
+"""Recommendations for new users from an export directory: items with ids, titles, scores, and for
+FLR an explanation per factor.
+
+**Items, not titles.** ID models (SASRec, GRU4Rec, Caser, AlphaRec, Pop) score every item, so the
+top-K is a list of items. Generative models (FLR, LatentR3-, BIGRec-style, base) produce *titles*;
+each title becomes one entry whose ``item_id`` is the title's first item in **tie order** — most
+train targets first, then the smaller item id — and ``same_title_item_ids`` lists the other items
+carrying that title, in the same order (the model cannot tell them apart; nothing is dropped). For
+ID models ``same_title_item_ids`` is always empty.
+
+**Histories** are titles (exact catalogue titles; an unknown one is an error with close matches) or
+item ids. A history title shared by several items stands for its first item in tie order (this
+matters for ID models only; generative models read titles).
+
+**exclude_seen** removes every history item; for generative models the beam is widened by the
+number of distinct history titles, so K entries remain after the removal and the result still
+depends on that request alone.
+
+**Explanations** (FLR, LatentR3-style): the reasoner's attention and gates of the *last* refinement
+step. Per factor: its gate weight and the history items whose prompt tokens received the most
+attention (the share of attention on each title's tokens); ``attention_on_history`` is the share on
+all history titles (the rest went to the instruction text and the thought token).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flrec.data.schema import Catalogue, Interaction
+from flrec.errors import FlrecError
+from flrec.serving.export import FORMAT_VERSION, MANIFEST
+
+TOP_ATTENDED = 3  # history items listed per factor
+
+
+class RequestError(FlrecError):
+    """A bad recommendation request; ``code`` names the class, ``details`` carries e.g. suggestions."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.code, self.details = code, details or {}
+
+
+@dataclass
+class Query:
+    """One resolved request: history item ids (oldest first) and what to return."""
+
+    item_ids: list[int]
+    k: int = 10
+    exclude_seen: bool = False
+    explain: bool = False
+
+
+class ServedRecommender:
+    """A recommender loaded from an export directory, answering for raw histories.
+
+    Use :func:`load_recommender`. Methods: :meth:`resolve` (titles or ids -> item ids, with
+    suggestions), :meth:`recommend` (one history), :meth:`recommend_batch` (many, one batched model
+    call per beam width), :meth:`metadata`.
+    """
+
+    def __init__(self, path: Path, recommender, manifest: dict, catalogue: Catalogue, counts: list[int] | None):
+        self.path, self.recommender, self.manifest = path, recommender, manifest
+        self.method: str = manifest["method"]
+        self.kind: str = manifest["kind"]
+        self.catalogue = catalogue
+        self.counts = counts
+        pop = counts or [0] * len(catalogue)
+        # Tie order of the items that share a title: most train targets first, then smaller id.
+        self._tie = {t: sorted(ids, key=lambda i: (-pop[i], i)) for t, ids in
+                     ((t, catalogue.item_ids(t)) for t in catalogue.unique_titles)}
+        self._folded: dict[str, list[str]] | None = None
+
+    # ------------------------------------------------------------------------------------ inputs
+    @property
+    def max_k(self) -> int:
+        """Largest K: the beam width for generative models, the catalogue size for ID models."""
+        return int(self.recommender.config.beam) if self.kind == "llm" else len(self.catalogue)
+
+    def suggest(self, title: str, n: int = 5) -> list[str]:
+        """Catalogue titles close to ``title``: case-insensitive containment first, then difflib."""
+        if self._folded is None:
+            self._folded = {}
+            for t in self.catalogue.unique_titles:
+                self._folded.setdefault(t.casefold(), []).append(t)
+        q = title.casefold().strip()
+        out: list[str] = []
+        if q:
+            for f, ts in self._folded.items():
+                if q in f:
+                    out.extend(ts)
+                    if len(out) >= n:
+                        break
+        for f in difflib.get_close_matches(q, list(self._folded), n=n, cutoff=0.6):
+            out.extend(t for t in self._folded[f] if t not in out)
+        return out[:n]
+
+    def resolve(self, history: Sequence[str] | None = None, item_ids: Sequence[int] | None = None) -> list[int]:
+        """Item ids of a history given as catalogue titles or as item ids (exactly one of them)."""
+        if (history is None) == (item_ids is None):
+            raise RequestError("bad_request", "give the history either as titles (history) or as item ids (item_ids), "
+                               "not both and not neither")
+        if history is not None:
+            if len(history) == 0:
+                raise RequestError("empty_history", "the history is empty; give at least one title the user interacted with")
+            unknown = [t for t in dict.fromkeys(history) if t not in self._tie]
+            if unknown:
+                sugg = {t: self.suggest(t) for t in unknown}
+                parts = [f"{t!r}" + (f" (did you mean {', '.join(repr(s) for s in sugg[t][:3])}?)" if sugg[t] else
+                                     " (no close match)") for t in unknown]
+                raise RequestError("unknown_titles", f"{len(unknown)} title(s) not in the catalogue: {'; '.join(parts)}; "
+                                   "use exact catalogue titles (GET /metadata or catalogue.json lists them)",
+                                   {"unknown": unknown, "suggestions": sugg})
+            return [self._tie[t][0] for t in history]
+        assert item_ids is not None
+        if len(item_ids) == 0:
+            raise RequestError("empty_history", "item_ids is empty; give at least one item id the user interacted with")
+        n = len(self.catalogue)
+        bad = [i for i in dict.fromkeys(item_ids) if not (isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n)]
+        if bad:
+            raise RequestError("unknown_item_ids", f"item id(s) {bad[:10]} not in the catalogue (ids are 0..{n - 1})",
+                               {"unknown": bad})
+        return list(item_ids)
+
+    def check_k(self, k: int) -> None:
+        if not (isinstance(k, int) and 1 <= k <= self.max_k):
+            why = "the beam width (re-export with --beam to raise it)" if self.kind == "llm" else "the catalogue size"
+            raise RequestError("k_out_of_range", f"k={k!r} is out of range; use 1..{self.max_k} ({why})")
+
+    # ---------------------------------------------------------------------------------- ranking
+    def recommend(self, history: Sequence[str] | None = None, item_ids: Sequence[int] | None = None, k: int = 10,
+                  exclude_seen: bool = False, explain: bool = False) -> dict[str, Any]:
+        """Top-``k`` items for one history (titles or item ids); see the module docstring."""
+        self.check_k(k)
+        return self.recommend_batch([Query(self.resolve(history, item_ids), k, exclude_seen, explain)])[0]
+
+    def recommend_batch(self, queries: Sequence[Query]) -> list[dict[str, Any]]:
+        """One answer per query, in order. Queries are validated first; the model runs batched."""
+        for q in queries:
+            self.check_k(q.k)
+            if not q.item_ids:
+                raise RequestError("empty_history", "a query has an empty history")
+        if not queries:
+            return []
+        if self.kind == "llm":
+            ranked, explanations = self._rank_titles(queries)
+            items = [self._title_items(r, q) for r, q in zip(ranked, queries, strict=True)]
+        else:
+            items = self._rank_items(queries)
+            explanations = [None] * len(queries)
+        out = []
+        for q, its, ex in zip(queries, items, explanations, strict=True):
+            ans: dict[str, Any] = {
+                "items": its, "method": self.method, "k": q.k, "exclude_seen": q.exclude_seen,
+                "history": [{"item_id": i, "title": self.catalogue.titles[i]} for i in q.item_ids],
+            }
+            if q.explain:
+                ans["explanation"] = ex
+            out.append(ans)
+        return out
+
+    def _rank_items(self, queries: Sequence[Query]) -> list[list[dict]]:
+        rows = [Interaction(user=f"query{j}", history=list(q.item_ids), target=-1) for j, q in enumerate(queries)]
+        with torch.inference_mode():
+            scores = self.recommender.score(rows).float()
+        out = []
+        for j, q in enumerate(queries):
+            s = scores[j].clone()
+            if q.exclude_seen:
+                s[torch.tensor(sorted(set(q.item_ids)))] = float("-inf")
+            # stable sort: equal scores keep the smaller item id first
+            vals, idx = torch.sort(s, descending=True, stable=True)
+            keep = vals[: q.k] > float("-inf")
+            out.append([{"rank": r + 1, "item_id": int(i), "title": self.catalogue.titles[int(i)], "score": float(v),
+                         "same_title_item_ids": []}
+                        for r, (v, i) in enumerate(zip(vals[: q.k][keep].tolist(), idx[: q.k][keep].tolist(), strict=True))])
+        return out
+
+    def _title_items(self, ranked: list[tuple[str, float]], q: Query) -> list[dict]:
+        seen = set(q.item_ids) if q.exclude_seen else set()
+        out: list[dict] = []
+        for title, score in ranked:
+            ids = [i for i in self._tie[title] if i not in seen]
+            if not ids:  # every item with this title is in the history
+                continue
+            out.append({"rank": len(out) + 1, "item_id": ids[0], "title": title, "score": float(score),
+                        "same_title_item_ids": ids[1:]})
+            if len(out) == q.k:
+                break
+        return out
+
+    def _rank_titles(self, queries: Sequence[Query]) -> tuple[list[list[tuple[str, float]]], list[dict | None]]:
+        """Trie-constrained beam search, as :meth:`LLMRecommender.recommend` does, on raw histories."""
+        from flrec.decoding.beam import constrained_beam_search
+
+        rec = self.recommender
+        rec._prepare()
+        beam = int(rec.config.beam)
+        titles = self.catalogue.titles
+        widths = [beam + (len({titles[i] for i in q.item_ids}) if q.exclude_seen else 0) for q in queries]
+        ranked: list[Any] = [None] * len(queries)
+        explanations: list[dict | None] = [None] * len(queries)
+        bs = int(rec.config.batch_size)
+        for width in sorted(set(widths)):  # one beam search per width; usually all queries share one
+            idx = [j for j, w in enumerate(widths) if w == width]
+            for start in range(0, len(idx), bs):
+                chunk = idx[start : start + bs]
+                hist = [[titles[i] for i in queries[j].item_ids] for j in chunk]
+                ids = rec.builder.encode_batch(hist)
+                prompt_ids, mask = _left_pad(ids, rec.tokenizer.pad_token_id)
+                captured: list = []
+                explain = rec.model.config.uses_thought and any(queries[j].explain for j in chunk)
+                # a forward hook collects each refinement step's ReasonerOutput (attn, gates) during prefill
+                hook = (rec.model.reasoner.register_forward_hook(lambda _m, _i, o, c=captured: c.append(o))
+                        if explain else None)
+                try:
+                    state = rec.model.prefill(prompt_ids, mask)
+                finally:
+                    if hook is not None:
+                        hook.remove()
+                res = constrained_beam_search(rec.model.backbone, state, rec._trie, beam_size=width,
+                                              length_penalty=rec.config.length_penalty)
+                for r, j in enumerate(chunk):
+                    ranked[j] = [(rec._trie.titles[t], s) for t, s in res[r]]
+                    if explain and queries[j].explain:
+                        explanations[j] = self._explain(captured, r, hist[r], ids[r], prompt_ids.shape[1], queries[j])
+        return ranked, explanations
+
+    def _explain(self, steps: list, r: int, hist: list[str], ids: list[int], width: int, q: Query) -> dict:
+        """Gate weights and most-attended history items per factor (last refinement step)."""
+        builder = self.recommender.builder
+        kept, spans = history_spans(builder, hist, len(ids))
+        offset = len(hist) - len(kept)  # history position of the first title in the prompt
+        pad = width - len(ids)
+        last = steps[-1]
+        attn = last.attn[r].float()  # (K, L) over the padded prompt incl. the thought
+        gates = last.gates[r].float().tolist()
+        factors = []
+        for k in range(attn.shape[0]):
+            mass = [float(attn[k, pad + s : pad + e].sum()) for s, e in spans]
+            order = sorted(range(len(mass)), key=lambda j: -mass[j])[:TOP_ATTENDED]
+            factors.append({
+                "factor": k, "gate": gates[k], "attention_on_history": sum(mass),
+                "top_history": [{"position": offset + j, "item_id": q.item_ids[offset + j], "title": kept[j],
+                                 "attention": mass[j]} for j in order],
+            })
+        return {"step": len(steps), "factors": factors,
+                "gates_by_step": [s.gates[r].float().tolist() for s in steps],
+                "history_in_prompt": len(kept)}
+
+    # --------------------------------------------------------------------------------- metadata
+    def metadata(self) -> dict[str, Any]:
+        m = self.manifest
+        out = {"method": self.method, "kind": self.kind, "n_items": len(self.catalogue),
+               "n_titles": len(self._tie), "max_k": self.max_k, "decoding": m.get("decoding", {}),
+               "tie_rule": "train popularity, then item id" if self.counts else "item id",
+               "explanations": self.kind == "llm" and bool(self.recommender.model.config.uses_thought),
+               "format_version": m.get("format_version")}
+        metrics = self.path / "metrics.json"
+        if metrics.is_file():
+            s = json.loads(metrics.read_text(encoding="utf-8"))
+            out["metrics"] = {"split": s.get("split"), "n_rows": s.get("n_rows"), **s.get("metrics", {})}
+        return out
+
+
+def history_spans(builder, titles: list[str], n_ids: int) -> tuple[list[str], list[tuple[int, int]]]:
+    """The history titles that made it into the prompt and each one's token span ``[start, end)``.
+
+    Mirrors :class:`~flrec.data.prompts.PromptBuilder`'s layout: head, ``' "T0"'``, then ``','`` +
+    ``' "Ti"'`` per newer title, tail, thought. Checked against the prompt length so a layout change
+    fails loudly instead of mislabelling attention.
+    """
+    titles = list(titles)[-builder.max_history :]
+    kept = builder._kept(titles, "history")
+    pos, spans = len(builder._head), []
+    for j, t in enumerate(kept):
+        if j:
+            pos += len(builder._sep)
+        n = len(builder._segments[t])
+        spans.append((pos, pos + n))
+        pos += n
+    total = pos + len(builder._tail) + int(builder.use_thought)
+    if total != n_ids:
+        raise FlrecError(f"prompt layout changed ({total} != {n_ids} tokens); update flrec.serving.service.history_spans")
+    return kept, spans
+
+
+def _left_pad(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(x) for x in ids)
+    prompt = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for r, x in enumerate(ids):
+        prompt[r, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+        mask[r, width - len(x) :] = 1
+    return prompt, mask
+
+
+def load_recommender(path: str | Path, *, dtype: str | None = None, beam: int | None = None,
+                     batch_size: int | None = None) -> ServedRecommender:
+    """Load an export directory written by :func:`flrec.serving.export` (no dataset needed).
+
+    ``dtype`` (float32 | bfloat16), ``beam`` and ``batch_size`` override an LLM recommender's
+    exported decoding settings.
+    """
+    from flrec.baselines.base import get_recommender
+
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        hint = (" (it looks like a run directory: run `flrec export RUN_DIR --out DIR` first)"
+                if path.is_dir() else "")
+        raise FlrecError(f"{path} is not an flrec export ({MANIFEST} missing){hint}")
+    manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    if manifest.get("format") != "flrec-export" or manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise FlrecError(f"{path / MANIFEST}: export format {manifest.get('format_version')!r} is newer than this "
+                         f"flrec reads ({FORMAT_VERSION}); upgrade flrec")
+    items = json.loads((path / "catalogue.json").read_text(encoding="utf-8"))["items"]
+    catalogue = Catalogue([it["title"] for it in items])
+    counts = [int(it["train_count"]) for it in items] if items and items[0].get("train_count") is not None else None
+    rec = get_recommender(manifest["method"]).load(path / "recommender")
+    if rec.catalogue.titles != catalogue.titles:
+        raise FlrecError(f"{path}: catalogue.json and recommender/ disagree; re-export the run")
+    if manifest["kind"] == "llm":
+        changes = {k: v for k, v in (("beam", beam), ("inference_dtype", dtype), ("batch_size", batch_size)) if v is not None}
+        if changes:
+            rec.config = rec.config.replace(**changes)
+        _attach_trie(rec, path / "trie.pt")
+    elif any(v is not None for v in (dtype, beam, batch_size)):
+        raise FlrecError(f"{manifest['method']} is an ID model: dtype/beam/batch_size apply to LLM recommenders only")
+    return ServedRecommender(path, rec, manifest, catalogue, counts)
+
+
+def _attach_trie(rec, trie_path: Path) -> None:
+    """Use the exported trie when it fits this model's vocabulary; otherwise ``_prepare`` rebuilds it."""
+    from flrec.decoding.trie import TitleTrie
+
+    if not trie_path.is_file():
+        return
+    trie = TitleTrie.load(trie_path)
+    vocab = rec.model._causal_lm().get_output_embeddings().weight.shape[0]
+    if trie.vocab_size == vocab and trie.titles == rec.catalogue.unique_titles and trie.eos_token_id == rec.tokenizer.eos_token_id:
+        rec._trie = trie
+        rec._title_len = trie.title_lengths().tolist()
