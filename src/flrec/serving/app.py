@@ -21,8 +21,8 @@ Errors are JSON ``{"error": CODE, "message": "...", ...}``:
 =====  ======================================================================================
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations (Request)
+# at runtime, and those names are imported inside create_app (FastAPI is an optional extra).
 import asyncio
 import contextlib
 import logging
