@@ -98,6 +98,20 @@ def test_llm_export_load_gives_the_run_rankings(work, llm_run, llm_export, monke
     assert (llm_export / "trie.pt").is_file() and served.recommender._trie is not None
 
 
+def test_a_saved_llm_recommender_in_a_compare_cell_exports_too(work, llm_run, served_llm):
+    root, ds = work
+    rec = load_llm_recommender(llm_run[0], ds, beam=10)
+    cell = root / "compare-llm" / "cells" / "latentr3-like" / "seed0"
+    rec.save(cell / "model")
+    (cell / "summary.json").write_text(json.dumps({"method": "flr", "metrics": {"hr@10": 0.5}, "split": "test"}))
+    served = load_recommender(export(cell, root / "export-flr-cell", data=str(root / "data")))
+    assert served.method == "flr" and served.metadata()["metrics"]["hr@10"] == 0.5
+    rows = ds["test"][:3]
+    for a, b in zip(served.recommend_batch([Query(r.history) for r in rows]),
+                    served_llm.recommend_batch([Query(r.history) for r in rows]), strict=True):
+        assert [it["item_id"] for it in a["items"]] == [it["item_id"] for it in b["items"]]
+
+
 @pytest.mark.parametrize("method", ["sasrec", "pop"])
 def test_id_export_load_gives_the_run_rankings(work, method):
     root, ds = work

@@ -175,14 +175,14 @@ def cmd_recommend(a) -> None:
     if (a.input is None) != (a.output is None):
         raise FlrecError("--input and --output go together (a JSONL file of histories in, one of answers out)")
     model = load_recommender(a.model, dtype=a.dtype)
-    explain = not a.no_explain
+    explain = not a.no_explain and model.explains
     if a.input is not None:
         res = recommend_file(model, a.input, a.output, k=a.k, exclude_seen=a.exclude_seen, explain=explain,
                              batch_size=a.batch_size, overwrite=a.overwrite)
         print(json.dumps(res) if a.json else f"wrote {res['histories']} answers to {res['output']}")
         return
     ans = model.recommend(history=a.history, item_ids=a.item_ids, k=a.k, exclude_seen=a.exclude_seen,
-                          explain=explain and model.kind == "llm")
+                          explain=explain)
     if a.json:
         print(json.dumps(ans, ensure_ascii=False))
     else:

@@ -84,6 +84,11 @@ class ServedRecommender:
         """Largest K: the beam width for generative models, the catalogue size for ID models."""
         return int(self.recommender.config.beam) if self.kind == "llm" else len(self.catalogue)
 
+    @property
+    def explains(self) -> bool:
+        """Whether answers can carry a per-factor explanation (models with a thought: FLR, LatentR3-style)."""
+        return self.kind == "llm" and bool(self.recommender.model.config.uses_thought)
+
     def suggest(self, title: str, n: int = 5) -> list[str]:
         """Catalogue titles close to ``title``: case-insensitive containment first, then difflib."""
         if self._folded is None:
@@ -261,7 +266,7 @@ class ServedRecommender:
         out = {"method": self.method, "kind": self.kind, "n_items": len(self.catalogue),
                "n_titles": len(self._tie), "max_k": self.max_k, "decoding": m.get("decoding", {}),
                "tie_rule": "train popularity, then item id" if self.counts else "item id",
-               "explanations": self.kind == "llm" and bool(self.recommender.model.config.uses_thought),
+               "explanations": self.explains,
                "format_version": m.get("format_version")}
         metrics = self.path / "metrics.json"
         if metrics.is_file():
