@@ -140,10 +140,24 @@ def test_export_refuses_a_non_empty_out_and_a_folder_without_a_model(work, llm_r
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
     with pytest.raises(FlrecError, match="not an flrec export"):
         load_recommender(llm_run[0])
+    with pytest.raises(FlrecError, match="pass --data DIR"):  # started from Python: config.yaml's data is a default
+        export(llm_run[0], tmp_path / "y")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FlrecError, match="no trained flrec model"):
         export(tmp_path / "empty", tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_cli_sft_run_names_its_dataset(work, llm_run, tmp_path):
+    import shutil
+
+    root, ds = work
+    run = tmp_path / "cli-run"
+    shutil.copytree(llm_run[0] / "best", run / "best")
+    (run / "config.yaml").write_text(f"data: {root / 'data'}\n")
+    (run / "run_info.json").write_text(json.dumps({"argv": ["/venv/bin/flrec", "train", "sft", "--config", "x.yaml"]}))
+    served = load_recommender(export(run, tmp_path / "out"))
+    assert served.catalogue.titles == ds.catalogue.titles and served.counts is not None
 
 
 # ------------------------------------------------------------------------------- recommending

@@ -87,6 +87,25 @@ def _config_data(dirs: list[Path]) -> str | None:
     return None
 
 
+def _cli_run_data(dirs: list[Path]) -> str | None:
+    """The ``data`` of a run started by ``flrec train sft`` or ``flrec demo`` (their config.yaml names
+    the dataset the run read). Python callers of ``run_sft(cfg, dataset)`` — tests, ``flrec compare``
+    — pass the dataset directly and the config keeps its default, so their ``data`` is not trusted.
+    """
+    for d in dirs:
+        if (d / "config.yaml").is_file():
+            info = d / "run_info.json"
+            try:
+                argv = [Path(a).name for a in json.loads(info.read_text()).get("argv", [])] if info.is_file() else []
+            except (OSError, json.JSONDecodeError):
+                argv = []
+            started_by_cli = any(a in ("flrec", "cli.py") for a in argv[:1]) or "flrec.cli" in argv
+            if started_by_cli and ("demo" in argv or ("train" in argv and "sft" in argv)):
+                return _config_data([d])
+            return None
+    return None
+
+
 def _load_data(spec: str, where: str):
     from flrec.training.sft import load_dataset
 
@@ -129,10 +148,13 @@ def _resolve_source(source: Path, data: str | None):
     model_dir = resolve_model_dir(source)
     meta = _read_json(model_dir / CONFIG_NAME)
     method = _CLASS_BY_REASONER[meta["flr"]["reasoner"]]
-    spec = data or _config_data([model_dir, *list(model_dir.parents)[:3]])
+    spec = data
     if spec is None:
-        raise FlrecError(f"{source}: an SFT model stores no catalogue and no config.yaml names its dataset; "
-                         "pass --data DIR (the dataset it was trained on)")
+        spec = _cli_run_data([model_dir, *list(model_dir.parents)[:3]])
+    if spec is None:
+        raise FlrecError(f"{source}: an SFT model stores no catalogue and no `flrec train sft`/`flrec demo` config.yaml "
+                         "names its dataset (runs started from Python or by `flrec compare` record only the default); "
+                         "pass --data DIR with the dataset it was trained on, or export the compare cell instead")
     dataset = _load_data(spec, str(source))
     cfg = LLMRecConfig()
     rec = get_recommender(method).from_model_dir(model_dir, dataset.catalogue, cfg, domain=dataset.domain)
