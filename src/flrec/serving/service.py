@@ -202,40 +202,47 @@ class ServedRecommender:
         return out
 
     def _rank_titles(self, queries: Sequence[Query]) -> tuple[list[list[tuple[str, float]]], list[dict | None]]:
-        """Trie-constrained beam search, as :meth:`LLMRecommender.recommend` does, on raw histories."""
-        from flrec.decoding.beam import constrained_beam_search
-
+        """Titles per query from the recommender's own ``recommend`` (so its decoding, whatever it is,
+        is what serving uses), one call per beam width and batch."""
         rec = self.recommender
-        rec._prepare()
         beam = int(rec.config.beam)
         titles = self.catalogue.titles
         widths = [beam + (len({titles[i] for i in q.item_ids}) if q.exclude_seen else 0) for q in queries]
         ranked: list[Any] = [None] * len(queries)
         explanations: list[dict | None] = [None] * len(queries)
         bs = int(rec.config.batch_size)
-        for width in sorted(set(widths)):  # one beam search per width; usually all queries share one
+        for width in sorted(set(widths)):  # usually every query has the same width: one group
             idx = [j for j, w in enumerate(widths) if w == width]
             for start in range(0, len(idx), bs):
                 chunk = idx[start : start + bs]
-                hist = [[titles[i] for i in queries[j].item_ids] for j in chunk]
-                ids = rec.builder.encode_batch(hist)
-                prompt_ids, mask = _left_pad(ids, rec.tokenizer.pad_token_id)
+                # recommend() reads rows; the target is never used for ranking (only encoded alongside).
+                rows = [Interaction(user=f"query{j}", history=list(queries[j].item_ids),
+                                    target=queries[j].item_ids[-1]) for j in chunk]
+                explain = self.explains and any(queries[j].explain for j in chunk)
                 captured: list = []
-                explain = rec.model.config.uses_thought and any(queries[j].explain for j in chunk)
-                # a forward hook collects each refinement step's ReasonerOutput (attn, gates) during prefill
+                # A forward hook collects each refinement step's ReasonerOutput (attn, gates) during prefill.
                 hook = (rec.model.reasoner.register_forward_hook(lambda _m, _i, o, c=captured: c.append(o))
                         if explain else None)
+                saved_beam = rec.config.beam
                 try:
-                    state = rec.model.prefill(prompt_ids, mask)
+                    rec.config.beam = width  # the model runs in one thread, so this is not shared
+                    res = rec.recommend(rows, k=width, batch_size=len(chunk))
                 finally:
+                    rec.config.beam = saved_beam
                     if hook is not None:
                         hook.remove()
-                res = constrained_beam_search(rec.model.backbone, state, rec._trie, beam_size=width,
-                                              length_penalty=rec.config.length_penalty)
                 for r, j in enumerate(chunk):
-                    ranked[j] = [(rec._trie.titles[t], s) for t, s in res[r]]
-                    if explain and queries[j].explain:
-                        explanations[j] = self._explain(captured, r, hist[r], ids[r], prompt_ids.shape[1], queries[j])
+                    ranked[j] = res[r]
+                if explain:
+                    if len(captured) != rec.model.config.num_steps:  # one prefill per chunk is assumed below
+                        raise FlrecError(f"expected {rec.model.config.num_steps} refinement steps in one prefill, "
+                                         f"saw {len(captured)}; LLMRecommender.recommend changed its batching")
+                    hist = [[titles[i] for i in queries[j].item_ids] for j in chunk]
+                    ids = rec.builder.encode_batch(hist)  # cached: the prompts recommend() just built
+                    width_tokens = max(len(x) for x in ids)
+                    for r, j in enumerate(chunk):
+                        if queries[j].explain:
+                            explanations[j] = self._explain(captured, r, hist[r], ids[r], width_tokens, queries[j])
         return ranked, explanations
 
     def _explain(self, steps: list, r: int, hist: list[str], ids: list[int], width: int, q: Query) -> dict:
@@ -295,16 +302,6 @@ def history_spans(builder, titles: list[str], n_ids: int) -> tuple[list[str], li
     if total != n_ids:
         raise FlrecError(f"prompt layout changed ({total} != {n_ids} tokens); update flrec.serving.service.history_spans")
     return kept, spans
-
-
-def _left_pad(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(x) for x in ids)
-    prompt = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for r, x in enumerate(ids):
-        prompt[r, width - len(x) :] = torch.tensor(x, dtype=torch.long)
-        mask[r, width - len(x) :] = 1
-    return prompt, mask
 
 
 def load_recommender(path: str | Path, *, dtype: str | None = None, beam: int | None = None,
