@@ -121,7 +121,7 @@ class ServedRecommender:
                 parts = [f"{t!r}" + (f" (did you mean {', '.join(repr(s) for s in sugg[t][:3])}?)" if sugg[t] else
                                      " (no close match)") for t in unknown]
                 raise RequestError("unknown_titles", f"{len(unknown)} title(s) not in the catalogue: {'; '.join(parts)}; "
-                                   "use exact catalogue titles (GET /metadata or catalogue.json lists them)",
+                                   "use exact catalogue titles (the export's catalogue.json lists them)",
                                    {"unknown": unknown, "suggestions": sugg})
             return [self._tie[t][0] for t in history]
         assert item_ids is not None
