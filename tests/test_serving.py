@@ -190,6 +190,17 @@ def test_misspelt_title_gets_close_match_suggestions(work, served_llm):
         served_llm.recommend(item_ids=[1], k=11)  # beam 10
 
 
+def test_lazy_load_refuses_bad_titles_before_reading_weights(work, llm_export):
+    _, ds = work
+    lazy = load_recommender(llm_export, lazy=True, beam=4)
+    with pytest.raises(RequestError, match="did you mean"):
+        lazy.recommend(history=[ds.catalogue.titles[2] + "x"])
+    with pytest.raises(RequestError, match="use 1..4"):
+        lazy.recommend(item_ids=[2], k=5)
+    assert callable(lazy._recommender)  # still only the loader
+    assert len(lazy.recommend(item_ids=[2], k=4)["items"]) == 4 and lazy.recommender.config.beam == 4
+
+
 def test_flr_explanation_names_history_items_per_factor(work, served_llm):
     _, ds = work
     row = next(r for r in ds["test"] if len(r.history) >= 3)

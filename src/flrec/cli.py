@@ -174,7 +174,8 @@ def cmd_recommend(a) -> None:
         raise FlrecError("give exactly one of --history TITLE..., --item-ids ID... or --input FILE.jsonl --output FILE.jsonl")
     if (a.input is None) != (a.output is None):
         raise FlrecError("--input and --output go together (a JSONL file of histories in, one of answers out)")
-    model = load_recommender(a.model, dtype=a.dtype)
+    # lazy: a misspelt title is refused before the weights are read
+    model = load_recommender(a.model, dtype=a.dtype, lazy=True)
     explain = not a.no_explain and model.explains
     if a.input is not None:
         res = recommend_file(model, a.input, a.output, k=a.k, exclude_seen=a.exclude_seen, explain=explain,

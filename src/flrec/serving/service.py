@@ -38,6 +38,7 @@ from flrec.errors import FlrecError
 from flrec.serving.export import FORMAT_VERSION, MANIFEST
 
 TOP_ATTENDED = 3  # history items listed per factor
+THOUGHT_METHODS = ("flr", "latentr3")  # generative methods with a thought token (and so a reasoner to explain)
 
 
 class RequestError(FlrecError):
@@ -66,10 +67,15 @@ class ServedRecommender:
     call per beam width), :meth:`metadata`.
     """
 
-    def __init__(self, path: Path, recommender, manifest: dict, catalogue: Catalogue, counts: list[int] | None):
-        self.path, self.recommender, self.manifest = path, recommender, manifest
+    def __init__(self, path: Path, recommender, manifest: dict, catalogue: Catalogue, counts: list[int] | None,
+                 decoding: dict[str, Any] | None = None):
+        # ``recommender`` may be a zero-argument loader: titles and ids are then checked (and bad
+        # requests refused) before the weights are read, which is what `flrec recommend` wants.
+        self.path, self.manifest = path, manifest
+        self._recommender = recommender
         self.method: str = manifest["method"]
         self.kind: str = manifest["kind"]
+        self.decoding: dict[str, Any] = dict(decoding if decoding is not None else manifest.get("decoding") or {})
         self.catalogue = catalogue
         self.counts = counts
         pop = counts or [0] * len(catalogue)
@@ -78,16 +84,25 @@ class ServedRecommender:
                      ((t, catalogue.item_ids(t)) for t in catalogue.unique_titles)}
         self._folded: dict[str, list[str]] | None = None
 
+    @property
+    def recommender(self):
+        """The underlying :class:`~flrec.baselines.base.Recommender` (read from disk on first use)."""
+        from flrec.baselines.base import Recommender
+
+        if not isinstance(self._recommender, Recommender):  # a loader
+            self._recommender = self._recommender()
+        return self._recommender
+
     # ------------------------------------------------------------------------------------ inputs
     @property
     def max_k(self) -> int:
         """Largest K: the beam width for generative models, the catalogue size for ID models."""
-        return int(self.recommender.config.beam) if self.kind == "llm" else len(self.catalogue)
+        return int(self.decoding["beam"]) if self.kind == "llm" else len(self.catalogue)
 
     @property
     def explains(self) -> bool:
         """Whether answers can carry a per-factor explanation (models with a thought: FLR, LatentR3-style)."""
-        return self.kind == "llm" and bool(self.recommender.model.config.uses_thought)
+        return self.method in THOUGHT_METHODS
 
     def suggest(self, title: str, n: int = 5) -> list[str]:
         """Catalogue titles close to ``title``: case-insensitive containment first, then difflib."""
@@ -271,7 +286,7 @@ class ServedRecommender:
     def metadata(self) -> dict[str, Any]:
         m = self.manifest
         out = {"method": self.method, "kind": self.kind, "n_items": len(self.catalogue),
-               "n_titles": len(self._tie), "max_k": self.max_k, "decoding": m.get("decoding", {}),
+               "n_titles": len(self._tie), "max_k": self.max_k, "decoding": self.decoding,
                "tie_rule": "train popularity, then item id" if self.counts else "item id",
                "explanations": self.explains,
                "format_version": m.get("format_version")}
@@ -305,11 +320,11 @@ def history_spans(builder, titles: list[str], n_ids: int) -> tuple[list[str], li
 
 
 def load_recommender(path: str | Path, *, dtype: str | None = None, beam: int | None = None,
-                     batch_size: int | None = None) -> ServedRecommender:
+                     batch_size: int | None = None, lazy: bool = False) -> ServedRecommender:
     """Load an export directory written by :func:`flrec.serving.export` (no dataset needed).
 
     ``dtype`` (float32 | bfloat16), ``beam`` and ``batch_size`` override an LLM recommender's
-    exported decoding settings.
+    exported decoding settings. ``lazy``: read the catalogue now and the weights on first use.
     """
     from flrec.baselines.base import get_recommender
 
@@ -325,17 +340,24 @@ def load_recommender(path: str | Path, *, dtype: str | None = None, beam: int | 
     items = json.loads((path / "catalogue.json").read_text(encoding="utf-8"))["items"]
     catalogue = Catalogue([it["title"] for it in items])
     counts = [int(it["train_count"]) for it in items] if items and items[0].get("train_count") is not None else None
-    rec = get_recommender(manifest["method"]).load(path / "recommender")
-    if rec.catalogue.titles != catalogue.titles:
-        raise FlrecError(f"{path}: catalogue.json and recommender/ disagree; re-export the run")
-    if manifest["kind"] == "llm":
-        changes = {k: v for k, v in (("beam", beam), ("inference_dtype", dtype), ("batch_size", batch_size)) if v is not None}
-        if changes:
-            rec.config = rec.config.replace(**changes)
-        _attach_trie(rec, path / "trie.pt")
-    elif any(v is not None for v in (dtype, beam, batch_size)):
+    changes = {k: v for k, v in (("beam", beam), ("inference_dtype", dtype), ("batch_size", batch_size)) if v is not None}
+    if manifest["kind"] != "llm" and changes:
         raise FlrecError(f"{manifest['method']} is an ID model: dtype/beam/batch_size apply to LLM recommenders only")
-    return ServedRecommender(path, rec, manifest, catalogue, counts)
+    if changes.get("beam", 1) < 1 or changes.get("batch_size", 1) < 1:
+        raise FlrecError(f"beam and batch_size must be >= 1, got {changes}")
+    decoding = {**(manifest.get("decoding") or {}), **changes}
+
+    def read_weights():
+        rec = get_recommender(manifest["method"]).load(path / "recommender")
+        if rec.catalogue.titles != catalogue.titles:
+            raise FlrecError(f"{path}: catalogue.json and recommender/ disagree; re-export the run")
+        if manifest["kind"] == "llm":
+            if changes:
+                rec.config = rec.config.replace(**changes)
+            _attach_trie(rec, path / "trie.pt")
+        return rec
+
+    return ServedRecommender(path, read_weights if lazy else read_weights(), manifest, catalogue, counts, decoding)
 
 
 def _attach_trie(rec, trie_path: Path) -> None:
