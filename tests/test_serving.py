@@ -194,7 +194,7 @@ def test_lazy_load_refuses_bad_titles_before_reading_weights(work, llm_export):
     _, ds = work
     lazy = load_recommender(llm_export, lazy=True, beam=4)
     with pytest.raises(RequestError, match="did you mean"):
-        lazy.recommend(history=[ds.catalogue.titles[2] + "x"])
+        lazy.recommend(history=[ds.catalogue.titles[2] + "x"], k=4)
     with pytest.raises(RequestError, match="use 1..4"):
         lazy.recommend(item_ids=[2], k=5)
     assert callable(lazy._recommender)  # still only the loader
