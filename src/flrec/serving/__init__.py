@@ -4,13 +4,12 @@
 * :func:`load_recommender` — load such a directory (no dataset needed) as a :class:`ServedRecommender`.
 * :meth:`ServedRecommender.recommend` — ``flrec recommend``; :func:`recommend_file` — JSONL batches.
 * :func:`create_app` / :func:`serve` — ``flrec serve`` (FastAPI; needs the ``serve`` extra).
-* :func:`load_llm_recommender` / :class:`RecommendationService` — model directories over a dataset
-  (what ``flrec evaluate`` uses).
+* :func:`load_llm_recommender` — a model directory over a dataset's catalogue (``flrec evaluate``).
 """
 
 from flrec.serving.batch import recommend_file
 from flrec.serving.export import export
-from flrec.serving.load import RecommendationService, load_llm_recommender
+from flrec.serving.load import load_llm_recommender
 from flrec.serving.service import Query, RequestError, ServedRecommender, load_recommender
 
 
@@ -28,5 +27,5 @@ def serve(*args, **kwargs) -> None:
     _serve(*args, **kwargs)
 
 
-__all__ = ["Query", "RecommendationService", "RequestError", "ServedRecommender", "create_app", "export",
+__all__ = ["Query", "RequestError", "ServedRecommender", "create_app", "export",
            "load_llm_recommender", "load_recommender", "recommend_file", "serve"]
