@@ -167,6 +167,7 @@ class ServedRecommender:
             self.check_k(q.k)
             if not q.item_ids:
                 raise RequestError("empty_history", "a query has an empty history")
+            self.resolve(item_ids=q.item_ids)  # ids within the catalogue (Query objects may come from anywhere)
         if not queries:
             return []
         if self.kind == "llm":
