@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tqdm import tqdm
 
@@ -35,7 +35,7 @@ from flrec.baselines.base import Ranked, Recommender
 from flrec.config import ConfigBase, option
 from flrec.data.schema import SPLITS, Interaction, RecDataset
 from flrec.errors import ConfigError, DataError, FlrecError
-from flrec.evaluation.analysis import POPULAR_FRACTION, popular_items
+from flrec.evaluation.analysis import POPULAR_FRACTION, add_item_ranks, item_level_summary, popular_items
 from flrec.evaluation.metrics import metrics_from_ranks, target_rank
 from flrec.utils.io import atomic_write_json, atomic_write_jsonl
 from flrec.utils.seed import seed_everything
@@ -55,6 +55,9 @@ class EvalConfig(ConfigBase):
     limit: int | None = option(None, help="evaluate only the first N rows of the split (None = all)")
     batch_size: int = option(64, help="rows per recommend() call; results do not depend on it")
     ks: list[int] = option(factory=lambda: list(EVAL_KS), help="cut-offs K for HR@K and NDCG@K")
+    protocol: Literal["title", "item"] = option(
+        "title", help="title: the paper's title-level hits (metrics); item: also rank items (a title names m "
+        "items; see flrec.evaluation.analysis.item_rankings_for) and report item_metrics beside them")
     beam: int = option(10, help="titles requested per row (beam width for generative methods); >= max(ks)")
     seed: int = option(0, help="seed set before evaluating (for methods with stochastic inference)")
 
@@ -226,6 +229,7 @@ def evaluate(recommender: Recommender, dataset: RecDataset, cfg: EvalConfig, run
                 tokens = None if gen is None or tokens is None else tokens + int(gen)
                 new = _row_records(dataset, batch, rankings, start)
                 records.extend(new)
+                add_item_ranks(new, recommender, dataset, batch, rankings, cfg.protocol, cfg.beam, RECORDED_TOP)
                 if sink is not None:
                     sink.write("".join(json.dumps(r) + "\n" for r in new))
                     sink.flush()
@@ -251,6 +255,7 @@ def evaluate(recommender: Recommender, dataset: RecDataset, cfg: EvalConfig, run
         },
         "eval_config": cfg.to_dict(),
     }
+    summary.update(item_level_summary(dataset, records, cfg.ks, cfg.protocol, recommender))
     if run_dir is not None:
         atomic_write_jsonl(run_dir / RANKS, records)
         atomic_write_json(run_dir / SUMMARY, summary)
