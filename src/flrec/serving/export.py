@@ -8,7 +8,6 @@ Layout of an export directory (``format`` 1)::
     recommender/        the recommender's own ``save()`` output (LLM: model/ with the FLR module,
                         the tokenizer with <|Thought|>, the backbone weights when they were tuned, or
                         the backbone reference for LoRA/frozen runs; ID models: weights + config)
-    trie.pt             LLM only: the compiled title trie (rebuilt at load if the vocabulary differs)
     metrics.json        the evaluation summary found beside the run, if any (the "metrics card")
     README.md           a human-readable card
 
@@ -250,12 +249,9 @@ def export(source: str | Path, out: str | Path, *, data: str | None = None, over
         items = [{"item_id": i, "title": t, "train_count": None if counts is None else counts[i]}
                  for i, t in enumerate(catalogue.titles)]
         (tmp / "catalogue.json").write_text(json.dumps({"items": items}, ensure_ascii=False) + "\n", encoding="utf-8")
-        if kind == "llm":
-            rec._prepare()  # builds the trie exactly as ranking does
-            rec._trie.save(tmp / "trie.pt")
-            torch_dtype = str(next(rec.model.parameters()).dtype)
-        else:
-            torch_dtype = None
+        # The title trie is not stored: loading rebuilds it from the tokenizer and the catalogue exactly
+        # as ranking does (it also derives per-title tables the recommender keeps beside it).
+        torch_dtype = str(next(rec.model.parameters()).dtype) if kind == "llm" else None
         if summary is not None:
             (tmp / "metrics.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
         manifest = {

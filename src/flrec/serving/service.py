@@ -12,9 +12,10 @@ ID models ``same_title_item_ids`` is always empty.
 item ids. A history title shared by several items stands for its first item in tie order (this
 matters for ID models only; generative models read titles).
 
-**exclude_seen** removes every history item; for generative models the beam is widened by the
-number of distinct history titles, so K entries remain after the removal and the result still
-depends on that request alone.
+**exclude_seen** removes every history item. Generative models decode with the recommender's
+exclude-seen option (the beam never enters a title all of whose items are in the history), so the
+beam's K slots go to titles that still name an unseen item; an export whose tuned decoding already
+excludes seen items always does.
 
 **Explanations** (FLR, LatentR3-style): the reasoner's attention and gates of the *last* refinement
 step. Per factor: its gate weight and the history items whose prompt tokens received the most
@@ -64,7 +65,7 @@ class ServedRecommender:
 
     Use :func:`load_recommender`. Methods: :meth:`resolve` (titles or ids -> item ids, with
     suggestions), :meth:`recommend` (one history), :meth:`recommend_batch` (many, one batched model
-    call per beam width), :meth:`metadata`.
+    call per exclude-seen group), :meth:`metadata`.
     """
 
     def __init__(self, path: Path, recommender, manifest: dict, catalogue: Catalogue, counts: list[int] | None,
@@ -218,20 +219,20 @@ class ServedRecommender:
         return out
 
     def _rank_titles(self, queries: Sequence[Query]) -> tuple[list[list[tuple[str, float]]], list[dict | None]]:
-        """Titles per query from the recommender's own ``recommend`` (so its decoding, whatever it is,
-        is what serving uses), one call per beam width and batch."""
+        """Titles per query from the recommender's own decoding (``decode_candidates`` + ``finalise``:
+        the exported, possibly tuned, decoding with its prior correction, assistant and exclude-seen
+        masks), one call per exclude-seen group and batch."""
         rec = self.recommender
-        beam = int(rec.config.beam)
-        titles = self.catalogue.titles
-        widths = [beam + (len({titles[i] for i in q.item_ids}) if q.exclude_seen else 0) for q in queries]
+        base = rec.config.decoding
         ranked: list[Any] = [None] * len(queries)
         explanations: list[dict | None] = [None] * len(queries)
         bs = int(rec.config.batch_size)
-        for width in sorted(set(widths)):  # usually every query has the same width: one group
-            idx = [j for j, w in enumerate(widths) if w == width]
+        for flag in sorted({q.exclude_seen or base.exclude_seen for q in queries}):
+            dec = base.replace(exclude_seen=flag)
+            idx = [j for j, q in enumerate(queries) if (q.exclude_seen or base.exclude_seen) == flag]
             for start in range(0, len(idx), bs):
                 chunk = idx[start : start + bs]
-                # recommend() reads rows; the target is never used for ranking (only encoded alongside).
+                # decode_candidates reads rows; their target is never used for ranking (only encoded alongside).
                 rows = [Interaction(user=f"query{j}", history=list(queries[j].item_ids),
                                     target=queries[j].item_ids[-1]) for j in chunk]
                 explain = self.explains and any(queries[j].explain for j in chunk)
@@ -239,49 +240,54 @@ class ServedRecommender:
                 # A forward hook collects each refinement step's ReasonerOutput (attn, gates) during prefill.
                 hook = (rec.model.reasoner.register_forward_hook(lambda _m, _i, o, c=captured: c.append(o))
                         if explain else None)
-                saved_beam = rec.config.beam
                 try:
-                    rec.config.beam = width  # the model runs in one thread, so this is not shared
-                    res = rec.recommend(rows, k=width, batch_size=len(chunk))
+                    with torch.inference_mode():
+                        cands, probs = rec.decode_candidates(rows, decoding=dec, batch_size=len(chunk))
+                        res, _ = rec.finalise(rows, cands, probs, decoding=dec, k=int(rec.config.beam))
                 finally:
-                    rec.config.beam = saved_beam
                     if hook is not None:
                         hook.remove()
                 for r, j in enumerate(chunk):
                     ranked[j] = res[r]
                 if explain:
-                    if len(captured) != rec.model.config.num_steps:  # one prefill per chunk is assumed below
-                        raise FlrecError(f"expected {rec.model.config.num_steps} refinement steps in one prefill, "
-                                         f"saw {len(captured)}; LLMRecommender.recommend changed its batching")
-                    hist = [[titles[i] for i in queries[j].item_ids] for j in chunk]
-                    ids = rec.builder.encode_batch(hist)  # cached: the prompts recommend() just built
-                    width_tokens = max(len(x) for x in ids)
+                    n_steps = rec.model.config.steps
+                    if len(captured) != n_steps:  # one prefill per chunk is assumed below
+                        raise FlrecError(f"expected {n_steps} refinement steps in one prefill, saw {len(captured)}; "
+                                         "LLMRecommender.decode_candidates changed its batching")
+                    examples = rec.builder.encode_rows(rows, self.catalogue)  # cached: the prompts just decoded
                     for r, j in enumerate(chunk):
                         if queries[j].explain:
-                            explanations[j] = self._explain(captured, r, hist[r], ids[r], width_tokens, queries[j])
+                            explanations[j] = self._explain(captured, r, examples[r], queries[j])
         return ranked, explanations
 
-    def _explain(self, steps: list, r: int, hist: list[str], ids: list[int], width: int, q: Query) -> dict:
-        """Gate weights and most-attended history items per factor (last refinement step)."""
-        builder = self.recommender.builder
-        kept, spans = history_spans(builder, hist, len(ids))
-        offset = len(hist) - len(kept)  # history position of the first title in the prompt
-        pad = width - len(ids)
+    def _explain(self, steps: list, r: int, example, q: Query) -> dict:
+        """Gate weights and most-attended history items per factor (last refinement step).
+
+        The reasoner reports, per key, the history item it belongs to (``key_items``: 0 = the oldest
+        title kept in the prompt, -1 = instruction text or the thought); a factor's attention on an
+        item is the sum over that item's keys.
+        """
         last = steps[-1]
-        attn = last.attn[r].float()  # (K, L) over the padded prompt incl. the thought
-        gates = last.gates[r].float().tolist()
+        kept = max(example.prompt_items) + 1 if example.prompt_items else 0
+        offset = len(q.item_ids) - kept  # history position of the first title in the prompt
+        attn = last.attn[r].float()  # (K, Lk)
+        if last.key_items is None:
+            raise FlrecError("this reasoner does not report which history item each key belongs to; "
+                             "explanations need flrec's prompt layout (prompt_items)")
+        key_items = last.key_items[r]
         factors = []
+        gates = last.gates[r].float().tolist()
         for k in range(attn.shape[0]):
-            mass = [float(attn[k, pad + s : pad + e].sum()) for s, e in spans]
-            order = sorted(range(len(mass)), key=lambda j: -mass[j])[:TOP_ATTENDED]
+            mass = [float(attn[k][key_items == j].sum()) for j in range(kept)]
+            order = sorted(range(kept), key=lambda j: -mass[j])[:TOP_ATTENDED]
             factors.append({
                 "factor": k, "gate": gates[k], "attention_on_history": sum(mass),
-                "top_history": [{"position": offset + j, "item_id": q.item_ids[offset + j], "title": kept[j],
-                                 "attention": mass[j]} for j in order],
+                "top_history": [{"position": offset + j, "item_id": q.item_ids[offset + j],
+                                 "title": self.catalogue.titles[q.item_ids[offset + j]], "attention": mass[j]}
+                                for j in order],
             })
         return {"step": len(steps), "factors": factors,
-                "gates_by_step": [s.gates[r].float().tolist() for s in steps],
-                "history_in_prompt": len(kept)}
+                "gates_by_step": [s.gates[r].float().tolist() for s in steps], "history_in_prompt": kept}
 
     # --------------------------------------------------------------------------------- metadata
     def metadata(self) -> dict[str, Any]:
@@ -296,28 +302,6 @@ class ServedRecommender:
             s = json.loads(metrics.read_text(encoding="utf-8"))
             out["metrics"] = {"split": s.get("split"), "n_rows": s.get("n_rows"), **s.get("metrics", {})}
         return out
-
-
-def history_spans(builder, titles: list[str], n_ids: int) -> tuple[list[str], list[tuple[int, int]]]:
-    """The history titles that made it into the prompt and each one's token span ``[start, end)``.
-
-    Mirrors :class:`~flrec.data.prompts.PromptBuilder`'s layout: head, ``' "T0"'``, then ``','`` +
-    ``' "Ti"'`` per newer title, tail, thought. Checked against the prompt length so a layout change
-    fails loudly instead of mislabelling attention.
-    """
-    titles = list(titles)[-builder.max_history :]
-    kept = builder._kept(titles, "history")
-    pos, spans = len(builder._head), []
-    for j, t in enumerate(kept):
-        if j:
-            pos += len(builder._sep)
-        n = len(builder._segments[t])
-        spans.append((pos, pos + n))
-        pos += n
-    total = pos + len(builder._tail) + int(builder.use_thought)
-    if total != n_ids:
-        raise FlrecError(f"prompt layout changed ({total} != {n_ids} tokens); update flrec.serving.service.history_spans")
-    return kept, spans
 
 
 def load_recommender(path: str | Path, *, dtype: str | None = None, beam: int | None = None,
@@ -355,20 +339,6 @@ def load_recommender(path: str | Path, *, dtype: str | None = None, beam: int | 
         if manifest["kind"] == "llm":
             if changes:
                 rec.config = rec.config.replace(**changes)
-            _attach_trie(rec, path / "trie.pt")
         return rec
 
     return ServedRecommender(path, read_weights if lazy else read_weights(), manifest, catalogue, counts, decoding)
-
-
-def _attach_trie(rec, trie_path: Path) -> None:
-    """Use the exported trie when it fits this model's vocabulary; otherwise ``_prepare`` rebuilds it."""
-    from flrec.decoding.trie import TitleTrie
-
-    if not trie_path.is_file():
-        return
-    trie = TitleTrie.load(trie_path)
-    vocab = rec.model._causal_lm().get_output_embeddings().weight.shape[0]
-    if trie.vocab_size == vocab and trie.titles == rec.catalogue.unique_titles and trie.eos_token_id == rec.tokenizer.eos_token_id:
-        rec._trie = trie
-        rec._title_len = trie.title_lengths().tolist()
