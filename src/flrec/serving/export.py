@@ -34,7 +34,6 @@ from flrec.errors import FlrecError
 
 MANIFEST = "flrec_export.json"
 FORMAT_VERSION = 1
-LLM_METHODS = ("flr", "latentr3", "bigrec", "base")
 _CLASS_BY_REASONER = {"flr": "flr", "latentr3": "latentr3", "none": "bigrec"}
 
 
@@ -218,7 +217,11 @@ def export(source: str | Path, out: str | Path, *, data: str | None = None, over
     if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
         raise FlrecError(f"--out {out} lies inside the source {source}; export to a separate directory")
     rec, method, dataset, prov = _resolve_source(source, data)
-    kind = "llm" if method in LLM_METHODS else "id"
+    from flrec.baselines.llm import LLMRecommender
+
+    # generative (flr, latentr3, bigrec, base, flr+sasrec, ...) or an ID model scoring every item
+    kind = "llm" if isinstance(rec, LLMRecommender) else "id"
+    explains = kind == "llm" and bool(rec.model.config.uses_thought)
     decoding: dict[str, Any] = {}
     if kind == "llm":
         changes = {k: v for k, v in (("beam", beam), ("inference_dtype", dtype), ("batch_size", batch_size)) if v is not None}
@@ -256,7 +259,7 @@ def export(source: str | Path, out: str | Path, *, data: str | None = None, over
             (tmp / "metrics.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
         manifest = {
             "format": "flrec-export", "format_version": FORMAT_VERSION, "method": method, "kind": kind,
-            "n_items": len(catalogue), "n_titles": len(catalogue.unique_titles),
+            "n_items": len(catalogue), "n_titles": len(catalogue.unique_titles), "explanations": explains,
             "decoding": decoding, "weights_dtype": torch_dtype,
             "popularity": "train target counts" if counts is not None else None,
             "metrics_card": "metrics.json" if summary is not None else None,

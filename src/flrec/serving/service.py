@@ -39,7 +39,7 @@ from flrec.errors import FlrecError
 from flrec.serving.export import FORMAT_VERSION, MANIFEST
 
 TOP_ATTENDED = 3  # history items listed per factor
-THOUGHT_METHODS = ("flr", "latentr3")  # generative methods with a thought token (and so a reasoner to explain)
+THOUGHT_METHODS = ("flr", "latentr3", "flr+sasrec")  # with a thought token, for exports that predate the flag
 
 
 class RequestError(FlrecError):
@@ -103,7 +103,7 @@ class ServedRecommender:
     @property
     def explains(self) -> bool:
         """Whether answers can carry a per-factor explanation (models with a thought: FLR, LatentR3-style)."""
-        return self.method in THOUGHT_METHODS
+        return bool(self.manifest.get("explanations", self.method in THOUGHT_METHODS))
 
     def suggest(self, title: str, n: int = 5) -> list[str]:
         """Catalogue titles close to ``title``: case-insensitive containment first, then difflib."""
