@@ -28,6 +28,8 @@ VARIANTS: dict[str, list[str]] = {
     "items+abs": ["flr.keys=items", "flr.key_positions=absolute", "flr.aux_to_backbone=false"],
     "items+cross": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false",
                     "flr.aux_losses=orth,div,sparse,thought_sim,routing"],
+    "items+center": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false",
+                     "flr.center_keys=true", "flr.aux_losses=orth,div,sparse,thought_sim,routing"],
     "items+floor": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false",
                     "flr.aux_losses=orth,div,sparse,attn_entropy"],
     "softprompt": ["flr.reasoner=softprompt"],  # the control: one learned constant thought
@@ -41,6 +43,9 @@ def run_variant(name: str, overrides: list[str], args) -> dict:
     from flrec.training.sft import SFTConfig, load_dataset, run_sft
 
     run_dir = Path(args.out) / name
+    done = run_dir / "variant.json"
+    if done.is_file():  # finished earlier (the run itself would also be reused; this skips the diagnostics)
+        return json.loads(done.read_text())
     cfg = SFTConfig.load(REPO / "configs" / "demo.yaml", [
         f"run_dir={run_dir}", f"train.max_steps={args.steps}", f"train.eval_every={args.steps // 2}",
         f"train.save_every={args.steps // 2}", f"valid_limit={args.valid_rows}", f"seed={args.seed}",
@@ -58,6 +63,7 @@ def run_variant(name: str, overrides: list[str], args) -> dict:
                 "thought_cross_row_cosine", "gate_usage_entropy_ratio", "argmax_histogram", "active_factors",
                 "history_attention_share", "target_intent_share", "target_intent_share_uniform",
                 "target_intent_rows", "target_intent_share_gain", "argmax_intent_mi", "argmax_intent_mi_p")}
+    done.write_text(json.dumps(rec))
     return rec
 
 

@@ -225,3 +225,21 @@ def test_selection_uses_the_rec_loss_not_the_total(tmp_path):
     total_cfg = cfg.replace(output_dir=str(tmp_path / "total"), select_metric="loss")
     res_total = Trainer(AuxToy(), data, data, collate, total_cfg).train()
     assert res_total.best_step == 1 and res_total.stopped_early
+
+
+def test_centered_keys_remove_the_shared_component():
+    torch.manual_seed(0)
+    shared = 20.0 * torch.randn(16)
+    hidden = shared + torch.randn(6, 5, 16)  # every state = a large common vector + a small row part
+    mask = torch.ones(6, 5)
+
+    def cosine(center: bool) -> float:
+        torch.manual_seed(1)
+        r = FactorizedLatentReasoner(16, num_factors=2, gate_hidden=8, center=center)
+        r.train()(hidden, mask)  # one training batch sets the running mean
+        return float(thought_cross_row_cosine(r.eval()(hidden, mask).z))
+
+    assert cosine(False) > 0.95 and cosine(True) < 0.5
+    r = FactorizedLatentReasoner(16, num_factors=2, gate_hidden=8, center=True).eval()
+    r(hidden, mask)
+    assert int(r.key_mean_batches) == 0 and r.key_mean.abs().sum() == 0  # frozen at inference

@@ -87,12 +87,17 @@ class FactorizedLatentReasoner(nn.Module):
 
     ``positions`` for the keys' RoPE: ``absolute`` (real-token index, the paper), ``relative``
     (distance to the thought: recency), ``none``. ``temperature`` τ > 1 flattens the attention.
+    ``center`` subtracts a running mean of the key states (an EMA over training batches, like
+    BatchNorm's, frozen at inference) before the key/value projections: last-layer states share a
+    large user-independent component, which otherwise dominates every factor and makes the thought
+    nearly the same vector for every user.
     The whole module computes in fp32 (also under bf16 autocast or with bf16 weights): its attention
     maps and gates feed the regularisers and diagnostics, and a bf16 gate above ~0.998 is exactly 1.
     """
 
     def __init__(self, hidden_size: int, num_factors: int = 4, gate_hidden: int = 256, rope_base: float = 10000.0,
-                 keys: str = "tokens", positions: str = "absolute", temperature: float = 1.0):
+                 keys: str = "tokens", positions: str = "absolute", temperature: float = 1.0,
+                 center: bool = False, center_momentum: float = 0.05):
         super().__init__()
         if hidden_size % 2:
             raise ValueError("hidden_size must be even for RoPE")
@@ -101,6 +106,10 @@ class FactorizedLatentReasoner(nn.Module):
         d, k = hidden_size, num_factors
         self.hidden_size, self.num_factors, self.rope_base = d, k, rope_base
         self.keys, self.positions, self.temperature = keys, positions, float(temperature)
+        self.center, self.center_momentum = center, center_momentum
+        if center:
+            self.register_buffer("key_mean", torch.zeros(d))
+            self.register_buffer("key_mean_batches", torch.zeros((), dtype=torch.long))
         self.prototypes = nn.Parameter(torch.empty(k, d))
         self.w_q = nn.Linear(d, d)
         self.w_k = nn.Linear(d, d)
@@ -160,6 +169,8 @@ class FactorizedLatentReasoner(nn.Module):
             acc = torch.promote_types(torch.promote_types(hidden.dtype, self.prototypes.dtype), torch.float32)
             hidden = hidden.to(acc).masked_fill(~mask[..., None], 0.0)
             src, key_mask, key_items, pos = self._select_keys(hidden, mask, items)
+            if self.center:
+                src = (src - self._running_key_mean(src, key_mask).to(acc)).masked_fill(~key_mask[..., None], 0.0)
             q = _linear(self.prototypes.to(acc), self.w_q)  # (K, D)
             k = _linear(src, self.w_k)
             if self.positions != "none":
@@ -173,6 +184,18 @@ class FactorizedLatentReasoner(nn.Module):
             z = (gates[..., None] * factors).sum(dim=1)
         return ReasonerOutput(z=z.to(out_dtype), attn=attn, factors=factors, gates=gates,
                               key_items=key_items, key_mask=key_mask)
+
+
+    @torch.no_grad()
+    def _running_key_mean(self, src: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """The EMA of the real keys' mean state; updated in training mode (the first batch sets it)."""
+        if self.training:
+            w = key_mask[..., None].to(src.dtype)
+            batch_mean = (src * w).sum((0, 1)) / w.sum().clamp(min=1)
+            m = 1.0 if int(self.key_mean_batches) == 0 else self.center_momentum
+            self.key_mean.mul_(1 - m).add_(batch_mean.to(self.key_mean.dtype), alpha=m)
+            self.key_mean_batches += 1
+        return self.key_mean
 
 
 def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:

@@ -90,6 +90,8 @@ class FLRConfig(ConfigBase):
         "relative", "RoPE positions of the keys: absolute = real-token/item index (the paper), relative = distance "
         "to the thought (recency), none = no rotation")
     attn_temperature: float = option(1.0, "tau: factor attention scores are divided by tau (> 1 flattens attention)")
+    center_keys: bool = option(False, "subtract a running mean of the key states (EMA over training batches) before "
+                               "projecting: removes the user-independent component shared by all last-layer states")
     rope_base: float | None = option(None, "RoPE base for the keys (null = the reasoner's: flr 10000, latentr3 1000)")
     embed_scale: bool | None = option(None, "RMS-normalise z and rescale it to the input-embedding RMS "
                                       "(null = on for flr/softprompt, off for latentr3 as in its code)")
@@ -418,6 +420,7 @@ def _migrate_flr_config(saved: dict) -> dict:
     saved = dict(saved)
     if "keys" not in saved:  # the paper's formulation was the only one
         saved.update(keys="tokens", key_positions="absolute", aux_to_backbone=True)
+    saved.setdefault("center_keys", False)
     if saved.get("reasoner") == "latentr3" and saved.get("num_steps") == 2:
         saved["num_steps"] = None  # its second step reproduced the first exactly
     if saved.get("reasoner") in ("latentr3", "none") and saved.get("num_steps") == 0:
