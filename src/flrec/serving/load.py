@@ -1,12 +1,14 @@
-"""Turn a trained model directory into a ranker: for ``flrec evaluate`` and for serving."""
+"""Turn a trained model directory into a ranker over a dataset's catalogue (``flrec evaluate``).
+
+For new users without the dataset, export the run and use :func:`flrec.serving.load_recommender`.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
-from flrec.data.schema import Interaction, RecDataset
+from flrec.data.schema import RecDataset
 from flrec.errors import FlrecError
 
 _CLASS_BY_REASONER = {"flr": "flr", "latentr3": "latentr3", "none": "bigrec"}
@@ -36,27 +38,3 @@ def load_llm_recommender(path: str | Path, dataset: RecDataset, dtype: str = "fl
     cls = get_recommender(_CLASS_BY_REASONER[reasoner])
     cfg = LLMRecConfig(beam=beam, inference_dtype=dtype, batch_size=batch_size)
     return cls.from_model_dir(model_dir, dataset.catalogue, cfg, domain=dataset.domain)
-
-
-class RecommendationService:
-    """Rank catalogue titles for raw histories of titles (what an online service calls)."""
-
-    def __init__(self, model_path: str | Path, dataset: RecDataset, dtype: str = "bfloat16", beam: int = 10):
-        self.dataset = dataset
-        self.recommender = load_llm_recommender(model_path, dataset, dtype=dtype, beam=beam)
-
-    def recommend(self, histories: Sequence[Sequence[str]], k: int = 10) -> list[list[tuple[str, float]]]:
-        """``histories``: per user, titles oldest first; each must be a catalogue title."""
-        cat = self.dataset.catalogue
-        rows = []
-        for u, titles in enumerate(histories):
-            if not titles:
-                raise FlrecError(f"history {u} is empty; give at least one title the user interacted with")
-            ids = []
-            for t in titles:
-                match = cat.item_ids(t)
-                if not match:
-                    raise FlrecError(f"history {u}: title {t!r} is not in the catalogue; use exact catalogue titles")
-                ids.append(match[0])
-            rows.append(Interaction(user=str(u), history=ids, target=ids[-1]))
-        return self.recommender.recommend(rows, k=k)

@@ -1,0 +1,255 @@
+"""``flrec serve``: an HTTP JSON API (FastAPI + uvicorn, requests validated by pydantic).
+
+Endpoints: ``POST /recommend``, ``GET /healthz``, ``GET /metadata``. The model is loaded once.
+Concurrent requests are **micro-batched**: each valid request is put on a bounded asyncio queue; one
+worker takes the first waiting request, collects more until ``max_batch`` are there or
+``max_wait_ms`` has passed, and answers them all with one batched recommender call (one beam search
+for generative models) run in a single worker thread, so the event loop keeps accepting requests.
+A full queue answers **503** with ``Retry-After``; shutdown stops taking requests (503), lets the
+queued ones finish, then stops the worker.
+
+Errors are JSON ``{"error": CODE, "message": "...", ...}``:
+
+=====  ======================================================================================
+400    ``bad_json`` (body is not JSON)
+413    ``body_too_large`` (over ``max_body_bytes``)
+422    ``invalid_request`` (wrong types, unknown keys, neither/both of history and item_ids),
+       ``empty_history``, ``history_too_long``, ``k_out_of_range``,
+       ``unknown_titles`` (with ``suggestions``: close catalogue titles per unknown title),
+       ``unknown_item_ids``
+503    ``overloaded`` (queue full, ``Retry-After`` header), ``shutting_down``
+=====  ======================================================================================
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations (Request)
+# at runtime, and those names are imported inside create_app (FastAPI is an optional extra).
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from flrec.config import ConfigBase, option
+from flrec.errors import ConfigError, FlrecError
+from flrec.serving.service import Query, RequestError, ServedRecommender
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeConfig(ConfigBase):
+    """The HTTP service: address, micro-batching and the limits that keep it responsive."""
+
+    host: str = option("127.0.0.1", help="interface to bind (127.0.0.1 = this machine only)")
+    port: int = option(8000, help="TCP port")
+    max_batch: int = option(8, help="requests answered by one batched model call (1 = one at a time)")
+    max_wait_ms: float = option(10.0, help="how long the worker waits for more requests after the first of a batch")
+    max_queue: int = option(64, help="requests waiting for the model; beyond this the answer is 503 + Retry-After")
+    retry_after_s: int = option(1, help="the Retry-After header of a 503")
+    max_k: int = option(100, help="largest k a request may ask for (also bounded by the model: beam width or catalogue)")
+    default_k: int = option(10, help="k when a request does not give one")
+    max_history: int = option(256, help="most history items a request may send")
+    max_body_bytes: int = option(65536, help="largest request body; larger ones get 413")
+    log_level: str = option("info", help="uvicorn log level (critical, error, warning, info, debug)")
+
+    def __post_init__(self) -> None:
+        for key in ("max_batch", "max_queue", "max_k", "default_k", "max_history", "max_body_bytes"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key '{key}': must be >= 1, got {getattr(self, key)}")
+        if self.max_wait_ms < 0 or self.retry_after_s < 0:
+            raise ConfigError("config keys 'max_wait_ms'/'retry_after_s': must be >= 0")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"config key 'port': {self.port} is not a TCP port (0..65535)")
+        if self.default_k > self.max_k:
+            raise ConfigError(f"config keys 'default_k' ({self.default_k}) > 'max_k' ({self.max_k}); lower default_k")
+
+
+class MicroBatcher:
+    """A bounded queue of (query, future) and one worker that answers them in batches."""
+
+    def __init__(self, model: ServedRecommender, cfg: ServeConfig):
+        self.model, self.cfg = model, cfg
+        self.queue: asyncio.Queue | None = None
+        self.worker: asyncio.Task | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flrec-model")
+        self.closing = False
+        self.stats = {"requests": 0, "batches": 0, "max_batch_seen": 0, "rejected_full": 0}
+
+    def start(self) -> None:
+        if self.worker is None:
+            self.queue = asyncio.Queue(maxsize=self.cfg.max_queue)
+            self.worker = asyncio.get_running_loop().create_task(self._run())
+
+    def submit(self, query: Query) -> asyncio.Future:
+        """Queue ``query``; raises ``asyncio.QueueFull`` when the queue is full."""
+        self.start()
+        assert self.queue is not None
+        fut = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((query, fut))
+        self.stats["requests"] += 1
+        return fut
+
+    async def _run(self) -> None:
+        assert self.queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.cfg.max_wait_ms / 1000
+            while len(batch) < self.cfg.max_batch:
+                try:
+                    batch.append(self.queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), left))
+                except TimeoutError:
+                    break
+            live = [(q, f) for q, f in batch if not f.done()]  # a client that went away cancels its future
+            self.stats["batches"] += 1
+            self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(live))
+            if not live:
+                continue
+            try:
+                answers = await loop.run_in_executor(self.executor, self.model.recommend_batch, [q for q, _ in live])
+            except Exception as e:  # noqa: BLE001 — every waiting request must get an answer
+                log.exception("batch of %d failed", len(live))
+                for _, f in live:
+                    if not f.done():
+                        f.set_exception(e)
+            else:
+                for (_, f), a in zip(live, answers, strict=True):
+                    if not f.done():
+                        f.set_result(a)
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+
+    async def drain_and_stop(self, timeout: float = 60.0) -> None:
+        """Refuse new requests, answer the queued ones, stop the worker."""
+        self.closing = True
+        if self.queue is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.queue.join(), timeout)
+        if self.worker is not None:
+            self.worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.worker
+        self.executor.shutdown(wait=True)
+
+
+def create_app(model: ServedRecommender, cfg: ServeConfig | None = None):
+    """The FastAPI application serving ``model`` (already loaded) with ``cfg``'s limits."""
+    try:
+        from fastapi import FastAPI, Request
+        from fastapi.responses import JSONResponse
+        from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+    except ImportError as e:
+        raise FlrecError(f"flrec serve needs the serve extra ({e.name} is missing): pip install 'flrec[serve]'") from None
+
+    cfg = cfg or ServeConfig()
+    max_k = min(cfg.max_k, model.max_k)
+    default_k = min(cfg.default_k, max_k)
+
+    class RecommendRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        history: list[StrictStr] | None = Field(None, description="catalogue titles, oldest first")
+        item_ids: list[StrictInt] | None = Field(None, description="catalogue item ids, oldest first")
+        k: StrictInt = Field(default_k, description=f"items to return, 1..{max_k}")
+        exclude_seen: StrictBool = Field(False, description="never return an item of the history")
+        explain: StrictBool = Field(False, description="FLR: gate weight and most-attended history items per factor")
+
+    batcher = MicroBatcher(model, cfg)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        batcher.start()
+        yield
+        await batcher.drain_and_stop()
+
+    app = FastAPI(title="flrec", summary=f"{model.method} recommendations", lifespan=lifespan)
+    app.state.batcher = batcher
+    started = time.time()
+
+    def error(status: int, code: str, message: str, headers: dict | None = None, **extra: Any):
+        return JSONResponse({"error": code, "message": message, **extra}, status_code=status, headers=headers)
+
+    @app.get("/healthz")
+    async def healthz():
+        if batcher.closing:
+            return error(503, "shutting_down", "the server is shutting down")
+        q = batcher.queue.qsize() if batcher.queue is not None else 0
+        return {"status": "ok", "method": model.method, "queue": q, "uptime_s": round(time.time() - started, 3)}
+
+    @app.get("/metadata")
+    async def metadata():
+        return {**model.metadata(), "max_k": max_k, "default_k": default_k,
+                "serving": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms, "max_queue": cfg.max_queue,
+                            "max_history": cfg.max_history, "max_body_bytes": cfg.max_body_bytes},
+                "stats": dict(batcher.stats)}
+
+    @app.post("/recommend")
+    async def recommend(request: Request):
+        if batcher.closing:
+            return error(503, "shutting_down", "the server is shutting down; retry on another instance",
+                         {"Retry-After": str(cfg.retry_after_s)})
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > cfg.max_body_bytes:
+            return error(413, "body_too_large", f"request body is {declared} bytes; the limit is {cfg.max_body_bytes}")
+        body = b""
+        async for chunk in request.stream():  # chunked bodies have no Content-Length: count as we read
+            body += chunk
+            if len(body) > cfg.max_body_bytes:
+                return error(413, "body_too_large", f"request body exceeds the limit of {cfg.max_body_bytes} bytes")
+        try:
+            import json
+
+            raw = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return error(400, "bad_json", 'the body is not JSON; send e.g. {"history": ["Title A", "Title B"], "k": 10}')
+        try:
+            req = RecommendRequest.model_validate(raw)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            return error(422, "invalid_request", f"{where}: {first['msg']}",
+                         errors=[{"loc": list(x["loc"]), "msg": x["msg"]} for x in e.errors()[:10]])
+        n_hist = len(req.history if req.history is not None else req.item_ids or [])
+        if n_hist > cfg.max_history:
+            return error(422, "history_too_long", f"the history has {n_hist} items; the limit is {cfg.max_history}")
+        if not 1 <= req.k <= max_k:
+            return error(422, "k_out_of_range", f"k={req.k} is out of range; use 1..{max_k}")
+        try:
+            ids = model.resolve(req.history, req.item_ids)
+        except RequestError as e:
+            return error(422, e.code, str(e), **e.details)
+        try:
+            fut = batcher.submit(Query(ids, req.k, req.exclude_seen, req.explain))
+        except asyncio.QueueFull:
+            batcher.stats["rejected_full"] += 1
+            return error(503, "overloaded", f"{cfg.max_queue} requests are already waiting; retry after "
+                         f"{cfg.retry_after_s} s", {"Retry-After": str(cfg.retry_after_s)})
+        return await fut
+
+    return app
+
+
+def serve(model_dir: str, cfg: ServeConfig | None = None, dtype: str | None = None) -> None:
+    """Load the export at ``model_dir`` once and serve it with uvicorn until interrupted."""
+    from flrec.serving.service import load_recommender
+
+    cfg = cfg or ServeConfig()
+    try:
+        import uvicorn
+    except ImportError:
+        raise FlrecError("flrec serve needs uvicorn: pip install 'flrec[serve]'") from None
+    model = load_recommender(model_dir, dtype=dtype)
+    app = create_app(model, cfg)
+    # uvicorn handles SIGINT/SIGTERM: it stops accepting connections, waits for open requests, then
+    # runs the lifespan shutdown, which answers what is still queued.
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_graceful_shutdown=60)

@@ -1,0 +1,123 @@
+"""``flrec recommend --input FILE.jsonl --output FILE.jsonl``: many histories, streamed, resumable.
+
+Input: one JSON object per line, ``{"history": ["Title", ...]}`` or ``{"item_ids": [12, 40]}``,
+optionally ``"k"``, ``"exclude_seen"``, ``"explain"`` (override the command's defaults) and ``"id"``
+(copied to the output). Output: one line per input line, in order, with ``line`` (1-based input
+line), ``id`` when given, and the answer of :meth:`ServedRecommender.recommend_batch`.
+
+A bad line stops the run with an error naming the file and line (nothing is skipped silently);
+answers so far stay in ``OUTPUT.partial`` and a rerun continues after them. The finished output
+is renamed into place, so ``OUTPUT`` is never half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from flrec.errors import DataError, FlrecError
+from flrec.serving.service import Query, RequestError, ServedRecommender
+
+_KEYS = {"history", "item_ids", "k", "exclude_seen", "explain", "id"}
+
+
+def _lines(path: Path, start: int) -> Iterator[tuple[int, str]]:
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if n > start and line.strip():
+                yield n, line
+
+
+def parse_line(model: ServedRecommender, line: str, where: Path, n: int, k: int, exclude_seen: bool,
+               explain: bool) -> tuple[Query, Any]:
+    """One input line -> a resolved :class:`Query` and its ``id``; errors name the file and line."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(where, f"not valid JSON ({e.msg}); write one object per line", line=n) from None
+    if not isinstance(obj, dict):
+        raise DataError(where, 'expected an object like {"history": ["Title A", "Title B"]}', line=n)
+    unknown = sorted(set(obj) - _KEYS)
+    if unknown:
+        raise DataError(where, f"unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_KEYS))}", line=n)
+    hist, ids = obj.get("history"), obj.get("item_ids")
+    if hist is not None and not (isinstance(hist, list) and all(isinstance(t, str) for t in hist)):
+        raise DataError(where, "must be a list of title strings", line=n, field="history")
+    if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+        raise DataError(where, "must be a list of integer item ids", line=n, field="item_ids")
+    qk = obj.get("k", k)
+    for key, val in (("exclude_seen", obj.get("exclude_seen", exclude_seen)), ("explain", obj.get("explain", explain))):
+        if not isinstance(val, bool):
+            raise DataError(where, "must be true or false", line=n, field=key)
+    try:
+        if not isinstance(qk, int) or isinstance(qk, bool):
+            raise RequestError("k_out_of_range", f"k must be an integer, got {qk!r}")
+        model.check_k(qk)
+        q = Query(model.resolve(hist, ids), qk, obj.get("exclude_seen", exclude_seen), obj.get("explain", explain))
+    except RequestError as e:
+        raise DataError(where, str(e), line=n) from None
+    return q, obj.get("id")
+
+
+def recommend_file(model: ServedRecommender, input_path: str | Path, output_path: str | Path, k: int = 10,
+                   exclude_seen: bool = False, explain: bool = False, batch_size: int = 16,
+                   overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Answer every line of ``input_path`` into ``output_path`` (see the module docstring)."""
+    src, dst = Path(input_path), Path(output_path)
+    if not src.is_file():
+        raise FlrecError(f"--input {src} not found; pass a JSONL file with one history per line")
+    if dst.exists() and not overwrite:
+        raise FlrecError(f"--output {dst} exists; pass --overwrite to replace it or choose another path")
+    if batch_size < 1:
+        raise FlrecError(f"--batch-size must be >= 1, got {batch_size}")
+    partial = dst.with_name(dst.name + ".partial")
+    done = _resume_point(partial)
+    with open(src, encoding="utf-8") as f:
+        total = sum(1 for line in f if line.strip())
+    written = sum(1 for _ in open(partial, encoding="utf-8")) if partial.is_file() else 0
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(partial, "a", encoding="utf-8") as sink, \
+            tqdm(total=total, initial=written, desc=f"recommend {model.method}", unit="history", disable=not progress) as bar:
+        batch: list[tuple[int, Query, Any]] = []
+
+        def flush() -> None:
+            answers = model.recommend_batch([q for _, q, _ in batch])
+            for (n, _, qid), ans in zip(batch, answers, strict=True):
+                rec = {"line": n, **({"id": qid} if qid is not None else {}), **ans}
+                sink.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            sink.flush()
+            os.fsync(sink.fileno())
+            bar.update(len(batch))
+            batch.clear()
+
+        for n, line in _lines(src, done):
+            q, qid = parse_line(model, line, src, n, k, exclude_seen, explain)
+            batch.append((n, q, qid))
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
+            flush()
+    os.replace(partial, dst)
+    return {"input": str(src), "output": str(dst), "histories": total, "resumed_after_line": done}
+
+
+def _resume_point(partial: Path) -> int:
+    """The last input line answered in ``partial`` (a torn last line is cut off)."""
+    if not partial.is_file():
+        return 0
+    text = partial.read_text(encoding="utf-8")
+    complete = text[: text.rfind("\n") + 1]
+    if complete != text:
+        partial.write_text(complete, encoding="utf-8")
+    last = 0
+    for i, line in enumerate(complete.splitlines(), 1):
+        try:
+            last = int(json.loads(line)["line"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise DataError(partial, "not a partial output of flrec recommend; delete it to start over", line=i) from None
+    return last
