@@ -24,6 +24,7 @@ CONFIGS = {
     "synth": "flrec.data.synth:SynthConfig",
     "amazon": "flrec.data.amazon:AmazonPrepConfig",
     "llm": "flrec.baselines.llm:LLMRecConfig",
+    "serve": "flrec.serving.app:ServeConfig",
 }
 
 

@@ -15,10 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from flrec.data.schema import Catalogue, Interaction
+from flrec.data.schema import THOUGHT_TOKEN, Catalogue, Interaction  # noqa: F401 (re-exported)
 from flrec.errors import FlrecError
-
-THOUGHT_TOKEN = "<|Thought|>"
 
 
 def target_text(title: str) -> str:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
-# The token that ends every prompt; flrec.data.prompts.THOUGHT_TOKEN must be the same string (a
-# test checks). Repeated here because prompts imports torch and the data layer must not.
+# The token that ends every prompt (flrec.data.prompts re-exports it). Defined here because
+# prompts imports torch and the data layer must not.
 THOUGHT_TOKEN = "<|Thought|>"
 # Special-token-shaped strings (<|endoftext|>, <|im_end|>, <|eot_id|>, </s>): tokenizers turn them
 # into control tokens, so a title holding one would end generation or the prompt early.
