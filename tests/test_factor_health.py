@@ -135,7 +135,7 @@ def test_latentr3_runs_one_step_and_explicit_two_is_refused():
     assert cfg.steps == 1 and cfg.aux == () and cfg.scale_thought is False and cfg.rope == 1000.0
     with pytest.raises(ConfigError, match="num_steps must be 1"):
         FLRConfig(reasoner="latentr3", num_steps=2)
-    assert FLRConfig().steps == 2 and FLRConfig().aux == ("orth", "div", "sparse")
+    assert FLRConfig().steps == 2 and FLRConfig().aux == ("orth", "div", "sparse", "thought_sim", "routing")
 
 
 def test_aux_losses_stop_at_the_backbone_when_configured():
@@ -236,7 +236,7 @@ def test_centered_keys_remove_the_shared_component():
     def cosine(center: bool) -> float:
         torch.manual_seed(1)
         r = FactorizedLatentReasoner(16, num_factors=2, gate_hidden=8, center=center)
-        r.train()(hidden, mask)  # one training batch sets the running mean
+        r.train()(hidden, mask)  # one training batch sets the running mean (used from the next call on)
         return float(thought_cross_row_cosine(r.eval()(hidden, mask).z))
 
     assert cosine(False) > 0.95 and cosine(True) < 0.5

@@ -48,8 +48,9 @@ def make_batch(lengths=(7, 4, 9), target_lengths=(3, 5, 2), seed=1):
 
 
 def make_model(kind="llama", **cfg):
+    # eval(): the key-centering EMA (flr.center_keys) would otherwise move between the calls a test compares
     cfg.setdefault("gate_hidden", 16)
-    return FLRRecommender(tiny_backbone(kind), FLRConfig(**cfg), THOUGHT).double()
+    return FLRRecommender(tiny_backbone(kind), FLRConfig(**cfg), THOUGHT).double().eval()
 
 
 # ------------------------------------------------------------------------------------------- losses

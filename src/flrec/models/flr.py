@@ -188,14 +188,19 @@ class FactorizedLatentReasoner(nn.Module):
 
     @torch.no_grad()
     def _running_key_mean(self, src: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """The EMA of the real keys' mean state; updated in training mode (the first batch sets it)."""
+        """The EMA of the real keys' mean state over *earlier* training batches (0 before the first).
+
+        The current batch is used only to update it afterwards (in training mode), so a row's output
+        never depends on the other rows of its batch; the first batch sets the EMA outright.
+        """
+        mean = self.key_mean.clone()
         if self.training:
             w = key_mask[..., None].to(src.dtype)
             batch_mean = (src * w).sum((0, 1)) / w.sum().clamp(min=1)
             m = 1.0 if int(self.key_mean_batches) == 0 else self.center_momentum
             self.key_mean.mul_(1 - m).add_(batch_mean.to(self.key_mean.dtype), alpha=m)
             self.key_mean_batches += 1
-        return self.key_mean
+        return mean
 
 
 def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:

@@ -57,7 +57,8 @@ def health_stats(out: ReasonerOutput) -> dict[str, torch.Tensor]:
 
 REASONER_DEFAULTS = {
     # reasoner: (num_steps, aux_losses, embed_scale, rope_base)
-    "flr": (2, ("orth", "div", "sparse"), True, 10000.0),
+    # flr: the paper's eqs. 5-7 plus the two cross-row terms (chosen on validation, README "issue #9").
+    "flr": (2, ("orth", "div", "sparse", "thought_sim", "routing"), True, 10000.0),
     # LatentR3: its keys exclude the thought and its query is the pre-thought state, so a second
     # step reproduces the first exactly; its code has no embedding rescaling and RoPE base 1000.
     "latentr3": (1, (), False, 1000.0),
@@ -90,14 +91,15 @@ class FLRConfig(ConfigBase):
         "relative", "RoPE positions of the keys: absolute = real-token/item index (the paper), relative = distance "
         "to the thought (recency), none = no rotation")
     attn_temperature: float = option(1.0, "tau: factor attention scores are divided by tau (> 1 flattens attention)")
-    center_keys: bool = option(False, "subtract a running mean of the key states (EMA over training batches) before "
+    center_keys: bool = option(True, "subtract a running mean of the key states (EMA over training batches) before "
                                "projecting: removes the user-independent component shared by all last-layer states")
     rope_base: float | None = option(None, "RoPE base for the keys (null = the reasoner's: flr 10000, latentr3 1000)")
     embed_scale: bool | None = option(None, "RMS-normalise z and rescale it to the input-embedding RMS "
                                       "(null = on for flr/softprompt, off for latentr3 as in its code)")
     aux_losses: list[str] | None = option(
-        None, "enabled regularisers (null = the reasoner's: flr orth,div,sparse = the paper's eqs. 5-7): any of "
-        "orth, div, sparse, thought_sim, routing, attn_entropy (see flrec.models.losses.REGULARISERS)")
+        None, "enabled regularisers (null = the reasoner's: flr orth,div,sparse,thought_sim,routing; the paper's "
+        "eqs. 5-7 are orth,div,sparse): any of orth, div, sparse, thought_sim, routing, attn_entropy "
+        "(see flrec.models.losses.REGULARISERS)")
     aux_to_backbone: bool = option(
         False, "let the regularisers' gradients reach the backbone (the paper); false computes them on detached "
         "hidden states, so the reasoner satisfies them instead of the backbone reshaping its states")
