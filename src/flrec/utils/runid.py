@@ -99,7 +99,7 @@ def model_identity(spec: str | os.PathLike) -> dict[str, str]:
     return {"spec": str(spec)}
 
 
-def make_fingerprint(config: Mapping[str, Any], **identity: Any) -> dict[str, Any]:
+def make_fingerprint(config: Mapping[str, Any], /, **identity: Any) -> dict[str, Any]:
     """A flat fingerprint: the config keys as given plus ``identity`` sections (flattened)."""
     fp = dict(config)
     fp.update(flatten(identity))
@@ -131,8 +131,8 @@ def _short(v: Any) -> str:
     return s if len(s) <= 40 else s[:37] + "..."
 
 
-def read_fingerprint(directory: str | os.PathLike) -> dict[str, Any] | None:
-    path = Path(directory) / FINGERPRINT
+def read_fingerprint(directory: str | os.PathLike, name: str = FINGERPRINT) -> dict[str, Any] | None:
+    path = Path(directory) / name
     if not path.is_file():
         return None
     try:
@@ -142,12 +142,13 @@ def read_fingerprint(directory: str | os.PathLike) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def write_fingerprint(directory: str | os.PathLike, fingerprint: Mapping[str, Any]) -> None:
-    atomic_write_json(Path(directory) / FINGERPRINT, dict(fingerprint))
+def write_fingerprint(directory: str | os.PathLike, fingerprint: Mapping[str, Any], name: str = FINGERPRINT) -> None:
+    atomic_write_json(Path(directory) / name, dict(fingerprint))
 
 
 def mismatch_message(directory: str | os.PathLike, what: str, stored: Mapping[str, Any],
                      current: Mapping[str, Any], keys: list[str], fix: str) -> str:
     """One line: where, which keys differ (old -> new), and how to override."""
-    return (f"{directory} holds a {what} made with other settings ({describe_diff(stored, current, keys)}); "
+    article = "an" if what[:1] in "aeiou" else "a"
+    return (f"{directory} holds {article} {what} made with other settings ({describe_diff(stored, current, keys)}); "
             f"{fix}")
