@@ -81,7 +81,10 @@ _RESUME_KEYS = (
 class TrainConfig(ConfigBase):
     """Optimisation, schedule, evaluation, checkpointing and logging of one training run."""
 
-    output_dir: str = option("runs/train", help="Run folder: checkpoints/, best/, log.jsonl, config.yaml.")
+    output_dir: str = option(
+        "runs/train", help="Run folder: checkpoints/, best/, log.jsonl, config.yaml. Ignored by stages with "
+        "their own run_dir (flrec train sft writes to run_dir)."
+    )
     seed: int = option(0, help="Seed for model-side randomness (dropout); offset by the process index.")
     lr: float = option(1e-4, help="Peak learning rate of AdamW (after warmup).")
     weight_decay: float = option(
