@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -116,6 +117,8 @@ def cmd_train_sft(a) -> None:
 
     overrides = list(a.overrides) + (["train.overwrite=true"] if a.force else [])
     res = run_sft(SFTConfig.load(a.config, overrides))
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch / torchrun only rank 0 reports
+        return
     if a.json:
         print(json.dumps(res, indent=2, default=str))
         return

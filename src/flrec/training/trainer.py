@@ -638,7 +638,8 @@ class Trainer:
         best_file = self.output_dir / "checkpoints" / "best" / BEST_WEIGHTS
         if state.best_loss is not None and best_file.is_file():
             missing = unwrapped.load_state_dict(
-                load_file(str(best_file), device=str(acc.device)), strict=False
+                # "cpu:0" (a multi-process CPU run's device) is not a device name safetensors accepts
+                load_file(str(best_file), device="cpu" if acc.device.type == "cpu" else str(acc.device)), strict=False
             )
             if missing.unexpected_keys:
                 raise FlrecError(
