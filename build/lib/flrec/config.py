@@ -1,0 +1,225 @@
+"""Typed configs: one dataclass per stage, YAML + ``key=value`` overrides, run metadata.
+
+Every stage config subclasses :class:`ConfigBase`. Each field carries a help text in its
+metadata (``field(default=..., metadata={"help": ...})`` via :func:`option`), cross-field checks
+live in ``__post_init__`` and raise :class:`~flrec.errors.ConfigError` with the fix. Unknown keys
+are rejected with the list of valid ones (a typo never silently falls back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import platform
+import subprocess
+import sys
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from flrec.errors import ConfigError
+from flrec.utils.io import atomic_write_json, atomic_write_text
+
+T = TypeVar("T", bound="ConfigBase")
+
+
+def option(default: Any = MISSING, help: str = "", *, factory: Any = MISSING) -> Any:  # noqa: A002
+    """A dataclass field with a help text (shown by ``flrec ... --help-config``)."""
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Coerce a YAML/CLI value to the annotated type, with a clear error."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if typ is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        last: Exception | None = None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                last = e
+        raise last or ConfigError(f"config key '{key}': cannot parse {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {list(args)}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""] if value else []
+        elif isinstance(value, int | float | bool):  # `seeds=1` on the CLI parses as a scalar
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key '{key}': expected a list (comma-separated on the CLI), got {value!r}")
+        inner = args[0] if args else Any
+        out = [_coerce(v, inner, key) for v in value]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        kt, vt = args if args else (Any, Any)  # values get the same coercion as top-level keys
+        return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if isinstance(typ, type) and issubclass(typ, ConfigBase):
+        if isinstance(value, typ):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping of {typ.__name__} keys, got {value!r}")
+        return typ.from_dict(value, source=f"config section '{key}'")
+    if typ in (int, float, str):
+        try:
+            if typ is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            if typ is int and isinstance(value, str):
+                return int(float(value)) if "e" in value.lower() else int(value)
+            return typ(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}': expected {typ.__name__}, got {value!r}") from None
+    return value
+
+
+@dataclass
+class ConfigBase:
+    """Base for stage configs: YAML loading, overrides, validation, help."""
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown key '{unknown[0]}' for {cls.__name__}; valid keys: {', '.join(sorted(known))}"
+            )
+        kwargs = {k: _coerce(v, hints[k], k) for k, v in data.items()}
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+        """Build from an optional YAML file plus ``key=value`` overrides (overrides win)."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"config file {p} not found; pass an existing YAML file to --config")
+            try:
+                loaded = yaml.safe_load(p.read_text()) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{p}: expected a mapping of key: value at the top level")
+            data.update(loaded)
+        for ov in overrides or []:
+            if "=" not in ov:
+                raise ConfigError(f"override '{ov}' is not key=value (e.g. train.lr=1e-4)")
+            k, v = ov.split("=", 1)
+            # Dotted keys address nested sections: train.lr=1e-4 -> data["train"]["lr"].
+            *parents, leaf = k.strip().split(".")
+            node = data
+            for part in parents:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override '{ov}': '{part}' is not a section")
+            node[leaf] = yaml.safe_load(v) if v.strip() else ""
+        return cls.from_dict(data, source=str(path) if path else "overrides")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self: T, **changes: Any) -> T:
+        return dataclasses.replace(self, **changes)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(json.loads(json.dumps(self.to_dict(), default=str)), sort_keys=False)
+
+    @classmethod
+    def describe(cls) -> str:
+        """Human-readable list of keys with defaults and help."""
+        lines = [f"{cls.__name__} keys:"]
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            if isinstance(hints[f.name], type) and issubclass(hints[f.name], ConfigBase):
+                sub = hints[f.name].describe().replace("\n", "\n    ")
+                lines.append(f"  {f.name}:  (section; override as {f.name}.KEY=VALUE)\n    {sub}")
+                continue
+            default = f.default if f.default is not MISSING else (
+                f.default_factory() if f.default_factory is not MISSING else "<required>"
+            )
+            lines.append(f"  {f.name} = {default!r}\n      {f.metadata.get('help', '')}")
+        return "\n".join(lines)
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        sha = out.stdout.strip()
+        if not sha:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+_PACKAGES = ("flrec", "torch", "transformers", "accelerate", "peft", "numpy", "scipy", "gguf", "safetensors")
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def save_run_metadata(run_dir: str | Path, config: ConfigBase | dict[str, Any], stage: str) -> None:
+    """Write ``config.yaml`` (resolved) and ``run_info.json`` (git SHA, versions, argv) into run_dir."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = config.to_dict() if isinstance(config, ConfigBase) else dict(config)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(json.loads(json.dumps(cfg, default=str)), sort_keys=False))
+    atomic_write_json(
+        run_dir / "run_info.json",
+        {
+            "stage": stage,
+            "config_class": type(config).__name__,
+            "git_sha": git_sha(),
+            "packages": package_versions(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "argv": sys.argv,
+        },
+    )

@@ -1,0 +1,1 @@
+"""Constrained generative ranking: catalogue title trie and batched beam search."""

@@ -1,0 +1,236 @@
+"""Batched trie-constrained beam search: every returned hypothesis is a catalogue title.
+
+It reproduces Hugging Face beam search (transformers 5.24 ``GenerationMixin._beam_search`` with
+``num_beams=K, num_return_sequences=K, do_sample=False, early_stopping=False``) under
+``prefix_allowed_tokens_fn`` = the trie, but runs users × beams as one tensor and builds the trie
+mask with tensor ops instead of a Python callback per beam per step. Per step, as in HF:
+
+1. ``log_softmax`` of the float32 logits, then -inf on tokens outside the trie (no renormalising);
+   add each beam's running log-prob; take the top ``2K`` candidates over the row's ``K × V``
+   (computed over the trie children only: the other tokens are -inf anyway).
+2. Candidates ending in EOS that rank in the first ``K`` of those ``2K`` finish with score
+   ``sum_logprobs / generated_len ** length_penalty`` (the length counts EOS) and compete for the
+   row's ``K`` finished slots; the best ``K`` non-EOS candidates keep running.
+3. A row stops (its finished set is frozen) once all ``K`` slots are full and the best running
+   beam's log-prob divided by the *current* generated length does not beat the worst finished
+   score — HF's ``early_stopping=False`` heuristic, reproduced as is (it is a heuristic: a running
+   beam can still end better after one more token; HF accepts that and so do we, for agreement).
+
+Differences from HF, all in degenerate cases only: HF seeds beams 2..K with log-prob -1e9 and
+keeps -1e9-penalised duplicates/finished beams running; here they are -inf ("dead"), so a row
+whose trie admits fewer than K titles returns fewer than K results instead of duplicates. Frozen
+rows are dropped from the batch (HF keeps computing them), which changes nothing for other rows.
+Hypotheses that reach ``max_new_tokens`` without EOS are not titles and are never returned (HF
+would return them); the default ``max_new_tokens`` = trie depth makes that impossible.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from flrec.decoding.state import PrefillState
+from flrec.decoding.trie import TitleTrie
+from flrec.errors import FlrecError
+from flrec.models.compat import lm_forward, new_cache, out_cache
+
+NEG_INF = float("-inf")
+
+
+@torch.inference_mode()
+def prefill_plain(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> PrefillState:
+    """Read left-padded prompts once into a fresh KV cache; logits only for the last position."""
+    attention_mask = attention_mask.to(input_ids.device)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = lm_forward(
+        model,
+        cache=new_cache(model),
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return PrefillState(
+        cache=out_cache(out),
+        next_logits=out.logits[:, -1].float(),
+        attention_mask=attention_mask,
+        next_position=attention_mask.long().sum(-1),
+    )
+
+
+@torch.inference_mode()
+def constrained_beam_search(
+    model: torch.nn.Module,
+    state: PrefillState,
+    trie: TitleTrie,
+    beam_size: int = 10,
+    max_new_tokens: int | None = None,
+    length_penalty: float = 1.0,
+    num_return: int | None = None,
+) -> list[list[tuple[int, float]]]:
+    """Top distinct titles per prompt row: ``[(title index in trie.titles, score), ...]`` best first.
+
+    ``state`` is consumed (its cache is expanded to ``rows × beam_size`` and reordered in place).
+    """
+    K = beam_size
+    T = trie.depth if max_new_tokens is None else max_new_tokens
+    if K < 1 or T < 1:
+        raise FlrecError(f"beam_size ({K}) and max_new_tokens ({T}) must be >= 1")
+    num_return = K if num_return is None else min(num_return, K)
+    logits = state.next_logits.float()
+    dev = logits.device
+    trie = trie if trie.child_ptr.device == dev else trie.to(dev)
+    B, V = logits.shape
+    if V < trie.vocab_size:
+        raise FlrecError(
+            f"the model has {V} logits but the trie was built for {trie.vocab_size}; "
+            "rebuild it with TitleTrie.build(..., vocab_size=model.config.vocab_size)"
+        )
+
+    cache = state.cache
+    cache.batch_repeat_interleave(K)  # one copy of the prompt cache per beam
+    attn = state.attention_mask.repeat_interleave(K, 0)
+    pos = state.next_position.to(dev).repeat_interleave(K)
+    logits = logits.repeat_interleave(K, 0)
+    nodes = torch.zeros(B * K, dtype=torch.long, device=dev)
+    running = torch.full((B, K), NEG_INF, device=dev)
+    running[:, 0] = 0.0  # only the first beam is alive at the start (HF: the others at -1e9)
+    fin_score = torch.full((B, K), NEG_INF, device=dev)
+    fin_title = torch.full((B, K), -1, dtype=torch.long, device=dev)
+    rows = torch.arange(B, device=dev)  # original row of each row still searching
+    out_score, out_title = fin_score.clone(), fin_title.clone()
+    top_k_mask = torch.arange(2 * K, device=dev) < K
+
+    for t in range(1, T + 1):
+        b = rows.numel()
+        # Only trie children can score above -inf, so rank those (b, K*F) instead of all (b, K*V)
+        # tokens; children are in ascending token order, so ties break as in HF's dense top-k.
+        child_tok, real = trie.children(nodes)  # (b*K, F)
+        F = child_tok.shape[1]
+        logp = torch.log_softmax(logits, dim=-1).gather(1, child_tok).masked_fill(~real, NEG_INF)
+        acc = (logp.view(b, K, F) + running[:, :, None]).view(b, K * F)
+        cand, idx = torch.topk(acc, 2 * K)  # (b, 2K), sorted
+        src = idx // F
+        tok = child_tok.view(b, K * F).gather(1, idx)
+        child = trie.advance(nodes.view(b, K).gather(1, src), tok)
+        ended = tok == trie.eos_token_id
+
+        # finished: top-K candidates that emit EOS compete with the row's finished slots
+        new = torch.where(ended & top_k_mask & (cand > NEG_INF), cand / (t**length_penalty), NEG_INF)
+        merged = torch.cat([fin_score, new], 1)
+        merged_title = torch.cat([fin_title, trie.title_of(child)], 1)
+        fin_score, keep = torch.topk(merged, K)
+        fin_title = merged_title.gather(1, keep)
+
+        # running: the best K candidates that did not end
+        running, sel = torch.topk(cand.masked_fill(ended, NEG_INF), K)
+        beam_src = (src.gather(1, sel) + torch.arange(b, device=dev)[:, None] * K).view(-1)
+        nodes = child.gather(1, sel).view(-1)
+        next_tok = tok.gather(1, sel).view(-1, 1)
+
+        # HF's early-stopping heuristic (early_stopping=False): is improvement still possible?
+        full = (fin_score > NEG_INF).all(1)
+        worst = torch.where(full, fin_score.min(1).values, torch.full_like(fin_score[:, 0], NEG_INF))
+        go_on = running[:, 0] / (t**length_penalty) > worst
+        n_go = int(go_on.sum())  # the one host sync per step
+        if t == T or n_go == 0:
+            out_score[rows], out_title[rows] = fin_score, fin_title
+            break
+        if n_go < b:  # freeze finished rows and drop them from the batch
+            done = ~go_on
+            out_score[rows[done]], out_title[rows[done]] = fin_score[done], fin_title[done]
+            keep_rows = go_on.nonzero().squeeze(1)
+            keep_beams = (keep_rows[:, None] * K + torch.arange(K, device=dev)).view(-1)
+            beam_src = beam_src.view(b, K)[keep_rows].view(-1)
+            nodes, next_tok = nodes.view(b, K)[keep_rows].view(-1), next_tok.view(b, K)[keep_rows].view(-1, 1)
+            attn, pos = attn[keep_beams], pos[keep_beams]
+            running, fin_score, fin_title = running[keep_rows], fin_score[keep_rows], fin_title[keep_rows]
+            rows = rows[keep_rows]
+        cache.reorder_cache(beam_src)  # also drops the beams of frozen rows
+        attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], 1)
+        out = lm_forward(
+            model,
+            cache=cache,
+            input_ids=next_tok,
+            attention_mask=attn,
+            position_ids=pos[:, None],
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = out_cache(out)
+        logits = out.logits[:, -1].float()
+        pos = pos + 1
+
+    return _to_lists(out_score[:, :num_return], out_title[:, :num_return])
+
+
+def _to_lists(score: torch.Tensor, title: torch.Tensor) -> list[list[tuple[int, float]]]:
+    valid = score > NEG_INF
+    # each finished hypothesis is a distinct trie leaf, so titles in a row never repeat
+    st = torch.where(valid, title, -1 - torch.arange(title.shape[1], device=title.device)).sort(1).values
+    assert bool((st[:, 1:] != st[:, :-1]).all()), "beam search returned a title twice"
+    s, ti, v = score.tolist(), title.tolist(), valid.tolist()
+    return [[(ti[r][j], s[r][j]) for j in range(len(s[r])) if v[r][j]] for r in range(len(s))]
+
+
+def hf_reference_search(
+    model: torch.nn.Module,
+    tokenizer,
+    trie: TitleTrie,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    beam_size: int = 10,
+    length_penalty: float = 1.0,
+    max_new_tokens: int | None = None,
+) -> list[list[tuple[int, float]]]:
+    """The predecessor's decoding — HF ``generate`` + a per-beam Python ``prefix_allowed_tokens_fn``
+    over a prefix dict — returned in :func:`constrained_beam_search`'s format. Slow; kept as the
+    parity reference for tests and benchmarks. Non-title hypotheses HF pads with are left out.
+    """
+    from transformers import GenerationConfig
+
+    from flrec.data.prompts import encode_target
+
+    seqs = [tuple(encode_target(tokenizer, t)) for t in trie.titles]
+    table: dict[tuple[int, ...], set[int]] = {}
+    for s in seqs:
+        for i in range(len(s)):
+            table.setdefault(s[:i], set()).add(s[i])
+    allowed_lists = {k: sorted(v) for k, v in table.items()}
+    leaf = {s: i for i, s in enumerate(seqs)}
+    width, eos = input_ids.shape[1], trie.eos_token_id
+
+    def allowed(_batch_id: int, sent: torch.Tensor) -> list[int]:
+        return allowed_lists.get(tuple(sent[width:].tolist()), [eos])  # dead (off-trie) beams: anything
+
+    cfg = GenerationConfig(
+        num_beams=beam_size,
+        num_return_sequences=beam_size,
+        do_sample=False,
+        length_penalty=length_penalty,
+        early_stopping=False,
+        max_new_tokens=trie.depth if max_new_tokens is None else max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=cfg,
+            prefix_allowed_tokens_fn=allowed,
+        )
+    gen, scores = out.sequences[:, width:].tolist(), out.sequences_scores.tolist()
+    res: list[list[tuple[int, float]]] = []
+    for r in range(input_ids.shape[0]):
+        row = []
+        for j in range(r * beam_size, (r + 1) * beam_size):
+            g = gen[j][: gen[j].index(eos) + 1] if eos in gen[j] else gen[j]
+            if tuple(g) in leaf:
+                row.append((leaf[tuple(g)], scores[j]))
+        res.append(row)
+    return res

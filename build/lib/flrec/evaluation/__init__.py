@@ -1,0 +1,1 @@
+"""flrec.evaluation"""

@@ -1,0 +1,486 @@
+"""Compare methods over seeds: one resumable cell per (method, seed), then a results table.
+
+Layout under ``out``::
+
+    cells/<method>/seed<seed>/   cell_fingerprint.json, fit outputs, model/, ranks.jsonl, summary.json
+                                 (cell done) or error.txt
+    summary.json                 {"methods", "significance", "relative_improvement", "budget"}
+    summary.md                   the Markdown table (:func:`format_markdown`)
+
+Every cell stores ``fingerprint.json`` (method, seed, the resolved method config without keys that
+cannot change results, split/limit/beam and a content hash of the dataset). Before any work, every
+existing cell is checked: a changed cell is refused with the differing keys named (``overwrite=True``
+/ ``--force`` recomputes the changed cells), a finished identical one is reused. A cell that raises
+is logged to its ``error.txt`` and reported as failed without stopping the other cells. Method names
+are checked against the registry first (an unknown name is an error, and never becomes a path). Significance follows the
+paper: a paired t-test of the reference method against the best other method (by mean NDCG@10)
+on per-row NDCG@10, each row's value averaged over seeds first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flrec.baselines.base import available_recommenders, get_recommender
+from flrec.config import ConfigBase, option, save_run_metadata
+from flrec.data.schema import SPLITS, RecDataset
+from flrec.errors import ConfigError
+from flrec.evaluation.analysis import (
+    item_level_row_metric,
+    paired_ttest_values,
+    per_row_metric,
+    relative_improvement,
+    summarise_seeds,
+)
+from flrec.evaluation.runner import (
+    PARTIAL,
+    PROGRESS,
+    RANKS,
+    SUMMARY,
+    EvalConfig,
+    evaluate,
+    format_seconds,
+    load_ranks,
+)
+from flrec.utils.io import atomic_write_json, atomic_write_text, dir_lock
+from flrec.utils.runid import (
+    config_identity,
+    dataset_hash,
+    diff,
+    make_fingerprint,
+    mismatch_message,
+    read_fingerprint,
+    write_fingerprint,
+)
+from flrec.utils.seed import seed_everything
+
+log = logging.getLogger(__name__)
+
+TABLE_METRICS: tuple[str, ...] = ("hr@5", "hr@10", "ndcg@5", "ndcg@10")
+SIG_METRIC = "ndcg@10"
+ITEM_METRIC = "ndcg@10"  # also reported with shared-title hits discounted (analysis.item_level_row_metric)
+_CELL_KEYS = ("split", "limit", "beam")  # what a cell from an older flrec (no fingerprint.json) must match
+CELL_FINGERPRINT = "cell_fingerprint.json"  # beside the evaluation's own fingerprint.json in the cell folder
+MIN_ROWS_FOR_TEST = 30  # below this many rows the t-test's p-value is printed with a caveat
+# Method-config keys that cannot change a cell's result (anywhere in the nested config).
+_COSMETIC_LEAVES = {"progress", "log_every", "tensorboard", "num_workers", "resume", "save_every", "keep_last",
+                    "overwrite", "output_dir", "run_dir", "data", "batch_size"}
+
+# fit_and_eval(method, seed, dataset, cell_dir, method_config, eval_cfg) -> evaluate()'s summary;
+# it must leave ranks.jsonl and summary.json in cell_dir (evaluate(run_dir=cell_dir) does).
+CellRunner = Callable[[str, int, RecDataset, Path, dict[str, Any], EvalConfig], dict]
+
+
+@dataclass
+class CompareConfig(ConfigBase):
+    data: str = option("", help="D3 dataset folder (info.txt + train/valid/test.csv)")
+    methods: list[str] = option(factory=list, help="methods to compare, e.g. flr,latentr3,sasrec,pop")
+    seeds: list[int] = option(factory=lambda: [1, 2, 3], help="training seeds; every method runs every seed")
+    method_seeds: dict[str, list[int]] = option(
+        factory=dict, help="seeds of particular methods, overriding seeds (e.g. {flr: [0]} for a costly method "
+        "under a compute budget); the table reports each method's number of seeds")
+    limit: int | None = option(None, help="evaluate only the first N rows of the split (None = all)")
+    out: str = option("runs/compare", help="output directory (cells/, summary.json, summary.md)")
+    method_configs: dict[str, Any] = option(
+        factory=dict, help="per-method config: {method: {key: value}} or {method: path/to/config.yaml}"
+    )
+    split: str = option("test", help="split to evaluate")
+    reference: str = option("flr", help="method tested for significance against the best other method")
+    batch_size: int = option(64, help="rows per recommend() call")
+    beam: int = option(10, help="titles requested per row (beam width for generative methods)")
+    budget: dict[str, Any] = option(
+        factory=dict, help="free-form description of the compute budget (training rows, device, ...), copied "
+        "into summary.json's budget next to the measured wall time of every cell")
+    domain: str | None = option(None, help="item word for LLM prompts, e.g. CD (default: the dataset's dataset.json)")
+    overwrite: bool = option(False, help="recompute cells whose settings changed since they ran (CLI: --force); "
+                             "without it such cells are refused; unchanged finished cells are always reused")
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ConfigError("config key 'methods': empty; name at least one method, e.g. methods=pop,sasrec")
+        known = available_recommenders()
+        unknown = [m for m in self.methods if m not in known]
+        if unknown:  # checked before any work: a typo must not cost a finished cell, nor become a path
+            raise ConfigError(f"config key 'methods': unknown method {unknown[0]!r}; available: {', '.join(known)}")
+        for key in ("methods", "seeds"):
+            vals = getattr(self, key)
+            if len(set(vals)) != len(vals):
+                raise ConfigError(f"config key '{key}': {vals} has duplicates")
+        if not self.seeds:
+            raise ConfigError("config key 'seeds': empty; give at least one seed, e.g. seeds=1,2,3")
+        for key in ("method_configs", "method_seeds"):
+            extra = sorted(set(getattr(self, key)) - set(self.methods))
+            if extra:
+                raise ConfigError(f"config key '{key}': '{extra[0]}' is not in methods {self.methods}")
+        for method, seeds in self.method_seeds.items():  # from YAML/CLI already coerced to lists of ints
+            if not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(x, int) for x in seeds):
+                raise ConfigError(f"config key 'method_seeds.{method}': {seeds} must be a non-empty list of "
+                                  "distinct integer seeds, e.g. [0]")
+        if self.split not in SPLITS:
+            raise ConfigError(f"config key 'split': {self.split!r} is not one of {list(SPLITS)}")
+        self.eval_config()  # validates limit, batch_size and beam early
+
+    def seeds_of(self, method: str) -> list[int]:
+        """The seeds ``method`` runs: ``method_seeds[method]`` if given, else ``seeds``."""
+        return list(self.method_seeds.get(method, self.seeds))
+
+    def eval_config(self) -> EvalConfig:
+        # The table needs @5 and @10, so EvalConfig's check asks for beam >= 10.
+        return EvalConfig(split=self.split, limit=self.limit, batch_size=self.batch_size, beam=self.beam,
+                          ks=[1, 3, 5, 10])
+
+    def method_config(self, method: str) -> dict[str, Any]:
+        """The override dict for ``method`` (a YAML path is read here)."""
+        mc = self.method_configs.get(method, {})
+        if isinstance(mc, str):
+            p = Path(mc)
+            if not p.is_file():
+                raise ConfigError(f"method_configs.{method}: file {p} not found")
+            mc = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(mc, dict):
+            raise ConfigError(f"method_configs.{method}: expected a mapping or a YAML path, got {type(mc).__name__}")
+        return dict(mc)
+
+
+def build_recommender(method: str, dataset: RecDataset, method_config: dict[str, Any], seed: int):
+    """``get_recommender(method)(catalogue, config)``.
+
+    ``config`` is built from the overrides by the class's ``config_cls`` (a :class:`ConfigBase`),
+    with ``seed`` set when that config has the key. A class without ``config_cls`` is built as
+    ``cls(catalogue)`` and accepts no overrides.
+    """
+    cls = get_recommender(method)
+    config_cls = getattr(cls, "config_cls", None)
+    if config_cls is None:
+        if method_config:
+            raise ConfigError(f"method_configs.{method}: '{method}' declares no config_cls, so it takes no options")
+        return cls(dataset.catalogue)
+    mc = {**method_config, "seed": seed} if "seed" in {f.name for f in fields(config_cls)} else method_config
+    return cls(dataset.catalogue, config_cls.from_dict(mc, source=f"method_configs.{method}"))
+
+
+def default_fit_and_eval(
+    method: str, seed: int, dataset: RecDataset, cell_dir: Path, method_config: dict[str, Any], eval_cfg: EvalConfig
+) -> dict:
+    """Build, fit on ``dataset`` (train/valid), save to ``cell_dir/model`` and evaluate one cell.
+
+    A retried cell whose model was saved loads it and resumes the interrupted evaluation; without
+    a saved model it refits and discards any partial evaluation (its rows came from another fit).
+    """
+    model_dir = cell_dir / "model"
+    if model_dir.is_dir():
+        rec = get_recommender(method).load(model_dir)
+    else:
+        seed_everything(seed)
+        rec = build_recommender(method, dataset, method_config, seed)
+        rec.fit(dataset, run_dir=cell_dir)
+        rec.save(model_dir)
+        for name in (PARTIAL, PROGRESS):
+            (cell_dir / name).unlink(missing_ok=True)
+    # identity={}: the cell's own fingerprint (method config, seed, data) already names this model.
+    return evaluate(rec, dataset, eval_cfg.replace(seed=seed), run_dir=cell_dir, identity={})
+
+
+def _default_loader(data: str) -> RecDataset:
+    from flrec.training.sft import load_dataset  # lazy: D3 folder or embedded:synth
+
+    return load_dataset(data)
+
+
+def cell_fingerprint(method: str, seed: int, cfg: CompareConfig, data_hash: str) -> dict:
+    """What one cell's result depends on: method, seed, resolved method config, rows and data."""
+    mc = cfg.method_config(method)
+    config_cls = getattr(get_recommender(method), "config_cls", None)
+    resolved: dict[str, Any] = dict(mc)
+    if config_cls is not None:
+        with_seed = {**mc, "seed": seed} if "seed" in {f.name for f in fields(config_cls)} else mc
+        resolved = config_cls.from_dict(with_seed, source=f"method_configs.{method}").to_dict()
+    conf = {k: v for k, v in config_identity(resolved).items() if not _COSMETIC_LEAVES & set(k.split("."))}
+    ev = cfg.eval_config()
+    return make_fingerprint({"method": method, "seed": seed, "split": ev.split, "limit": ev.limit, "beam": ev.beam},
+                            config=conf, data={"hash": data_hash})
+
+
+def _check_cell(cell_dir: Path, fp: dict, cfg: CompareConfig) -> str:
+    """``"new"``, ``"same"`` or ``"changed"`` (refused unless overwrite) for an existing cell folder."""
+    if not cell_dir.is_dir() or not any(cell_dir.iterdir()):
+        return "new"
+    stored = read_fingerprint(cell_dir, CELL_FINGERPRINT)
+    if stored is None:  # a cell of an older flrec: only its rows were recorded
+        if not (cell_dir / SUMMARY).is_file():
+            return "changed" if cfg.overwrite else "same"
+        prev = json.loads((cell_dir / SUMMARY).read_text()).get("eval_config", {})
+        stored = {**fp, **{k: prev.get(k) for k in _CELL_KEYS if k in prev}}
+    keys = diff(stored, fp)
+    if keys and not cfg.overwrite:
+        raise ConfigError(mismatch_message(cell_dir, "comparison cell", stored, fp, keys,
+                                           "rerun with --force (overwrite=true) to recompute the changed cells, "
+                                           "or use another --out"))
+    return "changed" if keys else "same"
+
+
+def _run_cell(method: str, seed: int, cell_dir: Path, dataset: RecDataset, cfg: CompareConfig,
+              runner: CellRunner, fp: dict | None = None) -> dict:
+    """Run or reuse one cell; returns its budget entry (status, wall time, error)."""
+    if fp is not None and read_fingerprint(cell_dir, CELL_FINGERPRINT) is None:
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        write_fingerprint(cell_dir, fp, CELL_FINGERPRINT)
+    if (cell_dir / SUMMARY).is_file():
+        prev = json.loads((cell_dir / SUMMARY).read_text())
+        want = cfg.eval_config().to_dict()
+        stale = {k: v for k, v in prev.get("eval_config", {}).items() if k in _CELL_KEYS and want[k] != v}
+        if stale:  # reusing a cell run on other rows would silently mix protocols
+            msg = f"finished with {stale}, now {({k: want[k] for k in stale})}; delete {cell_dir} or use another out"
+            log.error("cell %s/seed%d %s", method, seed, msg)
+            return {"status": "failed", "reused": True, "wall_seconds": None, "error": f"stale cell: {msg}"}
+        return {"status": "ok", "reused": True, "wall_seconds": prev.get("wall_seconds")}
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    (cell_dir / "error.txt").unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    try:
+        runner(method, seed, dataset, cell_dir, cfg.method_config(method), cfg.eval_config())
+        summary = json.loads((cell_dir / SUMMARY).read_text())
+    except Exception as e:  # one broken method must not lose the other cells
+        wall = time.perf_counter() - t0
+        (cell_dir / SUMMARY).unlink(missing_ok=True)
+        atomic_write_text(cell_dir / "error.txt", traceback.format_exc())
+        msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        log.error("cell %s/seed%d failed (%s); see %s", method, seed, msg, cell_dir / "error.txt")
+        return {"status": "failed", "reused": False, "wall_seconds": wall, "error": msg}
+    wall = time.perf_counter() - t0
+    atomic_write_json(cell_dir / SUMMARY, {**summary, "wall_seconds": wall})
+    return {"status": "ok", "reused": False, "wall_seconds": wall}
+
+
+def _seed_averaged_rows(cell_dirs: list[Path], metric: str) -> dict[int, float]:
+    per_seed = [per_row_metric(load_ranks(d / RANKS), metric) for d in cell_dirs]
+    rows = set(per_seed[0])
+    for d, vals in zip(cell_dirs, per_seed, strict=True):
+        if set(vals) != rows:
+            raise ConfigError(f"{d / RANKS} covers other rows than {cell_dirs[0] / RANKS}; delete the stale cell")
+    return {r: sum(v[r] for v in per_seed) / len(per_seed) for r in rows}
+
+
+def run_comparison(
+    cfg: CompareConfig,
+    fit_and_eval: CellRunner | None = None,
+    *,
+    dataset: RecDataset | None = None,
+    budget: dict[str, Any] | None = None,
+    load_dataset: Callable[[str], RecDataset] | None = None,
+) -> dict:
+    """Run every (method, seed) cell, aggregate, test significance, write ``summary.json``/``summary.md``.
+
+    ``dataset`` skips loading ``cfg.data``; ``budget`` (e.g. device, planned hours) is merged into
+    the summary's ``budget`` next to the measured wall time of each cell. Returns the summary.
+    """
+    runner = fit_and_eval or default_fit_and_eval
+    if dataset is None:
+        if not cfg.data:
+            raise ConfigError("config key 'data': empty; pass --data DIR")
+        dataset = (load_dataset or _default_loader)(cfg.data)
+        if cfg.domain:
+            dataset.domain = cfg.domain
+    out = Path(cfg.out)
+    with dir_lock(out, "comparison folder"):
+        return _run_comparison(cfg, runner, dataset, budget, out)
+
+
+def _run_comparison(cfg: CompareConfig, runner: CellRunner, dataset: RecDataset, budget: dict[str, Any] | None,
+                    out: Path) -> dict:
+    # Check every existing cell before any work: a refusal must not come after hours of other cells.
+    data_hash = dataset_hash(dataset)
+    plan = []
+    for method in cfg.methods:
+        for seed in cfg.seeds_of(method):
+            cell_dir = out / "cells" / method / f"seed{seed}"
+            fp = cell_fingerprint(method, seed, cfg, data_hash)
+            plan.append((method, seed, cell_dir, fp, _check_cell(cell_dir, fp, cfg)))
+    for method, seed, cell_dir, _fp, status in plan:
+        if status == "changed":
+            log.warning("cell %s/seed%d: settings changed, recomputing (overwrite)", method, seed)
+            shutil.rmtree(cell_dir)
+    finished = sum(1 for _m, _s, cell_dir, _f, _st in plan if (cell_dir / SUMMARY).is_file())
+    save_run_metadata(out, cfg, "compare")
+    rows = "all" if cfg.limit is None else cfg.limit
+    _say(f"compare: {len(plan)} cells ({len(cfg.methods)} methods), {finished} finished (reused), "
+         f"{len(plan) - finished} to run on {rows} {cfg.split} rows each"
+         + _estimate(out, plan))
+    t_start = time.perf_counter()
+
+    cells: dict[str, dict] = {}
+    done: dict[str, list[Path]] = {m: [] for m in cfg.methods}
+    walls: dict[str, list[float]] = {}
+    for i, (method, seed, cell_dir, fp, _status) in enumerate(plan, 1):
+        todo = [m for m, _s, d, _f, _st in plan[i - 1:] if not (d / SUMMARY).is_file()]
+        eta = _eta(todo, walls)
+        _say(f"cell {i}/{len(plan)} {method} seed {seed}"
+             + (" (finished, reused)" if (cell_dir / SUMMARY).is_file() else "")
+             + f"; elapsed {format_seconds(time.perf_counter() - t_start)}" + (f", ETA ~{eta}" if eta else ""))
+        cells[f"{method}/seed{seed}"] = entry = _run_cell(method, seed, cell_dir, dataset, cfg, runner, fp)
+        if entry["status"] == "ok":
+            done[method].append(cell_dir)
+            if not entry["reused"] and entry["wall_seconds"]:
+                walls.setdefault(method, []).append(entry["wall_seconds"])
+
+    methods: dict[str, dict] = {}
+    for method, dirs in done.items():
+        summaries = [json.loads((d / SUMMARY).read_text()) for d in dirs]
+        methods[method] = {
+            m: summarise_seeds([s["metrics"][m] for s in summaries]) if summaries else None for m in TABLE_METRICS
+        }
+        methods[method].update(
+            n_seeds=len(summaries),
+            n_rows=summaries[0]["n_rows"] if summaries else 0,
+            # cost and the generic-title diagnostic, averaged over seeds (None where a cell lacks them)
+            seconds_per_user=_mean([(s.get("inference") or {}).get("seconds_per_user") for s in summaries]),
+            top1_distinct_share=_mean([(s.get("diagnostics") or {}).get("top1_distinct_share") for s in summaries]),
+            **{f"item_{ITEM_METRIC}": _item_level(dirs, dataset)},
+        )
+
+    ok = [m for m in cfg.methods if methods[m]["n_seeds"] > 0]
+    ref = cfg.reference
+    significance: dict[str, Any] = {"metric": SIG_METRIC, "reference": ref, "vs": None,
+                                    "p_value": None, "t": None, "n": 0}
+    rel: dict[str, dict[str, float | None]] = {}
+    others = [m for m in ok if m != ref]
+    if ref not in ok:
+        significance["skipped"] = f"reference method '{ref}' " + (
+            "has no finished seed" if ref in cfg.methods else "is not among the methods")
+    elif not others:
+        significance["skipped"] = "no other method finished"
+    else:
+        best = max(others, key=lambda m: methods[m][SIG_METRIC]["mean"])
+        test = paired_ttest_values(_seed_averaged_rows(done[ref], SIG_METRIC), _seed_averaged_rows(done[best], SIG_METRIC))
+        significance.update(vs=best, p_value=test["p_value"], t=test["t"], n=test["n"])
+    if ref in ok:  # no relative improvement over a zero baseline: it would print +0.00 or -100.00
+        rel = {m: {k: None if methods[m][k]["mean"] == 0 else relative_improvement(methods[ref][k]["mean"],
+                                                                                   methods[m][k]["mean"])
+                   for k in TABLE_METRICS}
+               for m in others}
+
+    summary = {
+        "methods": methods,
+        "significance": significance,
+        "relative_improvement": rel,
+        "budget": {**cfg.budget, **(budget or {}), "machine": _machine(), "cells": cells, "wall_seconds": time.perf_counter() - t_start,
+                   "cell_wall_seconds": sum(c["wall_seconds"] or 0.0 for c in cells.values())},
+    }
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "summary.md", format_markdown(summary))
+    return summary
+
+
+def _item_level(cell_dirs: list[Path], dataset: RecDataset) -> dict[str, float] | None:
+    if not cell_dirs:
+        return None
+    vals = [item_level_row_metric(load_ranks(d / RANKS), dataset.catalogue, ITEM_METRIC) for d in cell_dirs]
+    return summarise_seeds([sum(v.values()) / max(len(v), 1) for v in vals])
+
+
+def _mean(values: list[float | None]) -> float | None:
+    return None if not values or any(v is None for v in values) else sum(values) / len(values)
+
+
+def _machine() -> dict[str, Any]:
+    import os
+    import platform
+
+    import torch
+
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _say(msg: str) -> None:
+    """Progress for people: stderr, so stdout stays the table (or one JSON document)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _eta(todo: list[str], walls: dict[str, list[float]]) -> str | None:
+    """Remaining time from the mean wall time of cells run so far (per method, else overall)."""
+    if not walls or not todo:
+        return None
+    overall = [w for ws in walls.values() for w in ws]
+    mean_all = sum(overall) / len(overall)
+    total = sum(sum(walls[m]) / len(walls[m]) if m in walls else mean_all for m in todo)
+    return format_seconds(total)
+
+
+def _estimate(out: Path, plan: list) -> str:
+    """An up-front estimate from the wall times a previous run of this folder recorded, if any."""
+    prev = out / "summary.json"
+    if not prev.is_file():
+        return "; no timing from an earlier run yet (an ETA follows after the first cell)"
+    try:
+        cells = json.loads(prev.read_text()).get("budget", {}).get("cells", {})
+    except ValueError:
+        return ""
+    per_method: dict[str, list[float]] = {}
+    for key, c in cells.items():
+        if c.get("wall_seconds") and not c.get("reused"):
+            per_method.setdefault(key.split("/")[0], []).append(c["wall_seconds"])
+    todo = [m for m, _s, d, _f, _st in plan if not (d / SUMMARY).is_file()]
+    eta = _eta(todo, per_method)
+    return f"; estimated {eta} from the previous run's cell times" if eta else ""
+
+
+def _fmt(stat: dict | None, n: int = 2) -> str:
+    if stat is None:
+        return "failed"
+    # One seed has no spread to report: "± 0.0000" would claim a measured zero variance.
+    return f"{stat['mean']:.4f} ± –" if n == 1 else f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+
+
+def format_markdown(summary: dict) -> str:
+    """The results table of a comparison summary (mean ± std over seeds), improvements, p-value."""
+    sig = summary["significance"]
+    ref = sig["reference"]
+    rel = summary["relative_improvement"]
+    item = f"item_{ITEM_METRIC}"
+    head = ["method", *[m.upper() for m in TABLE_METRICS], f"item {ITEM_METRIC.upper()}", "seeds", "rows",
+            "s/user", "distinct top-1", f"{ref} vs. method (N@10)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
+    for name, st in summary["methods"].items():
+        imp = rel.get(name, {}).get(SIG_METRIC)
+        spu, top1 = st.get("seconds_per_user"), st.get("top1_distinct_share")
+        n = st["n_seeds"]
+        cells = [_fmt(st[m], n) for m in TABLE_METRICS] + [
+            "" if st.get(item) is None else _fmt(st[item], n), str(n), str(st["n_rows"]),
+            "" if spu is None else f"{spu:.4f}", "" if top1 is None else f"{top1:.1%}",
+            "" if name not in rel else ("n/a" if imp is None else f"{imp:+.2f}%")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if sig.get("skipped"):
+        lines.append(f"Significance test skipped: {sig['skipped']}.")
+    else:
+        p = "n/a" if sig["p_value"] is None else f"{sig['p_value']:.3g}"
+        t = "n/a" if sig["t"] is None else f"{sig['t']:.3f}"
+        lines.append(f"Paired t-test on per-row {sig['metric'].upper()} (averaged over seeds), {ref} vs. "
+                     f"{sig['vs']}: t = {t}, p = {p}, n = {sig['n']} rows.")
+        if sig["n"] < MIN_ROWS_FOR_TEST:
+            lines.append(f"Caveat: only {sig['n']} rows (< {MIN_ROWS_FOR_TEST}); the t-test's normal approximation "
+                         "is unreliable here, so treat p as indicative only.")
+    if rel:
+        lines += ["", f"Relative improvement of {ref} over each method (%):", "",
+                  "| method | " + " | ".join(m.upper() for m in TABLE_METRICS) + " |",
+                  "|---|" + "---:|" * len(TABLE_METRICS)]
+        for name, imps in rel.items():
+            lines.append(f"| {name} | " + " | ".join("n/a" if v is None else f"{v:+.2f}" for v in imps.values()) + " |")
+    failed = {k: c for k, c in summary["budget"].get("cells", {}).items() if c["status"] == "failed"}
+    if failed:
+        lines += ["", "Failed cells (see cells/<method>/seed<seed>/error.txt):", ""]
+        lines += [f"- {k}: {c.get('error', '')}" for k, c in failed.items()]
+    return "\n".join(lines) + "\n"
+

@@ -1,0 +1,297 @@
+"""FLR around *any* ``AutoModelForCausalLM`` (Llama, Qwen2, ...): refinement, scoring, prefill.
+
+Batch layout (see :func:`flrec.data.prompts.collate_left_padded`): prompts are LEFT-padded so the
+``<|Thought|>`` token sits in the last prompt column ``P−1`` of every row; targets are RIGHT-padded
+after it. Position ids always come from the attention mask, so padding never shifts a row.
+
+**Why refinement is cheap.** Under causal attention the prompt positions before the thought never
+see it, so their hidden states are identical in every refinement step. We therefore encode the
+prefix once into a KV cache; each of the N steps re-runs only the thought position against that
+cache (1 token instead of P), and the target is scored (teacher forcing) or decoded on top of
+prefix + final thought. :meth:`FLRRecommender.forward_naive` runs the textbook N+1 full passes;
+the tests check both agree in values and gradients.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flrec.config import ConfigBase, option
+from flrec.decoding.state import PrefillState
+from flrec.errors import ConfigError, FlrecError
+from flrec.models.compat import cache_kwarg, crop_cache, new_cache
+from flrec.models.flr import EmbeddingScale, FactorizedLatentReasoner, ReasonerOutput, positions_from_mask  # noqa: F401
+from flrec.models.losses import AUX_LOSSES, FLRObjective
+from flrec.models.reasoners import build_reasoner
+
+CONFIG_NAME = "flr_config.json"
+STATE_NAME = "flr_state.safetensors"
+
+
+@dataclass
+class FLRConfig(ConfigBase):
+    """The latent-reasoning part of a model (the backbone is chosen separately)."""
+
+    reasoner: Literal["flr", "latentr3", "none"] = option(
+        "flr", "flr: K prototypes + gate (the paper); latentr3: one head queried by the pre-thought state, "
+        "no gate (the predecessor); none: no thought token at all (BIGRec-style SFT)")
+    num_factors: int = option(4, "K, number of query prototypes / preference factors (paper: 3 for CDs, 4 elsewhere)")
+    num_steps: int = option(2, "N, refinement steps writing z into the thought embedding (paper: 2)")
+    gate_hidden: int = option(256, "hidden width of the gating MLP over flatten(F)")
+    rope_base: float = option(10000.0, "RoPE base for the keys (positions counted over real tokens)")
+    embed_scale: bool = option(True, "RMS-normalise z and rescale it to the input-embedding RMS (see EmbeddingScale)")
+    aux_losses: list[str] = option(factory=lambda: list(AUX_LOSSES), help="enabled regularisers: any of orth, div, sparse")
+    loss_weighting: Literal["uncertainty", "fixed"] = option("uncertainty", "learned uncertainty weights or fixed lambdas")
+    fixed_weights: dict[str, float] = option(
+        factory=lambda: {"orth": 0.1, "div": 0.1, "sparse": 0.1}, help="lambdas when loss_weighting=fixed")
+
+    def __post_init__(self) -> None:
+        bad = set(self.aux_losses) - set(AUX_LOSSES)
+        if bad:
+            raise ConfigError(f"aux_losses: unknown {sorted(bad)}; use a subset of {list(AUX_LOSSES)} (or [] for none)")
+        if self.reasoner == "flr" and self.num_factors < 1:
+            raise ConfigError("num_factors must be >= 1 (the paper uses 3 or 4)")
+        if self.reasoner != "none" and self.num_steps < 1:
+            raise ConfigError("num_steps must be >= 1 with a thought token; use reasoner=none for no thought")
+        if self.reasoner == "latentr3":
+            # The predecessor: one head, one step, no regularisers.
+            self.num_factors, self.aux_losses = 1, []
+        if self.reasoner == "none":
+            self.num_steps, self.aux_losses = 0, []
+
+    @property
+    def uses_thought(self) -> bool:
+        return self.reasoner != "none"
+
+
+class FLRRecommender(nn.Module):
+    """A causal LM plus the latent reasoner, thought init vector and loss weights."""
+
+    def __init__(self, backbone: nn.Module, config: FLRConfig, thought_token_id: int | None,
+                 backbone_spec: str = ""):
+        super().__init__()
+        self.backbone, self.config, self.backbone_spec = backbone, config, backbone_spec
+        self.thought_token_id = thought_token_id
+        self.trainable_mode = "full"
+        # How prompts were built in training (domain word, history length, token budget); saved with
+        # the model so ranking and serving rebuild exactly the prompts the model was trained on.
+        self.prompt_settings: dict = {}
+        if config.uses_thought and thought_token_id is None:
+            raise FlrecError("a thought token id is required; call flrec.models.backbone.add_thought_token first")
+        emb = backbone.get_input_embeddings().weight
+        d = emb.shape[1]
+        if config.uses_thought:
+            self.reasoner = build_reasoner(config, d)
+            with torch.no_grad():
+                rms = emb.float().pow(2).mean().sqrt().item()
+                init = emb[thought_token_id].detach().float().clone()
+            self.scale = EmbeddingScale(d, init_rms=rms, enabled=config.embed_scale)
+            # E^(0)[thought]: a separate parameter so it trains even with a frozen embedding matrix.
+            self.thought_init = nn.Parameter(init)
+        self.objective = FLRObjective(tuple(config.aux_losses), config.loss_weighting, config.fixed_weights)
+
+    # ----------------------------------------------------------------------------------- plumbing
+    def _causal_lm(self) -> nn.Module:
+        get_base = getattr(self.backbone, "get_base_model", None)
+        return get_base() if callable(get_base) else self.backbone
+
+    def _decoder(self) -> nn.Module:
+        return self._causal_lm().get_decoder()
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.backbone.get_input_embeddings()(ids)
+
+    def _lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        # Only the positions that need logits reach the vocabulary projection (it dominates CPU cost).
+        return self._causal_lm().get_output_embeddings()(hidden)
+
+    def _run(self, embeds, mask, positions, cache=None):
+        """Last-layer (post-norm) hidden states; appends to ``cache`` when one is given."""
+        dec = self._decoder()
+        kw = {cache_kwarg(dec): cache} if cache is not None else {}
+        out = dec(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=cache is not None, **kw)
+        return out.last_hidden_state
+
+    def _check_thought(self, prompt_ids: torch.Tensor) -> None:
+        if not bool((prompt_ids[:, -1] == self.thought_token_id).all()):
+            raise FlrecError("every prompt must end with <|Thought|> in its last (left-padded) column; "
+                             "build batches with flrec.data.prompts.collate_left_padded")
+
+    # ---------------------------------------------------------------------------------- refinement
+    def refine(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, positions: torch.Tensor):
+        """Encode the prefix once, then run N one-token refinement steps against its cache.
+
+        Returns ``(thought_embedding (B, D), cache holding the prefix only, steps)``.
+        """
+        self._check_thought(prompt_ids)
+        p = prompt_ids.shape[1]
+        cache = new_cache(self._causal_lm())
+        h_prefix = self._run(self._embed(prompt_ids[:, :-1]), prompt_mask[:, :-1], positions[:, : p - 1], cache)
+        e = self.thought_init.to(h_prefix.dtype).expand(prompt_ids.shape[0], -1)
+        steps: list[ReasonerOutput] = []
+        for _ in range(self.config.num_steps):
+            h_t = self._run(e[:, None], prompt_mask, positions[:, p - 1 : p], cache)
+            crop_cache(cache, p - 1)  # drop this step's thought; the prefix stays as it was
+            # Keys/values cover the prompt *including* the thought, so step n+1 sees a changed state.
+            out = self.reasoner(torch.cat([h_prefix, h_t], dim=1), prompt_mask)
+            steps.append(out)
+            e = self.scale(out.z).to(h_prefix.dtype)
+        return e, cache, steps
+
+    def forward(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, target_ids: torch.Tensor,
+                target_mask: torch.Tensor, **_: object) -> dict:
+        """Teacher-forced loss on the target tokens only (title, closing quote, newline, EOS)."""
+        mask = torch.cat([prompt_mask, target_mask], dim=1)
+        positions = positions_from_mask(mask)
+        p = prompt_ids.shape[1]
+        if not self.config.uses_thought:
+            hidden = self._run(self._embed(torch.cat([prompt_ids, target_ids], 1)), mask, positions)
+            pred = hidden[:, p - 1 : -1]  # position t predicts token t+1
+            steps: list[ReasonerOutput] = []
+        else:
+            e, cache, steps = self.refine(prompt_ids, prompt_mask, positions)
+            embeds = torch.cat([e[:, None], self._embed(target_ids)], dim=1)
+            hidden = self._run(embeds, mask, positions[:, p - 1 :], cache)
+            pred = hidden[:, :-1]
+        return self._loss(pred, target_ids, target_mask, steps)
+
+    def _loss(self, pred_hidden, target_ids, target_mask, steps) -> dict:
+        sel = target_mask.bool()
+        logits = self._lm_head(pred_hidden[sel])
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        n_tokens = sel.sum()
+        rec = F.cross_entropy(logits, target_ids[sel], reduction="sum") / n_tokens.clamp(min=1)
+        aux = self.objective.aux_losses(steps) if steps else {}
+        total = self.objective(rec, aux)
+        logs = {"rec": rec.detach(), **{k: v.detach() for k, v in aux.items()}}
+        logs.update({f"lambda_{k}": v for k, v in self.objective.weights().items()})
+        if steps:
+            logs["gate_max"] = torch.stack([s.gates.max(-1).values.mean() for s in steps]).mean().detach()
+        return {"loss": total, "rec_loss": rec, "aux": aux, "n_tokens": n_tokens, "logs": logs, "steps": steps,
+                "target_logits": logits}
+
+    def forward_naive(self, prompt_ids, prompt_mask, target_ids, target_mask) -> dict:
+        """Reference: N+1 full passes over the whole sequence (what the paper's eqs. describe)."""
+        if not self.config.uses_thought:
+            return self.forward(prompt_ids, prompt_mask, target_ids, target_mask)
+        self._check_thought(prompt_ids)
+        mask = torch.cat([prompt_mask, target_mask], dim=1)
+        positions = positions_from_mask(mask)
+        p = prompt_ids.shape[1]
+        base = self._embed(prompt_ids)
+        e = self.thought_init.to(base.dtype).expand(prompt_ids.shape[0], -1)
+        steps = []
+        for _ in range(self.config.num_steps):
+            embeds = torch.cat([base[:, :-1], e[:, None]], dim=1)
+            h = self._run(embeds, prompt_mask, positions[:, :p])
+            out = self.reasoner(h, prompt_mask)
+            steps.append(out)
+            e = self.scale(out.z).to(base.dtype)
+        embeds = torch.cat([base[:, :-1], e[:, None], self._embed(target_ids)], dim=1)
+        hidden = self._run(embeds, mask, positions)
+        return self._loss(hidden[:, p - 1 : -1], target_ids, target_mask, steps)
+
+    @torch.no_grad()
+    def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> PrefillState:
+        """Refine, then feed the final thought: the cache holds prefix + thought, ready to decode."""
+        positions = positions_from_mask(prompt_mask)
+        cache = new_cache(self._causal_lm())
+        if self.config.uses_thought:
+            e, cache, _ = self.refine(prompt_ids, prompt_mask, positions)
+            p = prompt_ids.shape[1]
+            hidden = self._run(e[:, None], prompt_mask, positions[:, p - 1 : p], cache)
+        else:
+            hidden = self._run(self._embed(prompt_ids), prompt_mask, positions, cache)
+        logits = self._lm_head(hidden[:, -1]).float()
+        return PrefillState(cache=cache, next_logits=logits, attention_mask=prompt_mask,
+                            next_position=positions[:, -1] + 1)
+
+    # --------------------------------------------------------------------------------- training mode
+    def set_trainable(self, mode: Literal["full", "lora", "frozen"], lora_r: int = 8, lora_alpha: int = 16,
+                      lora_targets: tuple[str, ...] = ("q_proj", "v_proj")) -> None:
+        """full: everything trains (the paper's SFT); lora: peft adapters + FLR; frozen: FLR parts only."""
+        if mode not in ("full", "lora", "frozen"):
+            raise ConfigError(f"trainable mode '{mode}' unknown; use full, lora or frozen")
+        if mode == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            self.backbone = get_peft_model(self.backbone, LoraConfig(r=lora_r, lora_alpha=lora_alpha,
+                                                                     target_modules=list(lora_targets)))
+        elif mode == "frozen":
+            self.backbone.requires_grad_(False)
+        else:
+            self.backbone.requires_grad_(True)
+        self.trainable_mode = mode
+
+    def flr_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything except the backbone."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    # ---------------------------------------------------------------------------------- persistence
+    def save_pretrained(self, path: str | Path, tokenizer=None) -> None:
+        """One directory: config, FLR weights, tokenizer additions, and the backbone if it changed."""
+        from safetensors.torch import save_file
+
+        from flrec.utils.io import atomic_path, atomic_write_json
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if self.trainable_mode == "lora":
+            self.backbone.save_pretrained(path / "adapter")
+        elif self.trainable_mode == "full":
+            self._causal_lm().save_pretrained(path / "backbone")
+            if tokenizer is not None:  # a self-contained HF directory, loadable on its own
+                tokenizer.save_pretrained(path / "backbone")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path / "tokenizer")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.flr_state_dict().items()}
+        with atomic_path(path / STATE_NAME) as tmp:
+            save_file(state, str(tmp))
+        atomic_write_json(path / CONFIG_NAME, {
+            "flr": self.config.to_dict(), "backbone_spec": self.backbone_spec,
+            "thought_token_id": self.thought_token_id, "trainable_mode": self.trainable_mode,
+            "prompt": self.prompt_settings,
+        })
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, backbone_override: str | None = None):
+        """Load a directory written by :meth:`save_pretrained`; returns ``(model, tokenizer)``."""
+        from safetensors.torch import load_file
+
+        from flrec.models.backbone import add_thought_token, load_backbone
+
+        path = Path(path)
+        if not (path / CONFIG_NAME).is_file():
+            raise FlrecError(f"{path} is not an flrec model directory ({CONFIG_NAME} missing); pass a trained run's model dir")
+        meta = json.loads((path / CONFIG_NAME).read_text())
+        cfg = FLRConfig.from_dict(meta["flr"])
+        spec = backbone_override or (str(path / "backbone") if (path / "backbone").is_dir() else meta["backbone_spec"])
+        backbone, tokenizer = load_backbone(spec, dtype=dtype)
+        if (path / "tokenizer").is_dir():
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
+            tokenizer.padding_side = "left"
+        thought_id = add_thought_token(backbone, tokenizer) if cfg.uses_thought else None
+        if (path / "adapter").is_dir():
+            from peft import PeftModel
+
+            backbone = PeftModel.from_pretrained(backbone, path / "adapter")
+        model = cls(backbone, cfg, thought_id, backbone_spec=meta["backbone_spec"])
+        model.trainable_mode = meta.get("trainable_mode", "full")
+        model.prompt_settings = meta.get("prompt", {})
+        missing, unexpected = model.load_state_dict(load_file(str(path / STATE_NAME)), strict=False)
+        bad = [k for k in missing if not k.startswith("backbone.")] + list(unexpected)
+        if bad:
+            raise FlrecError(f"{path / STATE_NAME}: weights do not match the config (e.g. '{bad[0]}'); was it saved by another flrec version?")
+        return model.to(dtype), tokenizer
+
+
+__all__ = ["FLRConfig", "FLRRecommender", "FactorizedLatentReasoner"]
