@@ -166,3 +166,16 @@ def test_atomic_writes_honour_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+
+
+def test_tensorboard_auto_without_tensorboard_says_so_once(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import flrec.training.trainer as tr
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    monkeypatch.setattr(tr, "_TB_NOTED", False)
+    for name in ("a", "b"):
+        Trainer(ToyMLP(), TRAIN, VALID, collate, cfg(tmp_path, name, max_steps=1, tensorboard="auto")).train()
+    assert capsys.readouterr().err.count("TensorBoard logging is off") == 1
