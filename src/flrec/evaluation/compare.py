@@ -73,9 +73,10 @@ ITEM_METRIC = "ndcg@10"  # also reported with shared-title hits discounted (anal
 _CELL_KEYS = ("split", "limit", "beam")  # what a cell from an older flrec (no fingerprint.json) must match
 CELL_FINGERPRINT = "cell_fingerprint.json"  # beside the evaluation's own fingerprint.json in the cell folder
 MIN_ROWS_FOR_TEST = 30  # below this many rows the t-test's p-value is printed with a caveat
-# Method-config keys that cannot change a cell's result (anywhere in the nested config).
+# Method-config keys that cannot change a cell's result (anywhere in the nested config). Not
+# "batch_size": for the ID models it is the *training* batch.
 _COSMETIC_LEAVES = {"progress", "log_every", "tensorboard", "num_workers", "resume", "save_every", "keep_last",
-                    "overwrite", "output_dir", "run_dir", "data", "batch_size"}
+                    "overwrite", "output_dir", "run_dir", "data"}
 
 # fit_and_eval(method, seed, dataset, cell_dir, method_config, eval_cfg) -> evaluate()'s summary;
 # it must leave ranks.jsonl and summary.json in cell_dir (evaluate(run_dir=cell_dir) does).
