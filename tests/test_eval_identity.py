@@ -97,7 +97,7 @@ def test_shards_merge_to_the_unsharded_result(tmp_path: Path):
     assert _stable(merged) | {"row_range": None, "merged_from": None} == _stable(full) | {"row_range": None,
                                                                                            "merged_from": None}
     assert (tmp_path / "merged" / "ranks.jsonl").read_bytes() == (tmp_path / "full" / "ranks.jsonl").read_bytes()
-    assert merged["inference"]["rows_timed"] == 20
+    assert merged["inference"]["rows_timed"] == 20 and (tmp_path / "merged" / "config.yaml").is_file()
     with pytest.raises(ConfigError, match="exactly once"):
         merge_shards(dirs[:2], ds)
     with pytest.raises(ConfigError, match="shard"):

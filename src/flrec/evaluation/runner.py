@@ -446,6 +446,7 @@ def merge_shards(shard_dirs: Sequence[str | Path], dataset: RecDataset, out: str
             atomic_write_jsonl(out / RANKS, records)
             atomic_write_json(out / SUMMARY, summary)
             write_fingerprint(out, {**ref, "rows.shard": "0/1", "rows.limit": None})
+            save_run_metadata(out, {**eval_cfg, "merged_from": summary["merged_from"]}, stage="evaluate-merge")
     return summary
 
 
