@@ -124,7 +124,7 @@ def flr_latency(model, tok, prompts, titles, args) -> dict:
     from flrec.models.recommender import FLRConfig, FLRRecommender
 
     thought = add_thought_token(model, tok)  # resizes the vocabulary: rebuild the trie to match
-    flr = FLRRecommender(model, FLRConfig(num_factors=4, num_steps=2), thought).to(args.device).eval()
+    flr = FLRRecommender(model, FLRConfig(num_factors=4, num_steps=2, keys="tokens"), thought).to(args.device).eval()  # ids-only batches
     flr.to(getattr(torch, args.dtype))
     vocab = model.get_output_embeddings().weight.shape[0]
     trie = TitleTrie.build(tok, titles, vocab_size=vocab).to(args.device)

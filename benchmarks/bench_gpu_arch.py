@@ -74,7 +74,7 @@ def main() -> None:
     batch = {k: v.to(device) for k, v in batch.items()}
     plain_batch = dict(batch, prompt_ids=batch["prompt_ids"][:, :-1], prompt_mask=batch["prompt_mask"][:, :-1])
 
-    flr = FLRRecommender(backbone, FLRConfig(num_factors=4, num_steps=2), thought).to(device)
+    flr = FLRRecommender(backbone, FLRConfig(num_factors=4, num_steps=2, keys="tokens"), thought).to(device)  # ids-only batches
     plain = FLRRecommender(backbone, FLRConfig(reasoner="none"), None).to(device)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
     res = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "size": a.size,

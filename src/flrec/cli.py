@@ -22,6 +22,7 @@ CONFIGS = {
     "flr": "flrec.models.recommender:FLRConfig",
     "train": "flrec.training.trainer:TrainConfig",
     "eval": "flrec.evaluation.runner:EvalConfig",
+    "tune-decoding": "flrec.decoding.tune:TuneConfig",
     "compare": "flrec.evaluation.compare:CompareConfig",
     "synth": "flrec.data.synth:SynthConfig",
     "amazon": "flrec.data.amazon:AmazonPrepConfig",
@@ -170,6 +171,44 @@ def cmd_evaluate(a) -> None:
     _note(f"per-row ranks and summary in {out}")
 
 
+# --------------------------------------------------------------------------- tune-decoding (issue 11)
+def cmd_tune_decoding(a) -> None:
+    import logging
+
+    from flrec.decoding.tune import TuneConfig, tune_model_dir
+    from flrec.training.sft import load_dataset
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    overrides = list(a.overrides)
+    for key, val in (("limit", a.limit), ("out", a.out), ("split", a.split)):
+        if val is not None:
+            overrides.append(f"{key}={val}")
+    if a.force:
+        overrides.append("force=true")
+    cfg = TuneConfig.load(a.config, overrides)
+    res = tune_model_dir(a.model, load_dataset(a.data), cfg, assistant=a.assistant, dtype=a.dtype)
+    for name, p in res["chosen"].items():
+        print(f"{name}: length_penalty={p['length_penalty']} " + " ".join(
+            f"{k}={p['decoding'][k]}" for k in ("scoring", "pmi_alpha", "gamma")) +
+            f"  {res['objective']}={p['item_metrics' if cfg.protocol == 'item' else 'title_metrics'][cfg.metric]:.4f}"
+            f"  -> {p['file']}")
+    print(f"search ({len(res['points'])} points) in {res['search_file']}")
+
+
+def add_tune_decoding_parser(sub, with_config) -> None:
+    s = with_config(sub.add_parser("tune-decoding", help="choose decoding (scoring, PMI alpha, assistant gamma) on "
+                                   "validation rows; writes MODEL/decoding.json"))
+    s.add_argument("--model", required=True, help="a trained model dir (an SFT run's best/) or the run dir")
+    s.add_argument("--data", required=True)
+    s.add_argument("--limit", type=int, help="validation rows to tune on (default 500)")
+    s.add_argument("--split", help="valid (default) or train; test is refused")
+    s.add_argument("--assistant", help="a saved ID recommender (e.g. sasrec) to tune gamma for flr+sasrec")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    s.add_argument("--out", help="search JSON (default: MODEL/decoding_search.json)")
+    s.add_argument("--force", action="store_true", help="replace an existing decoding.json / search file")
+    s.set_defaults(fn=cmd_tune_decoding)
+
+
 def cmd_compare(a) -> None:
     from flrec.evaluation.compare import CompareConfig, format_markdown, run_comparison
 
@@ -187,6 +226,15 @@ def cmd_demo(a) -> None:
     from flrec.demo import run_demo
 
     run_demo(out=a.out, steps=a.steps, eval_rows=a.eval_rows)
+
+
+def cmd_analyze_factors(a) -> None:
+    from flrec.analysis.factors import factor_diagnostics, format_report
+    from flrec.training.sft import load_dataset
+
+    rep = factor_diagnostics(a.model, load_dataset(a.data), split=a.split, limit=a.limit,
+                             batch_size=a.batch_size, n_perm=a.permutations)
+    print(json.dumps(rep) if a.json else format_report(rep))
 
 
 def cmd_config(a) -> None:
@@ -264,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--row", type=int, default=0, help="0-based row index within the split")
     s.set_defaults(fn=cmd_prompt)
 
+    add_tune_decoding_parser(sub, with_config)
+
     train = sub.add_parser("train", help="training stages")
     tsub = train.add_subparsers(dest="train_cmd", required=True)
     s = with_config(tsub.add_parser("sft", help="supervised fine-tuning of FLR (or latentr3 / bigrec via flr.reasoner)",
@@ -312,6 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=None, help="SFT steps (default from configs/demo.yaml)")
     s.add_argument("--eval-rows", type=int, default=None, help="test rows to evaluate (default from the demo config)")
     s.set_defaults(fn=cmd_demo)
+
+    analyze = sub.add_parser("analyze", help="analyses of a trained model")
+    asub = analyze.add_subparsers(dest="analyze_cmd", required=True)
+    s = asub.add_parser("factors", help="factor health: thought similarity across users, gate usage, attention on "
+                        "history items, planted-intent recovery (synthetic data)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--model", required=True, help="an SFT run dir (holding best/) or a model dir")
+    s.add_argument("--data", required=True, help="D3 dataset dir or embedded:synth")
+    s.add_argument("--split", default="test", help="split whose rows are analysed")
+    s.add_argument("--limit", type=int, default=200, help="first N rows of the split (0 = all)")
+    s.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (results do not depend on it)")
+    s.add_argument("--permutations", type=int, default=1000, help="permutations for the MI p-value")
+    s.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+    s.set_defaults(fn=cmd_analyze_factors)
 
     s = sub.add_parser("config", help="list a config's keys, defaults and help (stages and baselines)")
     s.add_argument("stage", choices=sorted(CONFIGS), help="which config: " + ", ".join(sorted(CONFIGS)))

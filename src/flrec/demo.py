@@ -34,6 +34,7 @@ def results_table(rows: dict[str, dict]) -> str:
 def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows: int | None = 200,
              config: str | Path | None = None) -> dict:
     """Run the main job on the embedded defaults; returns ``{method: summary}``."""
+    from flrec.analysis.factors import factor_diagnostics, format_report
     from flrec.baselines.pop import Pop
     from flrec.data.prompts import PromptBuilder
     from flrec.data.stats import dataset_stats, format_stats
@@ -69,7 +70,7 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows:
           f"target: {ds.catalogue.title(row.target)!r}")
     del model
 
-    _banner(f"3/4 FLR SFT ({cfg.train.max_steps} steps, K={cfg.flr.num_factors}, N={cfg.flr.num_steps})")
+    _banner(f"3/4 FLR SFT ({cfg.train.max_steps} steps, K={cfg.flr.num_factors}, N={cfg.flr.steps})")
     res = run_sft(cfg, ds)
     print(f"best step {res['best_step']} (valid loss {res['best_valid_loss']:.4f}); model: {res['model_dir']}")
 
@@ -88,6 +89,12 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows:
     if diag:
         print(f"FLR decoding diagnostics: distinct top-1 share {diag.get('top1_distinct_share'):.3f}, "
               f"most frequent top-1: {diag.get('top1_most_common', [])[:3]}")
+    # Check the mechanism, not just the metric: does the thought differ across users, are the
+    # factors used, do they look at the history items that predict the target?
+    factors = factor_diagnostics(res["model_dir"], ds, split="test", limit=eval_rows)
+    atomic_write_json(out / "factors.json", factors)
+    print(format_report(factors))
+    print(f"(the same as JSON: flrec analyze factors --model {out / 'sft'} --data {cfg.data} --limit {eval_rows} --json)")
     print(f"\nrun directory: {out.resolve()}  (total {time.time() - t0:.0f} s)")
     print("Not in this demo yet: FLR-GRPO (stage 2) and the multi-method `flrec compare` table (see README).")
     return summaries

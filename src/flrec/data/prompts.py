@@ -67,11 +67,18 @@ def _gc_paused():
 
 @dataclass
 class EncodedExample:
-    """One row's prompt ids (ending in the thought token when used) and target ids (ending in EOS)."""
+    """One row's prompt ids (ending in the thought token when used) and target ids (ending in EOS).
+
+    ``prompt_items`` runs parallel to ``prompt_ids``: for each token, the index of the history title
+    it belongs to (0 = oldest title kept in the prompt), or -1 for instruction text, separators and
+    the thought. The reasoner uses it to restrict or pool its keys to history items, and the factor
+    diagnostics to map attention back to items.
+    """
 
     prompt_ids: list[int]
     target_ids: list[int]
     row_index: int
+    prompt_items: list[int] | None = None
 
 
 class PromptBuilder:
@@ -160,10 +167,11 @@ class PromptBuilder:
         targets = [catalogue.titles[r.target] for r in rows]
         self._cache_targets(targets)
         with _gc_paused():
-            return [
-                EncodedExample(self._assemble(h, f"row {i} (user {rows[i].user!r})"), self._targets[t], i)
-                for i, (h, t) in enumerate(zip(histories, targets, strict=True))
-            ]
+            out = []
+            for i, (h, t) in enumerate(zip(histories, targets, strict=True)):
+                ids, items = self._assemble_with_items(h, f"row {i} (user {rows[i].user!r})")
+                out.append(EncodedExample(ids, self._targets[t], i, items))
+            return out
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -221,6 +229,19 @@ class PromptBuilder:
             ids.append(self.thought_token_id)
         return ids
 
+    def _assemble_with_items(self, titles: list[str], where: str) -> tuple[list[int], list[int]]:
+        """:meth:`_assemble` plus the per-token history-item index (see :class:`EncodedExample`)."""
+        ids = self._assemble(titles, where)
+        kept = self._kept(titles, where)
+        items = [-1] * len(self._head)
+        n_sep = len(self._sep)
+        for j, t in enumerate(kept):
+            if j:
+                items += [-1] * n_sep  # the comma between titles belongs to no item
+            items += [j] * len(self._segments[t])
+        items += [-1] * (len(ids) - len(items))  # tail and thought
+        return ids, items
+
 
 def collate_left_padded(examples: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
     """Batch examples: prompts LEFT-padded (every prompt ends — in its thought — in the last column),
@@ -234,9 +255,13 @@ def collate_left_padded(examples: Sequence[EncodedExample], pad_id: int) -> dict
     prompt_ids = pad(prompts, batch_first=True, padding_value=pad_id, padding_side="left")
     target_ids = pad(targets, batch_first=True, padding_value=pad_id)
     p_cols = torch.arange(prompt_ids.shape[1])
-    return {
+    batch = {
         "prompt_ids": prompt_ids,
         "prompt_mask": (p_cols >= prompt_ids.shape[1] - p_len[:, None]).long(),
         "target_ids": target_ids,
         "target_mask": (torch.arange(target_ids.shape[1]) < t_len[:, None]).long(),
     }
+    if all(e.prompt_items is not None for e in examples):
+        items = [torch.tensor(e.prompt_items, dtype=torch.long) for e in examples]
+        batch["prompt_items"] = pad(items, batch_first=True, padding_value=-1, padding_side="left")
+    return batch

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from flrec.decoding.scoring import cf_log_probs, token_scores
 from flrec.decoding.state import PrefillState
 from flrec.decoding.trie import TitleTrie
 from flrec.errors import FlrecError
@@ -69,11 +70,29 @@ def constrained_beam_search(
     max_new_tokens: int | None = None,
     length_penalty: float = 1.0,
     num_return: int | None = None,
+    *,
+    scoring: str = "sum",
+    edge_weight: torch.Tensor | None = None,
+    node_allowed: torch.Tensor | None = None,
+    node_mass: torch.Tensor | None = None,
+    gamma: float = 1.0,
 ) -> list[list[tuple[int, float]]]:
     """Top distinct titles per prompt row: ``[(title index in trie.titles, score), ...]`` best first.
 
     ``state`` is consumed (its cache is expanded to ``rows × beam_size`` and reordered in place).
+    The defaults are HF's beam search; the keyword options (:mod:`flrec.decoding.scoring`) change
+    the per-token score, all as tensor ops over the users × beams batch:
+
+    * ``scoring`` — ``sum`` | ``trie_renorm`` | ``info_gain`` (``edge_weight`` (E,) from
+      :func:`~flrec.decoding.scoring.edge_weights` for the latter);
+    * ``node_allowed`` (B, N) bool — per row, trie nodes that may be entered (exclude-seen: nodes
+      with at least one allowed title below them);
+    * ``node_mass`` (B, N) float64 with ``gamma`` < 1 — the text-free assistant's per-row subtree
+      masses (:meth:`TitleTrie.node_mass`); token score ``gamma * s + (1 - gamma) * log p_CF``.
     """
+    plain = scoring == "sum" and node_allowed is None and (node_mass is None or gamma >= 1.0)
+    if scoring == "info_gain" and edge_weight is None:
+        raise FlrecError("scoring='info_gain' needs edge_weight; pass flrec.decoding.scoring.edge_weights(trie, cfg)")
     K = beam_size
     T = trie.depth if max_new_tokens is None else max_new_tokens
     if K < 1 or T < 1:
@@ -82,6 +101,7 @@ def constrained_beam_search(
     logits = state.next_logits.float()
     dev = logits.device
     trie = trie if trie.child_ptr.device == dev else trie.to(dev)
+    edge_weight, node_allowed, node_mass = (None if x is None else x.to(dev) for x in (edge_weight, node_allowed, node_mass))
     B, V = logits.shape
     if V < trie.vocab_size:
         raise FlrecError(
@@ -107,9 +127,13 @@ def constrained_beam_search(
         b = rows.numel()
         # Only trie children can score above -inf, so rank those (b, K*F) instead of all (b, K*V)
         # tokens; children are in ascending token order, so ties break as in HF's dense top-k.
-        child_tok, real = trie.children(nodes)  # (b*K, F)
+        if plain:
+            child_tok, real = trie.children(nodes)  # (b*K, F)
+            logp = torch.log_softmax(logits, dim=-1).gather(1, child_tok).masked_fill(~real, NEG_INF)
+        else:
+            logp, child_tok = _scored_children(trie, nodes, logits, rows.repeat_interleave(K), scoring,
+                                               edge_weight, node_allowed, node_mass, gamma)
         F = child_tok.shape[1]
-        logp = torch.log_softmax(logits, dim=-1).gather(1, child_tok).masked_fill(~real, NEG_INF)
         acc = (logp.view(b, K, F) + running[:, :, None]).view(b, K * F)
         cand, idx = torch.topk(acc, 2 * K)  # (b, 2K), sorted
         src = idx // F
@@ -164,6 +188,23 @@ def constrained_beam_search(
         pos = pos + 1
 
     return _to_lists(out_score[:, :num_return], out_title[:, :num_return])
+
+
+def _scored_children(trie: TitleTrie, nodes: torch.Tensor, logits: torch.Tensor, beam_row: torch.Tensor,
+                     scoring: str, edge_weight: torch.Tensor | None, node_allowed: torch.Tensor | None,
+                     node_mass: torch.Tensor | None, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(b*K, F) token scores of every beam's children under the decoding options, and the tokens."""
+    child_tok, real, edge = trie.child_edges(nodes)
+    child_node = trie.child_node[edge]
+    if node_allowed is not None:
+        real = real & node_allowed[beam_row[:, None], child_node]
+    logp = torch.log_softmax(logits, dim=-1).gather(1, child_tok).masked_fill(~real, NEG_INF)
+    s = token_scores(logp, real, edge, scoring, edge_weight)
+    if node_mass is not None and gamma < 1.0:
+        cf = cf_log_probs(node_mass[beam_row[:, None], child_node], real)
+        # gamma = 0 exactly: the ID model alone (0 * a finite LLM score would do, but keep it exact)
+        s = cf if gamma == 0.0 else torch.where(real, gamma * s + (1.0 - gamma) * cf, NEG_INF)
+    return s, child_tok
 
 
 def _to_lists(score: torch.Tensor, title: torch.Tensor) -> list[list[tuple[int, float]]]:

@@ -123,6 +123,17 @@ class TitleTrie:
         edge = (start[:, None] + j).clamp(max=self.child_tok.numel() - 1)
         return self.child_tok[edge], j < count[:, None]
 
+    def child_edges(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`children` plus each child's edge index into ``child_tok``/``child_node`` (for per-edge
+        weights and per-node masses); padded slots point at a valid edge and are marked not real.
+        """
+        n = nodes.clamp(min=0)
+        start = self.child_ptr[n]
+        count = torch.where(nodes >= 0, self.child_ptr[n + 1] - start, 0)
+        j = torch.arange(self._fanout, device=nodes.device)
+        edge = (start[:, None] + j).clamp(max=self.child_tok.numel() - 1)
+        return self.child_tok[edge], j < count[:, None], edge
+
     def allowed_mask(self, nodes: torch.Tensor) -> torch.Tensor:
         """(M, V) bool: which next tokens keep each of ``nodes`` (M,) inside the trie."""
         tok, valid = self.children(nodes.to(self.child_ptr.device))
@@ -156,6 +167,83 @@ class TitleTrie:
             length += up.long()
             leaf = torch.where(up, parent[leaf.clamp(min=0)], leaf)
         return length
+
+    def parents(self) -> torch.Tensor:
+        """(N,) parent of every node; -1 for the root."""
+        edge_parent = torch.repeat_interleave(
+            torch.arange(self.num_nodes, device=self.child_ptr.device), self.child_ptr.diff()
+        )
+        parent = torch.full_like(self.node_title, -1)
+        parent[self.child_node] = edge_parent
+        return parent
+
+    def ancestor_matrix(self) -> torch.Tensor:
+        """Sparse (N, T) float64 0/1 matrix: ``A[n, t] = 1`` iff title ``t``'s path passes node ``n``
+        (root and leaf included). ``A @ m`` sums a per-title mass ``m`` over every node's subtree in
+        one sparse product ("which catalogue titles continue this prefix", with the CSR edges).
+        Built once per trie (``nnz`` = total title length + T) and cached.
+        """
+        cached = getattr(self, "_ancestors", None)
+        if cached is not None:
+            return cached
+        parent = self.parents()
+        is_leaf = self.node_title >= 0
+        cur = torch.full((len(self.titles),), -1, dtype=torch.long, device=self.node_title.device)
+        cur[self.node_title[is_leaf]] = is_leaf.nonzero().squeeze(1)
+        title = torch.arange(len(self.titles), device=cur.device)
+        rows, cols = [], []
+        for _ in range(self.depth + 1):  # leaf -> root, one level per step (root's parent is -1)
+            live = cur >= 0
+            rows.append(cur[live])
+            cols.append(title[live])
+            cur = torch.where(live, parent[cur.clamp(min=0)], -1)
+        r, c = torch.cat(rows), torch.cat(cols)
+        a = torch.sparse_coo_tensor(torch.stack([r, c]), torch.ones(r.numel(), dtype=torch.float64, device=r.device),
+                                    (self.num_nodes, len(self.titles)), check_invariants=True)
+        self._ancestors = a.coalesce()
+        return self._ancestors
+
+    def node_mass(self, title_mass: torch.Tensor) -> torch.Tensor:
+        """(B, N) subtree sums of a (B, T) per-title mass (float64): mass of every prefix."""
+        a = self.ancestor_matrix()
+        return (a @ title_mass.to(torch.float64).T.contiguous()).T
+
+    def subtree_titles(self) -> torch.Tensor:
+        """(N,) number of catalogue titles below each node (1 at a leaf, T at the root)."""
+        ones = torch.ones(1, len(self.titles), dtype=torch.float64, device=self.node_title.device)
+        return self.node_mass(ones)[0].round().long()
+
+    def edge_information_gain(self) -> torch.Tensor:
+        """(E,) information gain (nats) of each edge about the title under a uniform title prior:
+        ``log N(parent) - log N(child)`` with ``N`` = titles below a node. An edge out of a node
+        with one child ("forced" token) gains 0; the gains along a title's path sum to ``log T``.
+        """
+        n = self.subtree_titles().double()
+        edge_parent = torch.repeat_interleave(
+            torch.arange(self.num_nodes, device=self.child_ptr.device), self.child_ptr.diff()
+        )
+        return n[edge_parent].log() - n[self.child_node].log()
+
+    def title_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, depth) target ids of every title (EOS included; -1 after the end) and (T,) lengths,
+        read back from the trie (edge ``e`` leads to node ``e + 1``: nodes are numbered after the root).
+        """
+        parent = self.parents()
+        is_leaf = self.node_title >= 0
+        cur = torch.full((len(self.titles),), -1, dtype=torch.long, device=self.node_title.device)
+        cur[self.node_title[is_leaf]] = is_leaf.nonzero().squeeze(1)
+        rev = []
+        for _ in range(self.depth):  # leaf -> root: the token on the edge into each node
+            live = cur > 0
+            rev.append(torch.where(live, self.child_tok[(cur - 1).clamp(min=0)], -1))
+            cur = torch.where(live, parent[cur.clamp(min=0)], 0)
+        rev_tok = torch.stack(rev, 1)  # (T, depth): last token first, then -1 padding
+        length = (rev_tok >= 0).sum(1)
+        # reverse each row's real prefix: position i holds rev_tok[length - 1 - i]
+        i = torch.arange(self.depth, device=rev_tok.device)
+        src = (length[:, None] - 1 - i).clamp(min=0)
+        tok = torch.where(i < length[:, None], rev_tok.gather(1, src), -1)
+        return tok, length
 
     def to(self, device: torch.device | str) -> TitleTrie:
         """A copy whose tensors live on ``device`` (keep it next to the model's logits)."""

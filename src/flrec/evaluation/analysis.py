@@ -1,4 +1,5 @@
-"""Statistics over per-row evaluation records: paired t-tests, seed summaries, popularity groups.
+"""Statistics over per-row evaluation records: paired t-tests, seed summaries, popularity groups,
+and the item-level view of title rankings (:func:`expand_titles_to_items`).
 
 A *record* is one line of ``ranks.jsonl`` written by :func:`flrec.evaluation.runner.evaluate`:
 at least ``{"row": int, "rank": int | None}``. Every comparison pairs rows by their ``row`` index.
@@ -7,7 +8,7 @@ at least ``{"row": int, "rank": int | None}``. Every comparison pairs rows by th
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -28,15 +29,20 @@ def _metric_fn(metric: str):
     return lambda rank: fn(rank, kk)
 
 
-def per_row_metric(records: Iterable[Mapping], metric: str = "ndcg@10") -> dict[int, float]:
-    """``{row index: metric value}`` from evaluation records (``metric`` is ``hr@K`` / ``ndcg@K``)."""
+def per_row_metric(records: Iterable[Mapping], metric: str = "ndcg@10", rank_key: str = "rank") -> dict[int, float]:
+    """``{row index: metric value}`` from evaluation records (``metric`` is ``hr@K`` / ``ndcg@K``).
+
+    ``rank_key="item_rank"`` reads the item-level rank (records of ``eval.protocol=item``).
+    """
     fn = _metric_fn(metric)
     out: dict[int, float] = {}
     for r in records:
         row = int(r["row"])
         if row in out:
             raise FlrecError(f"row {row} appears twice in the evaluation records; re-run the evaluation")
-        out[row] = fn(r["rank"])
+        if rank_key not in r:
+            raise FlrecError(f"row {row} has no '{rank_key}'; re-run the evaluation with eval.protocol=item")
+        out[row] = fn(r[rank_key])
     return out
 
 
@@ -135,3 +141,136 @@ def popular_items(dataset: RecDataset, fraction: float = POPULAR_FRACTION, split
     mask = np.zeros(n, dtype=bool)
     mask[order[: math.ceil(fraction * n)]] = True
     return mask & (counts > 0)
+
+
+# ------------------------------------------------------------------------------------ item level
+
+
+def expand_titles_to_items(
+    ranked: Sequence[tuple[str, float]],
+    catalogue: Catalogue,
+    weight: Sequence[float] | np.ndarray,
+    mode: str = "split",
+    exclude: Collection[int] = (),
+    k: int | None = None,
+) -> list[tuple[int, float]]:
+    """Turn a ranked list of titles into a ranked list of *items* (best first, with scores).
+
+    A title names ``m >= 1`` catalogue items. Each item ``i`` of title ``y`` gets a share
+    ``w_i / sum_{j in y} w_j`` of the title (``weight``: e.g. train popularity + 1, or an ID model's
+    item probabilities; items in ``exclude`` — e.g. the history — are dropped before sharing):
+
+    * ``split`` — ``score(i) = score(y) + log share(i)``: with log-probability title scores this is
+      ``log P(y) + log P(i | y)``, so an item of a generic title shared by many items can fall below
+      the single item of a slightly less likely title. Ties: title rank, then share, then item id.
+    * ``assign`` — every item keeps its title's score and the titles' order; items within a title
+      are ordered by share (then item id).
+
+    A title all of whose items are excluded contributes nothing.
+    """
+    if mode not in ("split", "assign"):
+        raise FlrecError(f"unknown item split mode {mode!r}; use split or assign")
+    w = np.asarray(weight, dtype=np.float64)
+    excl = set(exclude)
+    entries: list[tuple[float, int, float, int]] = []  # (score, title rank, share, item)
+    for rank, (title, score) in enumerate(ranked):
+        items = [i for i in catalogue.item_ids(title) if i not in excl]
+        if not items:
+            continue
+        ws = w[items]
+        total = float(ws.sum())
+        shares = ws / total if total > 0 else np.full(len(items), 1.0 / len(items))
+        for i, sh in zip(items, shares.tolist(), strict=True):
+            s = score + math.log(sh) if mode == "split" and sh > 0 else (score if mode == "assign" else -math.inf)
+            entries.append((s, rank, sh, i))
+    if mode == "split":
+        entries.sort(key=lambda e: (-e[0], e[1], -e[2], e[3]))
+    else:
+        entries.sort(key=lambda e: (e[1], -e[2], e[3]))
+    out = [(i, s) for s, _, _, i in entries]
+    return out[:k] if k is not None else out
+
+
+def item_popularity_weights(dataset: RecDataset, split: str = "train") -> np.ndarray:
+    """``count + 1`` per item id (``split`` target frequency, add-one so unseen items can still be
+    ordered): the default way to share a title among its items."""
+    w = np.ones(len(dataset.catalogue), dtype=np.float64)
+    for i, c in dataset.item_popularity(split).items():
+        w[i] += c
+    return w
+
+
+def item_rankings_for(recommender, dataset: RecDataset, rows: Sequence, rankings: Sequence[Sequence[tuple[str, float]]],
+                      k: int) -> list[list[tuple[int, float]]]:
+    """Item-level rankings of ``rows`` for ``eval.protocol=item``, from the best source available:
+
+    1. the recommender's own ``last_item_rankings`` from the ``recommend`` call that produced
+       ``rankings`` (LLM recommenders: beam titles split over their items, see
+       :class:`~flrec.decoding.scoring.DecodingConfig`);
+    2. else its item scores (ID models: the top ``k`` items of :meth:`Recommender.score`);
+    3. else ``rankings`` expanded with :func:`expand_titles_to_items` (``assign``, ties by train
+       popularity).
+    """
+    own = getattr(recommender, "last_item_rankings", None)
+    if own is not None and len(own) == len(rows):
+        return [list(r)[:k] for r in own]
+    try:
+        scores = recommender.score(rows).float()
+    except NotImplementedError:
+        w = item_popularity_weights(dataset)
+        return [expand_titles_to_items(r, dataset.catalogue, w, "assign", k=k) for r in rankings]
+    top = scores.topk(min(k, scores.shape[1]), dim=1)
+    return [list(zip(i, v, strict=True)) for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True)]
+
+
+def add_item_ranks(records: list[dict], recommender, dataset: RecDataset, rows: Sequence,
+                   rankings: Sequence[Sequence[tuple[str, float]]], protocol: str, k: int, keep: int = 20) -> None:
+    """For ``protocol == "item"``: add ``item_rank`` (1-based rank of the target *item*, or None) and
+    ``items`` (the first ``keep`` item ids) to each evaluation record (in place).
+
+    A recommender that shares titles among items by popularity (``item_popularity`` is None) is
+    first given the dataset's train counts.
+    """
+    if protocol != "item":
+        return
+    if getattr(recommender, "item_popularity", False) is None:
+        recommender.item_popularity = item_popularity_weights(dataset)
+    items = item_rankings_for(recommender, dataset, rows, rankings, k)
+    for rec, row, ranked in zip(records, rows, items, strict=True):
+        ids = [int(i) for i, _ in ranked]
+        if len(set(ids)) != len(ids):
+            raise FlrecError(f"row {rec['row']}: the item ranking repeats an item; recommenders must rank distinct items")
+        rec["item_rank"] = next((j + 1 for j, i in enumerate(ids) if i == row.target), None)
+        rec["items"] = ids[:keep]
+
+
+def item_level_summary(dataset: RecDataset, records: Sequence[Mapping], ks: Sequence[int], protocol: str = "title",
+                       recommender=None) -> dict:
+    """Item-level additions to an evaluation summary.
+
+    * ``item_metrics_expected`` (always): HR/NDCG@K with title-level hits discounted to ``1/m``
+      (:func:`item_level_row_metric`);
+    * for ``protocol == "item"``: ``item_metrics`` (HR/NDCG@K of the target item's rank in the
+      item ranking, :func:`add_item_ranks`) and ``item_top1_distinct_share``;
+    * ``decoding`` when the recommender reports one (``decoding_info()``, LLM recommenders).
+    """
+    from flrec.evaluation.metrics import metrics_from_ranks
+
+    n = max(len(records), 1)
+    expected = {}
+    for k in ks:
+        for name in ("hr", "ndcg"):
+            vals = item_level_row_metric(records, dataset.catalogue, f"{name}@{k}") if records else {}
+            expected[f"{name}@{k}"] = sum(vals.values()) / n
+    out: dict = {"protocol": protocol, "item_metrics_expected": expected}
+    info = getattr(recommender, "decoding_info", None)
+    if callable(info):
+        out["decoding"] = info()
+    if protocol == "item":
+        if any("item_rank" not in r for r in records):
+            raise FlrecError("some records have no item_rank (rows of a title-protocol run were resumed); "
+                             "re-run the evaluation in a fresh folder with eval.protocol=item")
+        out["item_metrics"] = metrics_from_ranks([r["item_rank"] for r in records], ks)
+        top1 = [r["items"][0] for r in records if r["items"]]
+        out["item_top1_distinct_share"] = len(set(top1)) / max(len(top1), 1)
+    return out

@@ -9,6 +9,17 @@ With ``rank`` the 1-based position of the target in the ranked list (``None`` if
 Both are averaged over rows. A row counts as a hit when the target's *title* appears in the
 top-K titles (the generative-recommendation protocol: a generated title cannot tell apart items
 that share it; :mod:`flrec.evaluation` also reports how many hits rely on shared titles).
+
+Item level (``eval.protocol=item``), with ``m`` the number of catalogue items named by the
+target's title:
+
+* **item HR/NDCG@K** — the same formulas with ``rank`` = the 1-based position of the target
+  *item* in a ranked list of items (titles split over their items:
+  :func:`flrec.evaluation.analysis.expand_titles_to_items`; ID models rank items directly);
+* **expected item HR/NDCG@K** (``item_metrics_expected``) — the title-level value divided by
+  ``m``: the expectation when each recommended title stands for one of its ``m`` items chosen
+  uniformly (:func:`flrec.evaluation.analysis.item_level_row_metric`). Equal to the title-level
+  value on catalogues with unique titles.
 """
 
 from __future__ import annotations

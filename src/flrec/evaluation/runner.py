@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tqdm import tqdm
 
@@ -46,7 +46,7 @@ from flrec.baselines.base import Ranked, Recommender
 from flrec.config import ConfigBase, option, save_run_metadata
 from flrec.data.schema import SPLITS, Interaction, RecDataset
 from flrec.errors import ConfigError, DataError, FlrecError
-from flrec.evaluation.analysis import POPULAR_FRACTION, popular_items
+from flrec.evaluation.analysis import POPULAR_FRACTION, add_item_ranks, item_level_summary, popular_items
 from flrec.evaluation.metrics import metrics_from_ranks, target_rank
 from flrec.utils.io import atomic_write_json, atomic_write_jsonl, dir_lock, read_jsonl_tolerant
 from flrec.utils.runid import (
@@ -78,6 +78,9 @@ class EvalConfig(ConfigBase):
     limit: int | None = option(None, help="evaluate only the first N rows of the split (None = all)")
     batch_size: int = option(64, help="rows per recommend() call; results do not depend on it")
     ks: list[int] = option(factory=lambda: list(EVAL_KS), help="cut-offs K for HR@K and NDCG@K")
+    protocol: Literal["title", "item"] = option(
+        "title", help="title: the paper's title-level hits (metrics); item: also rank items (a title names m "
+        "items; see flrec.evaluation.analysis.item_rankings_for) and report item_metrics beside them")
     beam: int = option(10, help="titles requested per row (beam width for generative methods); >= max(ks)")
     seed: int = option(0, help="seed set before evaluating (for methods with stochastic inference)")
     shard: str | None = option(
@@ -205,7 +208,8 @@ def eval_fingerprint(recommender: Recommender, dataset: RecDataset, cfg: EvalCon
     if identity is None:
         conf = getattr(recommender, "config", None)
         identity = {"recommender": config_identity(conf, ("batch_size",))} if isinstance(conf, ConfigBase) else {}
-    base = {"method": recommender.name, "split": cfg.split, "beam": cfg.beam, "seed": cfg.seed}
+    base = {"method": recommender.name, "split": cfg.split, "beam": cfg.beam, "seed": cfg.seed,
+            "protocol": cfg.protocol}
     rows: dict[str, Any] = {"shard": cfg.shard or "0/1"}
     if cfg.shard is not None:  # block boundaries depend on the number of rows
         rows["limit"] = cfg.limit
@@ -260,13 +264,14 @@ def evaluate(recommender: Recommender, dataset: RecDataset, cfg: EvalConfig, run
         return _evaluate_rows(recommender, dataset, cfg, rows, lo, fp, None)
     run_dir = Path(run_dir)
     with dir_lock(run_dir, "evaluation folder"):
-        reused = _claim_eval_dir(run_dir, dataset, cfg, rows, lo, fp, overwrite)
+        reused = _claim_eval_dir(run_dir, recommender, dataset, cfg, rows, lo, fp, overwrite)
         if reused is not None:
             return reused
         return _evaluate_rows(recommender, dataset, cfg, rows, lo, fp, run_dir)
 
 
-def _claim_eval_dir(run_dir: Path, dataset: RecDataset, cfg: EvalConfig, rows: Sequence[Interaction],
+def _claim_eval_dir(run_dir: Path, recommender: Recommender, dataset: RecDataset, cfg: EvalConfig,
+                    rows: Sequence[Interaction],
                     offset: int, fp: dict, overwrite: bool) -> dict | None:
     """Check ``run_dir`` against ``fp``; return a finished summary to reuse, or None to (continue to) run."""
     stored = read_fingerprint(run_dir)
@@ -294,6 +299,7 @@ def _claim_eval_dir(run_dir: Path, dataset: RecDataset, cfg: EvalConfig, rows: S
         if n_done == len(rows):
             if prev.get("eval_config", {}).get("ks") != list(cfg.ks):  # other cut-offs: re-summarise, no re-ranking
                 prev.update(summarise_records(dataset, records, cfg.ks), eval_config=cfg.to_dict())
+                prev.update(item_level_summary(dataset, records, cfg.ks, cfg.protocol, recommender))
                 atomic_write_json(run_dir / SUMMARY, prev)
             log.info("reusing the finished evaluation in %s (same fingerprint)", run_dir)
             return {**prev, "reused": True}
@@ -358,6 +364,7 @@ def _evaluate_rows(recommender: Recommender, dataset: RecDataset, cfg: EvalConfi
                 tokens = None if gen is None or tokens is None else tokens + int(gen)
                 new = _row_records(dataset, batch, rankings, offset + start)
                 records.extend(new)
+                add_item_ranks(new, recommender, dataset, batch, rankings, cfg.protocol, cfg.beam, RECORDED_TOP)
                 if sink is not None:
                     sink.write("".join(json.dumps(r) + "\n" for r in new))
                     sink.flush()
@@ -387,6 +394,7 @@ def _evaluate_rows(recommender: Recommender, dataset: RecDataset, cfg: EvalConfi
         "eval_config": cfg.to_dict(),
         "row_range": [offset, offset + len(rows)],
     }
+    summary.update(item_level_summary(dataset, records, cfg.ks, cfg.protocol, recommender))
     if run_dir is not None:
         atomic_write_jsonl(run_dir / RANKS, records)
         atomic_write_json(run_dir / SUMMARY, summary)
@@ -440,6 +448,9 @@ def merge_shards(shard_dirs: Sequence[str | Path], dataset: RecDataset, out: str
                       "tokens_per_second": tokens / seconds if tokens is not None and seconds > 0 else None},
         "eval_config": eval_cfg, "row_range": [0, len(records)], "merged_from": [str(p[3]) for p in parts],
     }
+    summary.update(item_level_summary(dataset, records, eval_cfg.get("ks", EVAL_KS), eval_cfg.get("protocol", "title")))
+    if "decoding" in first:  # what the recommender reported; identical across shards (same fingerprint)
+        summary["decoding"] = first["decoding"]
     if out is not None:
         out = Path(out)
         with dir_lock(out, "evaluation folder"):

@@ -35,23 +35,72 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.T
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
+KEY_MODES = ("tokens", "history", "items")
+POSITION_MODES = ("absolute", "relative", "none")
+
+
 @dataclass
 class ReasonerOutput:
     z: torch.Tensor  # (B, D) aggregated thought vector (before output scaling)
-    attn: torch.Tensor  # (B, K, L) factor attention maps A
+    attn: torch.Tensor  # (B, K, Lk) factor attention maps A over the keys (fp32)
     factors: torch.Tensor  # (B, K, D) factor vectors F = A V
-    gates: torch.Tensor  # (B, K) importance weights alpha
+    gates: torch.Tensor  # (B, K) importance weights alpha (fp32)
+    # (B, Lk): the history item (0 = oldest kept) each key belongs to, -1 for instruction text and
+    # the thought; None when the prompt layout was not given.
+    key_items: torch.Tensor | None = None
+    key_mask: torch.Tensor | None = None  # (B, Lk) bool, True for real keys
+
+
+def item_keys(hidden: torch.Tensor, items: torch.Tensor, mask: torch.Tensor):
+    """Mean-pool each history title's token states into one key per item, plus the thought state.
+
+    ``hidden`` (B, L, D) ends in the thought column; ``items`` (B, L) gives each token's history item
+    (-1 outside titles). Returns ``(keys (B, H+1, D), key_mask (B, H+1), key_items (B, H+1),
+    positions (B, H+1))`` with the thought as the last key, position = item index (thought = H_b).
+    Pooling makes *items* the unit a factor chooses: no quote, comma or version marker can be a sink.
+    """
+    b, _, _ = hidden.shape
+    n_items = int(items.max().item()) + 1 if items.numel() else 0
+    n_items = max(n_items, 1)
+    slots = torch.arange(n_items, device=items.device)
+    member = (items[:, None, :] == slots[None, :, None]) & mask.bool()[:, None, :]  # (B, H, L)
+    counts = member.sum(-1)  # (B, H)
+    pooled = (member.to(hidden.dtype) @ hidden) / counts.clamp(min=1)[..., None].to(hidden.dtype)
+    keys = torch.cat([pooled, hidden[:, -1:]], dim=1)
+    key_mask = torch.cat([counts > 0, torch.ones(b, 1, dtype=torch.bool, device=hidden.device)], dim=1)
+    key_items = torch.cat([slots.expand(b, -1), torch.full((b, 1), -1, device=items.device)], dim=1)
+    key_items = key_items.masked_fill(~key_mask, -1)
+    pos = torch.cat([slots.expand(b, -1), (counts > 0).sum(-1, keepdim=True)], dim=1)
+    return keys, key_mask, key_items, pos
 
 
 class FactorizedLatentReasoner(nn.Module):
-    """``A = softmax(W_q Q_f · RoPE(W_k H)^T / sqrt(D) + M)``, ``F = A V``, ``z = sum_k alpha_k F_k``."""
+    """``A = softmax(W_q Q_f · RoPE(W_k H)^T / (τ sqrt(D)) + M)``, ``F = A V``, ``z = sum_k alpha_k F_k``.
 
-    def __init__(self, hidden_size: int, num_factors: int = 4, gate_hidden: int = 256, rope_base: float = 10000.0):
+    What the keys are (``keys``):
+
+    * ``tokens`` — every prompt token including the thought (the paper, eq. 3). The instruction text
+      is identical for every user and, under causal attention, so are its hidden states: a
+      prototype can lock onto one of them and the "factor" becomes a constant soft prompt.
+    * ``history`` — only tokens of history titles, plus the thought.
+    * ``items`` — one mean-pooled key/value per history title, plus the thought: factors choose items.
+
+    ``positions`` for the keys' RoPE: ``absolute`` (real-token index, the paper), ``relative``
+    (distance to the thought: recency), ``none``. ``temperature`` τ > 1 flattens the attention.
+    The whole module computes in fp32 (also under bf16 autocast or with bf16 weights): its attention
+    maps and gates feed the regularisers and diagnostics, and a bf16 gate above ~0.998 is exactly 1.
+    """
+
+    def __init__(self, hidden_size: int, num_factors: int = 4, gate_hidden: int = 256, rope_base: float = 10000.0,
+                 keys: str = "tokens", positions: str = "absolute", temperature: float = 1.0):
         super().__init__()
         if hidden_size % 2:
             raise ValueError("hidden_size must be even for RoPE")
+        if keys not in KEY_MODES or positions not in POSITION_MODES:
+            raise ValueError(f"keys must be one of {KEY_MODES} and positions one of {POSITION_MODES}")
         d, k = hidden_size, num_factors
         self.hidden_size, self.num_factors, self.rope_base = d, k, rope_base
+        self.keys, self.positions, self.temperature = keys, positions, float(temperature)
         self.prototypes = nn.Parameter(torch.empty(k, d))
         self.w_q = nn.Linear(d, d)
         self.w_k = nn.Linear(d, d)
@@ -79,23 +128,62 @@ class FactorizedLatentReasoner(nn.Module):
         nn.init.zeros_(self.gate[2].weight)
         nn.init.zeros_(self.gate[2].bias)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> ReasonerOutput:
-        """``hidden`` (B, L, D) last-layer states, ``mask`` (B, L) with 1 for real tokens."""
-        mask = mask.bool()
-        # Padded positions can hold garbage (even NaN from fully-masked attention rows); a zero
-        # attention weight times NaN is still NaN, so clear them before projecting.
-        hidden = hidden.masked_fill(~mask[..., None], 0.0)
-        q = self.w_q(self.prototypes.to(hidden.dtype))  # (K, D)
-        k = apply_rope(self.w_k(hidden), positions_from_mask(mask), self.rope_base)  # (B, L, D)
-        v = self.w_v(hidden)
-        scores = torch.einsum("kd,bld->bkl", q, k) / math.sqrt(self.hidden_size)
-        acc = torch.promote_types(scores.dtype, torch.float32)  # softmax in >= fp32 (bf16 autocast)
-        scores = scores.to(acc).masked_fill(~mask[:, None, :], torch.finfo(acc).min)
-        attn = scores.softmax(dim=-1).to(v.dtype)  # (B, K, L)
-        factors = attn @ v  # (B, K, D)
-        gates = self.gate(factors.flatten(1)).to(acc).softmax(dim=-1).to(v.dtype)  # (B, K)
-        z = (gates[..., None] * factors).sum(dim=1)
-        return ReasonerOutput(z=z, attn=attn, factors=factors, gates=gates)
+    def _select_keys(self, hidden: torch.Tensor, mask: torch.Tensor, items: torch.Tensor | None):
+        """Keys/values source (B, Lk, D), key mask, key items and key positions for ``self.keys``."""
+        if items is None:
+            if self.keys != "tokens":
+                raise ValueError(f"keys={self.keys} needs the prompt layout (prompt_items from collate_left_padded)")
+            items = torch.full_like(mask, -1, dtype=torch.long)
+        if self.keys == "items":
+            src, key_mask, key_items, pos = item_keys(hidden, items, mask)
+            last = pos[:, -1:]
+        else:
+            key_mask = mask.clone()
+            if self.keys == "history":
+                key_mask &= items >= 0
+                key_mask[:, -1] = mask[:, -1]  # the thought stays a key: step n+1 must see step n
+            src, key_items, pos = hidden, items.masked_fill(~key_mask, -1), positions_from_mask(mask)
+            last = pos[:, -1:]
+        if self.positions == "relative":
+            pos = (last - pos).clamp(min=0)
+        return src, key_mask, key_items, pos
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, items: torch.Tensor | None = None) -> ReasonerOutput:
+        """``hidden`` (B, L, D) last-layer states ending in the thought column, ``mask`` (B, L) with 1 for
+        real tokens, ``items`` (B, L) the history item of each token (-1 elsewhere; needed unless keys=tokens).
+        """
+        out_dtype = hidden.dtype
+        with torch.autocast(hidden.device.type, enabled=False):
+            mask = mask.bool()
+            # Padded positions can hold garbage (even NaN from fully-masked attention rows); a zero
+            # attention weight times NaN is still NaN, so clear them before projecting.
+            acc = torch.promote_types(torch.promote_types(hidden.dtype, self.prototypes.dtype), torch.float32)
+            hidden = hidden.to(acc).masked_fill(~mask[..., None], 0.0)
+            src, key_mask, key_items, pos = self._select_keys(hidden, mask, items)
+            q = _linear(self.prototypes.to(acc), self.w_q)  # (K, D)
+            k = _linear(src, self.w_k)
+            if self.positions != "none":
+                k = apply_rope(k, pos, self.rope_base)
+            v = _linear(src, self.w_v)
+            scores = torch.einsum("kd,bld->bkl", q, k) / (math.sqrt(self.hidden_size) * self.temperature)
+            scores = scores.masked_fill(~key_mask[:, None, :], torch.finfo(scores.dtype).min)
+            attn = scores.softmax(dim=-1)  # (B, K, Lk)
+            factors = attn @ v  # (B, K, D)
+            gates = _mlp(factors.flatten(1), self.gate).softmax(dim=-1)  # (B, K)
+            z = (gates[..., None] * factors).sum(dim=1)
+        return ReasonerOutput(z=z.to(out_dtype), attn=attn, factors=factors, gates=gates,
+                              key_items=key_items, key_mask=key_mask)
+
+
+def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x)`` in ``x``'s (>= fp32) dtype whatever the layer's (ranking may cast the model to bf16)."""
+    return torch.nn.functional.linear(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype))
+
+
+def _mlp(x: torch.Tensor, seq: nn.Sequential) -> torch.Tensor:
+    for layer in seq:
+        x = _linear(x, layer) if isinstance(layer, nn.Linear) else layer(x)
+    return x
 
 
 class EmbeddingScale(nn.Module):

@@ -1,7 +1,9 @@
 """FLR's structural regularisers (paper eqs. 5–7) and their weighting (eq. 8).
 
-All three take the reasoner's outputs of one refinement step; :class:`FLRObjective` averages them
-over steps and combines them with the recommendation loss.
+Each regulariser is a plain registered function (:func:`register_regulariser`) of the reasoner's
+outputs of one refinement step; :class:`FLRObjective` averages them over steps and combines them
+with the recommendation loss. The paper's three stay exactly as written; the cross-row terms below
+them are options (``flr.aux_losses``).
 """
 
 from __future__ import annotations
@@ -14,9 +16,6 @@ from torch import nn
 def _acc(x: torch.Tensor) -> torch.Tensor:
     """At least fp32 (bf16 statistics are too coarse), fp64 kept for exactness tests."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
-
-AUX_LOSSES: tuple[str, ...] = ("orth", "div", "sparse")
-
 
 def orthogonality_loss(factors: torch.Tensor) -> torch.Tensor:
     """Eq. 5: ``1/B sum_b || F̂_b F̂_bᵀ − I_K ||_F²`` with rows of ``F̂_b`` L2-normalised.
@@ -49,50 +48,148 @@ def sparsity_loss(gates: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return -(g * torch.log(g + eps)).sum(dim=-1).mean()
 
 
-AUX_FNS = {"orth": orthogonality_loss, "div": attention_diversity_loss, "sparse": sparsity_loss}
+# ------------------------------------------------------------------------------ beyond the paper
+# Eqs. 5-7 are per-row statistics: factors that ignore the user and one-hot gates that pick the
+# same factor for everyone reach their minimum of 0 (the collapse into a constant soft prompt).
+# The terms below look *across rows* of the batch, where that degenerate solution is visible.
+
+
+def thought_similarity_loss(z: torch.Tensor) -> torch.Tensor:
+    """Mean pairwise cosine of the thought vectors across the batch's rows (``z`` is (B, D)).
+
+    1 for a constant thought, ~0 for unrelated ones; 0 for a batch of one row.
+
+    >>> round(float(thought_similarity_loss(torch.tensor([[1.0, 0.0], [1.0, 0.0]]))), 4)
+    1.0
+    >>> round(float(thought_similarity_loss(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))), 4)
+    0.0
+    """
+    b = z.shape[0]
+    if b < 2:
+        return z.new_zeros((), dtype=torch.float32)
+    zn = F.normalize(_acc(z), dim=-1)
+    cos = zn @ zn.T
+    return (cos.sum() - cos.diagonal().sum()) / (b * (b - 1))
+
+
+def routing_loss(gates: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``−mean_b Hellinger(α_b, ᾱ)`` with ``ᾱ`` the batch-mean gate: rewards rows routed differently.
+
+    Why not ``−I(row; factor)`` directly: I is quadratic in each row's deviation from the mean gate,
+    so its gradient vanishes as the gates approach a constant. The Hellinger distance
+    ``||√α_b − √ᾱ||₂ / √2`` is linear in that deviation, so a nearly constant gate still gets a
+    unit-scale push in the direction each row already deviates. Zero for a constant gate, in [−1, 0].
+
+    >>> float(routing_loss(torch.tensor([[0.5, 0.5], [0.5, 0.5]])))
+    0.0
+    >>> round(float(routing_loss(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))), 4)
+    -0.5412
+    """
+    g = _acc(gates)
+    mean = g.mean(dim=0, keepdim=True)
+    diff = (g + eps).sqrt() - (mean + eps).sqrt()
+    return -(diff.pow(2).sum(-1) + eps).sqrt().mean() / 2**0.5
+
+
+def attention_entropy_floor_loss(attn: torch.Tensor, key_mask: torch.Tensor | None, floor: float = 0.5) -> torch.Tensor:
+    """``mean_{b,k} relu(floor·ln n_b − H(A_bk)) / ln n_b``: a factor may not put all its mass on one key.
+
+    ``n_b`` is the number of real keys of row b; zero once every factor's attention entropy is at
+    least ``floor`` of the uniform entropy.
+
+    >>> a = torch.tensor([[[1.0, 0.0, 0.0, 0.0]]])
+    >>> round(float(attention_entropy_floor_loss(a, None, floor=0.5)), 4)
+    0.5
+    """
+    a = _acc(attn)
+    n = a.new_full(a.shape[:1], a.shape[-1]) if key_mask is None else key_mask.sum(-1).to(a.dtype)
+    log_n = n.clamp(min=2).log()[:, None]
+    ent = -(a * a.clamp(min=1e-12).log()).sum(-1)  # (B, K)
+    return F.relu(floor * log_n - ent).div(log_n).mean()
+
+
+# name -> (function, what it reads from a ReasonerOutput)
+REGULARISERS: dict[str, tuple] = {}
+
+
+def register_regulariser(name: str, reads: tuple[str, ...]):
+    """Register ``fn(*[getattr(step_output, r) for r in reads], **params)`` under ``name``."""
+
+    def wrap(fn):
+        REGULARISERS[name] = (fn, reads)
+        return fn
+
+    return wrap
+
+
+register_regulariser("orth", ("factors",))(orthogonality_loss)
+register_regulariser("div", ("attn",))(attention_diversity_loss)
+register_regulariser("sparse", ("gates",))(sparsity_loss)
+register_regulariser("thought_sim", ("z",))(thought_similarity_loss)
+register_regulariser("routing", ("gates",))(routing_loss)
+register_regulariser("attn_entropy", ("attn", "key_mask"))(attention_entropy_floor_loss)
+AUX_LOSSES: tuple[str, ...] = ("orth", "div", "sparse")  # the paper's three
+_PARAMS = {"attn_entropy": {"entropy_floor": "floor"}}  # objective param -> function keyword
 
 
 class FLRObjective(nn.Module):
-    """``L = L_rec + Σ_i w_i(L_i)`` over the enabled auxiliary losses.
+    """``L = L_rec + r(t) Σ_i w_i(L_i)`` over the enabled regularisers.
 
     * ``uncertainty`` (Kendall et al. 2018; paper §5.2): ``w_i(L) = exp(−s_i)/2 · L + s_i/2`` with
       learnable ``s_i`` initialised to 0 (λ_i = 1/(2e^{s_i}) = 0.5 at start). The ``s_i/2`` term
       is what stops every λ_i from collapsing to zero.
     * ``fixed``: ``w_i(L) = λ_i · L``.
+
+    ``r(t) = min(1, t / warmup_steps)`` over training micro-batches ``t`` (a persistent buffer, so a
+    resumed run continues the ramp). It scales the whole ``w_i``, so the uncertainty optimum of
+    ``s_i`` does not move while it ramps.
     """
 
     def __init__(self, enabled: tuple[str, ...] = AUX_LOSSES, weighting: str = "uncertainty",
-                 fixed_weights: dict[str, float] | None = None):
+                 fixed_weights: dict[str, float] | None = None, warmup_steps: int = 0,
+                 params: dict[str, float] | None = None):
         super().__init__()
-        unknown = set(enabled) - set(AUX_LOSSES)
+        unknown = set(enabled) - set(REGULARISERS)
         if unknown:
-            raise ValueError(f"unknown auxiliary losses {sorted(unknown)}; choose from {AUX_LOSSES}")
-        self.enabled = tuple(n for n in AUX_LOSSES if n in enabled)
+            raise ValueError(f"unknown auxiliary losses {sorted(unknown)}; choose from {list(REGULARISERS)}")
+        self.enabled = tuple(n for n in REGULARISERS if n in enabled)
         self.weighting = weighting
+        self.warmup_steps = warmup_steps
+        self.params = dict(params or {})
         self.log_vars = nn.ParameterDict({n: nn.Parameter(torch.zeros(())) for n in self.enabled})
         self.fixed_weights = {n: float((fixed_weights or {}).get(n, 0.1)) for n in self.enabled}
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def aux_losses(self, steps: list) -> dict[str, torch.Tensor]:
         """Each enabled loss averaged over the refinement steps' :class:`ReasonerOutput`."""
         out = {}
         for name in self.enabled:
-            fn = AUX_FNS[name]
-            arg = {"orth": "factors", "div": "attn", "sparse": "gates"}[name]
-            out[name] = torch.stack([fn(getattr(s, arg)) for s in steps]).mean()
+            fn, reads = REGULARISERS[name]
+            kw = {arg: self.params[p] for p, arg in _PARAMS.get(name, {}).items() if p in self.params}
+            out[name] = torch.stack([fn(*(getattr(s, r) for r in reads), **kw) for s in steps]).mean()
         return out
 
+    def ramp(self) -> float:
+        if not self.warmup_steps:
+            return 1.0
+        return min(1.0, float(self.step) / self.warmup_steps)
+
     def weights(self) -> dict[str, float]:
-        """Current effective λ_i (for logging)."""
+        """Current effective λ_i (for logging), including the warm-up ramp."""
+        r = self.ramp()
         if self.weighting == "fixed":
-            return dict(self.fixed_weights)
-        return {n: float(0.5 * torch.exp(-p.detach())) for n, p in self.log_vars.items()}
+            return {n: r * w for n, w in self.fixed_weights.items()}
+        return {n: r * float(0.5 * torch.exp(-p.detach())) for n, p in self.log_vars.items()}
 
     def forward(self, rec_loss: torch.Tensor, aux: dict[str, torch.Tensor]) -> torch.Tensor:
+        r = self.ramp()
+        if self.training and torch.is_grad_enabled():
+            self.step += 1
         total = rec_loss
         for name, value in aux.items():
             if self.weighting == "fixed":
-                total = total + self.fixed_weights[name] * value
+                total = total + r * self.fixed_weights[name] * value
             else:
                 s = self.log_vars[name]
-                total = total + 0.5 * torch.exp(-s) * value + 0.5 * s
+                total = total + r * (0.5 * torch.exp(-s) * value + 0.5 * s)
         return total

@@ -28,47 +28,143 @@ from flrec.decoding.state import PrefillState
 from flrec.errors import ConfigError, FlrecError
 from flrec.models.compat import cache_kwarg, crop_cache, new_cache
 from flrec.models.flr import EmbeddingScale, FactorizedLatentReasoner, ReasonerOutput, positions_from_mask  # noqa: F401
-from flrec.models.losses import AUX_LOSSES, FLRObjective
+from flrec.models.losses import FLRObjective
 from flrec.models.reasoners import build_reasoner
 
 CONFIG_NAME = "flr_config.json"
 STATE_NAME = "flr_state.safetensors"
 
 
+@torch.no_grad()
+def health_stats(out: ReasonerOutput) -> dict[str, torch.Tensor]:
+    """Batch health of the factors, logged every step (see ``flrec analyze factors`` for the full report).
+
+    ``thought_cos``: mean pairwise cosine of z across the batch's rows (1 = a constant soft prompt);
+    ``gate_usage``: entropy of the batch-mean gate / ln K (0 = every row picks the same factor);
+    ``gate_max``: mean largest gate; ``hist_attn``: mean attention mass on history-title keys.
+    """
+    from flrec.analysis.factors import gate_usage_entropy_ratio, thought_cross_row_cosine
+
+    stats = {"gate_max": out.gates.float().max(-1).values.mean()}
+    if out.z.shape[0] > 1:
+        stats["thought_cos"] = thought_cross_row_cosine(out.z)
+    if out.gates.shape[1] > 1:
+        stats["gate_usage"] = gate_usage_entropy_ratio(out.gates)
+    if out.key_items is not None:
+        stats["hist_attn"] = (out.attn * (out.key_items >= 0)[:, None, :]).sum(-1).mean()
+    return stats
+
+
+REASONER_DEFAULTS = {
+    # reasoner: (num_steps, aux_losses, embed_scale, rope_base)
+    "flr": (2, ("orth", "div", "sparse"), True, 10000.0),
+    # LatentR3: its keys exclude the thought and its query is the pre-thought state, so a second
+    # step reproduces the first exactly; its code has no embedding rescaling and RoPE base 1000.
+    "latentr3": (1, (), False, 1000.0),
+    "softprompt": (1, (), True, 10000.0),
+    "none": (0, (), False, 10000.0),
+}
+
+
 @dataclass
 class FLRConfig(ConfigBase):
-    """The latent-reasoning part of a model (the backbone is chosen separately)."""
+    """The latent-reasoning part of a model (the backbone is chosen separately).
 
-    reasoner: Literal["flr", "latentr3", "none"] = option(
+    Keys left at ``null`` take the reasoner's own default (``REASONER_DEFAULTS``); read the resolved
+    values through :attr:`steps`, :attr:`aux`, :attr:`scale_thought` and :attr:`rope`.
+    """
+
+    reasoner: Literal["flr", "latentr3", "softprompt", "none"] = option(
         "flr", "flr: K prototypes + gate (the paper); latentr3: one head queried by the pre-thought state, "
-        "no gate (the predecessor); none: no thought token at all (BIGRec-style SFT)")
+        "no gate (the predecessor); softprompt: one learned constant thought (a control: what FLR must beat); "
+        "none: no thought token at all (BIGRec-style SFT)")
     num_factors: int = option(4, "K, number of query prototypes / preference factors (paper: 3 for CDs, 4 elsewhere)")
-    num_steps: int = option(2, "N, refinement steps writing z into the thought embedding (paper: 2)")
+    num_steps: int | None = option(None, "N, refinement steps writing z into the thought embedding "
+                                   "(null = the reasoner's: flr 2 as in the paper, latentr3/softprompt 1)")
     gate_hidden: int = option(256, "hidden width of the gating MLP over flatten(F)")
-    rope_base: float = option(10000.0, "RoPE base for the keys (positions counted over real tokens)")
-    embed_scale: bool = option(True, "RMS-normalise z and rescale it to the input-embedding RMS (see EmbeddingScale)")
-    aux_losses: list[str] = option(factory=lambda: list(AUX_LOSSES), help="enabled regularisers: any of orth, div, sparse")
+    keys: Literal["tokens", "history", "items"] = option(
+        "items", "what the factors attend over: tokens = every prompt token (the paper; factors can lock onto "
+        "fixed instruction tokens), history = history-title tokens only, items = one mean-pooled key per "
+        "history title (plus the thought in every mode)")
+    key_positions: Literal["absolute", "relative", "none"] = option(
+        "relative", "RoPE positions of the keys: absolute = real-token/item index (the paper), relative = distance "
+        "to the thought (recency), none = no rotation")
+    attn_temperature: float = option(1.0, "tau: factor attention scores are divided by tau (> 1 flattens attention)")
+    rope_base: float | None = option(None, "RoPE base for the keys (null = the reasoner's: flr 10000, latentr3 1000)")
+    embed_scale: bool | None = option(None, "RMS-normalise z and rescale it to the input-embedding RMS "
+                                      "(null = on for flr/softprompt, off for latentr3 as in its code)")
+    aux_losses: list[str] | None = option(
+        None, "enabled regularisers (null = the reasoner's: flr orth,div,sparse = the paper's eqs. 5-7): any of "
+        "orth, div, sparse, thought_sim, routing, attn_entropy (see flrec.models.losses.REGULARISERS)")
+    aux_to_backbone: bool = option(
+        False, "let the regularisers' gradients reach the backbone (the paper); false computes them on detached "
+        "hidden states, so the reasoner satisfies them instead of the backbone reshaping its states")
+    aux_warmup_steps: int = option(0, "ramp the regularisers' weights linearly from 0 over this many training "
+                                   "micro-batches (0 = full weight from the start)")
+    attn_entropy_floor: float = option(0.5, "attn_entropy regulariser: penalise factor attention entropy below "
+                                       "this fraction of ln(#keys)")
     loss_weighting: Literal["uncertainty", "fixed"] = option("uncertainty", "learned uncertainty weights or fixed lambdas")
     fixed_weights: dict[str, float] = option(
-        factory=lambda: {"orth": 0.1, "div": 0.1, "sparse": 0.1}, help="lambdas when loss_weighting=fixed")
+        factory=lambda: {"orth": 0.1, "div": 0.1, "sparse": 0.1}, help="lambdas when loss_weighting=fixed "
+        "(a regulariser missing here gets 0.1)")
 
     def __post_init__(self) -> None:
-        bad = set(self.aux_losses) - set(AUX_LOSSES)
+        from flrec.models.losses import REGULARISERS
+
+        names = list(REGULARISERS)
+        bad = set(self.aux_losses or ()) - set(names)
         if bad:
-            raise ConfigError(f"aux_losses: unknown {sorted(bad)}; use a subset of {list(AUX_LOSSES)} (or [] for none)")
+            raise ConfigError(f"aux_losses: unknown {sorted(bad)}; use a subset of {names} (or [] for none)")
         if self.reasoner == "flr" and self.num_factors < 1:
             raise ConfigError("num_factors must be >= 1 (the paper uses 3 or 4)")
-        if self.reasoner != "none" and self.num_steps < 1:
-            raise ConfigError("num_steps must be >= 1 with a thought token; use reasoner=none for no thought")
-        if self.reasoner == "latentr3":
-            # The predecessor: one head, one step, no regularisers.
-            self.num_factors, self.aux_losses = 1, []
-        if self.reasoner == "none":
-            self.num_steps, self.aux_losses = 0, []
+        if self.gate_hidden < 1:
+            raise ConfigError(f"gate_hidden must be >= 1, got {self.gate_hidden}")
+        if not self.attn_temperature > 0 or self.attn_temperature == float("inf"):
+            raise ConfigError(f"attn_temperature must be a finite number > 0, got {self.attn_temperature}")
+        if not 0 <= self.attn_entropy_floor <= 1:
+            raise ConfigError(f"attn_entropy_floor must be in [0, 1], got {self.attn_entropy_floor}")
+        if self.aux_warmup_steps < 0:
+            raise ConfigError(f"aux_warmup_steps must be >= 0, got {self.aux_warmup_steps}")
+        negative = {k: v for k, v in self.fixed_weights.items() if not v >= 0}
+        if negative:
+            raise ConfigError(f"fixed_weights: {negative} must be >= 0 (a negative weight rewards the regulariser)")
+        if self.num_steps is not None:
+            if self.reasoner == "none" and self.num_steps:
+                raise ConfigError("reasoner=none has no thought to refine; leave num_steps unset (null)")
+            if self.reasoner != "none" and self.num_steps < 1:
+                raise ConfigError("num_steps must be >= 1 with a thought token; use reasoner=none for no thought")
+            if self.reasoner in ("latentr3", "softprompt") and self.num_steps != 1:
+                raise ConfigError(f"reasoner={self.reasoner} gives the same thought at every step, so "
+                                  "num_steps must be 1 (or null)")
+        if self.aux_losses and self.reasoner in ("latentr3", "softprompt", "none"):
+            raise ConfigError(f"reasoner={self.reasoner} has no factors to regularise; set aux_losses: []")
 
     @property
     def uses_thought(self) -> bool:
         return self.reasoner != "none"
+
+    @property
+    def steps(self) -> int:
+        """Resolved N (refinement steps)."""
+        return REASONER_DEFAULTS[self.reasoner][0] if self.num_steps is None else self.num_steps
+
+    @property
+    def aux(self) -> tuple[str, ...]:
+        """Resolved enabled regularisers."""
+        return REASONER_DEFAULTS[self.reasoner][1] if self.aux_losses is None else tuple(self.aux_losses)
+
+    @property
+    def scale_thought(self) -> bool:
+        return REASONER_DEFAULTS[self.reasoner][2] if self.embed_scale is None else self.embed_scale
+
+    @property
+    def rope(self) -> float:
+        return REASONER_DEFAULTS[self.reasoner][3] if self.rope_base is None else self.rope_base
+
+    @property
+    def needs_layout(self) -> bool:
+        """Whether the reasoner needs ``prompt_items`` (the per-token history-item map)."""
+        return self.reasoner == "flr" and self.keys != "tokens"
 
 
 class FLRRecommender(nn.Module):
@@ -92,10 +188,12 @@ class FLRRecommender(nn.Module):
             with torch.no_grad():
                 rms = emb.float().pow(2).mean().sqrt().item()
                 init = emb[thought_token_id].detach().float().clone()
-            self.scale = EmbeddingScale(d, init_rms=rms, enabled=config.embed_scale)
+            self.scale = EmbeddingScale(d, init_rms=rms, enabled=config.scale_thought)
             # E^(0)[thought]: a separate parameter so it trains even with a frozen embedding matrix.
             self.thought_init = nn.Parameter(init)
-        self.objective = FLRObjective(tuple(config.aux_losses), config.loss_weighting, config.fixed_weights)
+        self.objective = FLRObjective(config.aux, config.loss_weighting, config.fixed_weights,
+                                      warmup_steps=config.aux_warmup_steps,
+                                      params={"entropy_floor": config.attn_entropy_floor})
 
     # ----------------------------------------------------------------------------------- plumbing
     def _causal_lm(self) -> nn.Module:
@@ -125,28 +223,42 @@ class FLRRecommender(nn.Module):
                              "build batches with flrec.data.prompts.collate_left_padded")
 
     # ---------------------------------------------------------------------------------- refinement
-    def refine(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, positions: torch.Tensor):
+    def _check_layout(self, prompt_ids: torch.Tensor, prompt_items: torch.Tensor | None) -> None:
+        if self.config.needs_layout and (prompt_items is None or prompt_items.shape != prompt_ids.shape):
+            raise FlrecError(f"flr.keys={self.config.keys} needs 'prompt_items' (the history-item index of each "
+                             "prompt token); build batches with PromptBuilder.encode_rows + collate_left_padded")
+
+    def refine(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, positions: torch.Tensor,
+               prompt_items: torch.Tensor | None = None):
         """Encode the prefix once, then run N one-token refinement steps against its cache.
 
-        Returns ``(thought_embedding (B, D), cache holding the prefix only, steps)``.
+        Returns ``(thought_embedding (B, D), cache holding the prefix only, steps, aux_steps)``:
+        ``steps`` are the reasoner outputs the thought was built from; ``aux_steps`` the ones the
+        regularisers see (the same unless ``aux_to_backbone`` is off, then a second reasoner pass over
+        detached hidden states, so their gradients stop at the reasoner).
         """
         self._check_thought(prompt_ids)
+        self._check_layout(prompt_ids, prompt_items)
         p = prompt_ids.shape[1]
         cache = new_cache(self._causal_lm())
         h_prefix = self._run(self._embed(prompt_ids[:, :-1]), prompt_mask[:, :-1], positions[:, : p - 1], cache)
         e = self.thought_init.to(h_prefix.dtype).expand(prompt_ids.shape[0], -1)
+        detach_aux = bool(self.objective.enabled) and not self.config.aux_to_backbone and torch.is_grad_enabled()
         steps: list[ReasonerOutput] = []
-        for _ in range(self.config.num_steps):
+        aux_steps: list[ReasonerOutput] = []
+        for _ in range(self.config.steps):
             h_t = self._run(e[:, None], prompt_mask, positions[:, p - 1 : p], cache)
             crop_cache(cache, p - 1)  # drop this step's thought; the prefix stays as it was
             # Keys/values cover the prompt *including* the thought, so step n+1 sees a changed state.
-            out = self.reasoner(torch.cat([h_prefix, h_t], dim=1), prompt_mask)
+            h = torch.cat([h_prefix, h_t], dim=1)
+            out = self.reasoner(h, prompt_mask, prompt_items)
             steps.append(out)
+            aux_steps.append(self.reasoner(h.detach(), prompt_mask, prompt_items) if detach_aux else out)
             e = self.scale(out.z).to(h_prefix.dtype)
-        return e, cache, steps
+        return e, cache, steps, aux_steps
 
     def forward(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, target_ids: torch.Tensor,
-                target_mask: torch.Tensor, **_: object) -> dict:
+                target_mask: torch.Tensor, prompt_items: torch.Tensor | None = None, **_: object) -> dict:
         """Teacher-forced loss on the target tokens only (title, closing quote, newline, EOS)."""
         mask = torch.cat([prompt_mask, target_mask], dim=1)
         positions = positions_from_mask(mask)
@@ -155,56 +267,62 @@ class FLRRecommender(nn.Module):
             hidden = self._run(self._embed(torch.cat([prompt_ids, target_ids], 1)), mask, positions)
             pred = hidden[:, p - 1 : -1]  # position t predicts token t+1
             steps: list[ReasonerOutput] = []
+            aux_steps: list[ReasonerOutput] = []
         else:
-            e, cache, steps = self.refine(prompt_ids, prompt_mask, positions)
+            e, cache, steps, aux_steps = self.refine(prompt_ids, prompt_mask, positions, prompt_items)
             embeds = torch.cat([e[:, None], self._embed(target_ids)], dim=1)
             hidden = self._run(embeds, mask, positions[:, p - 1 :], cache)
             pred = hidden[:, :-1]
-        return self._loss(pred, target_ids, target_mask, steps)
+        return self._loss(pred, target_ids, target_mask, steps, aux_steps)
 
-    def _loss(self, pred_hidden, target_ids, target_mask, steps) -> dict:
+    def _loss(self, pred_hidden, target_ids, target_mask, steps, aux_steps=None) -> dict:
         sel = target_mask.bool()
         logits = self._lm_head(pred_hidden[sel])
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         n_tokens = sel.sum()
         rec = F.cross_entropy(logits, target_ids[sel], reduction="sum") / n_tokens.clamp(min=1)
-        aux = self.objective.aux_losses(steps) if steps else {}
+        aux_steps = steps if aux_steps is None else aux_steps
+        aux = self.objective.aux_losses(aux_steps) if aux_steps else {}
         total = self.objective(rec, aux)
         logs = {"rec": rec.detach(), **{k: v.detach() for k, v in aux.items()}}
         logs.update({f"lambda_{k}": v for k, v in self.objective.weights().items()})
         if steps:
-            logs["gate_max"] = torch.stack([s.gates.max(-1).values.mean() for s in steps]).mean().detach()
+            logs.update(health_stats(steps[-1]))
         return {"loss": total, "rec_loss": rec, "aux": aux, "n_tokens": n_tokens, "logs": logs, "steps": steps,
                 "target_logits": logits}
 
-    def forward_naive(self, prompt_ids, prompt_mask, target_ids, target_mask) -> dict:
+    def forward_naive(self, prompt_ids, prompt_mask, target_ids, target_mask, prompt_items=None) -> dict:
         """Reference: N+1 full passes over the whole sequence (what the paper's eqs. describe)."""
         if not self.config.uses_thought:
             return self.forward(prompt_ids, prompt_mask, target_ids, target_mask)
         self._check_thought(prompt_ids)
+        self._check_layout(prompt_ids, prompt_items)
         mask = torch.cat([prompt_mask, target_mask], dim=1)
         positions = positions_from_mask(mask)
         p = prompt_ids.shape[1]
         base = self._embed(prompt_ids)
         e = self.thought_init.to(base.dtype).expand(prompt_ids.shape[0], -1)
-        steps = []
-        for _ in range(self.config.num_steps):
+        steps, aux_steps = [], []
+        detach_aux = bool(self.objective.enabled) and not self.config.aux_to_backbone and torch.is_grad_enabled()
+        for _ in range(self.config.steps):
             embeds = torch.cat([base[:, :-1], e[:, None]], dim=1)
             h = self._run(embeds, prompt_mask, positions[:, :p])
-            out = self.reasoner(h, prompt_mask)
+            out = self.reasoner(h, prompt_mask, prompt_items)
             steps.append(out)
+            aux_steps.append(self.reasoner(h.detach(), prompt_mask, prompt_items) if detach_aux else out)
             e = self.scale(out.z).to(base.dtype)
         embeds = torch.cat([base[:, :-1], e[:, None], self._embed(target_ids)], dim=1)
         hidden = self._run(embeds, mask, positions)
-        return self._loss(hidden[:, p - 1 : -1], target_ids, target_mask, steps)
+        return self._loss(hidden[:, p - 1 : -1], target_ids, target_mask, steps, aux_steps)
 
     @torch.no_grad()
-    def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> PrefillState:
+    def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                prompt_items: torch.Tensor | None = None) -> PrefillState:
         """Refine, then feed the final thought: the cache holds prefix + thought, ready to decode."""
         positions = positions_from_mask(prompt_mask)
         cache = new_cache(self._causal_lm())
         if self.config.uses_thought:
-            e, cache, _ = self.refine(prompt_ids, prompt_mask, positions)
+            e, cache, _, _ = self.refine(prompt_ids, prompt_mask, positions, prompt_items)
             p = prompt_ids.shape[1]
             hidden = self._run(e[:, None], prompt_mask, positions[:, p - 1 : p], cache)
         else:
@@ -271,7 +389,7 @@ class FLRRecommender(nn.Module):
         if not (path / CONFIG_NAME).is_file():
             raise FlrecError(f"{path} is not an flrec model directory ({CONFIG_NAME} missing); pass a trained run's model dir")
         meta = json.loads((path / CONFIG_NAME).read_text())
-        cfg = FLRConfig.from_dict(meta["flr"])
+        cfg = FLRConfig.from_dict(_migrate_flr_config(meta["flr"]))
         spec = backbone_override or (str(path / "backbone") if (path / "backbone").is_dir() else meta["backbone_spec"])
         backbone, tokenizer = load_backbone(spec, dtype=dtype)
         if (path / "tokenizer").is_dir():
@@ -288,10 +406,23 @@ class FLRRecommender(nn.Module):
         model.trainable_mode = meta.get("trainable_mode", "full")
         model.prompt_settings = meta.get("prompt", {})
         missing, unexpected = model.load_state_dict(load_file(str(path / STATE_NAME)), strict=False)
-        bad = [k for k in missing if not k.startswith("backbone.")] + list(unexpected)
+        # objective.step (the warm-up counter) is absent from models saved before it existed.
+        bad = [k for k in missing if not k.startswith("backbone.") and k != "objective.step"] + list(unexpected)
         if bad:
             raise FlrecError(f"{path / STATE_NAME}: weights do not match the config (e.g. '{bad[0]}'); was it saved by another flrec version?")
         return model.to(dtype), tokenizer
+
+
+def _migrate_flr_config(saved: dict) -> dict:
+    """Read configs written before the key options existed as what they trained with."""
+    saved = dict(saved)
+    if "keys" not in saved:  # the paper's formulation was the only one
+        saved.update(keys="tokens", key_positions="absolute", aux_to_backbone=True)
+    if saved.get("reasoner") == "latentr3" and saved.get("num_steps") == 2:
+        saved["num_steps"] = None  # its second step reproduced the first exactly
+    if saved.get("reasoner") in ("latentr3", "none") and saved.get("num_steps") == 0:
+        saved["num_steps"] = None
+    return saved
 
 
 __all__ = ["FLRConfig", "FLRRecommender", "FactorizedLatentReasoner"]

@@ -116,6 +116,13 @@ class TrainConfig(ConfigBase):
     early_stopping_patience: int = option(
         0, help="Stop after this many validations without improvement (restoring the best); 0 = off."
     )
+    select_metric: str = option(
+        "auto",
+        help="Model output (a scalar, lower is better) that early stopping and best-checkpoint selection "
+        "minimise on validation: e.g. rec_loss or loss; auto = rec_loss when the model returns it (FLR: the "
+        "recommendation loss alone, so regulariser terms and their drifting weights never pick the model), "
+        "else loss.",
+    )
     save_every: int = option(
         0, help="Checkpoint every N optimizer steps (always also at the end); 0 = end only."
     )
@@ -423,19 +430,47 @@ class Trainer:
     # ----------------------------------------------------------------- public API
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Validation loss: token-weighted if the model returns ``n_tokens``, else the mean over batches."""
+        """The validation value of ``select_metric`` (see :meth:`evaluate_all`)."""
+        return self.evaluate_all()["selected"]
+
+    @torch.no_grad()
+    def evaluate_all(self) -> dict[str, float]:
+        """Validation means, token-weighted if the model returns ``n_tokens`` (else per batch).
+
+        Keys: ``selected`` (the ``select_metric`` value), ``total`` (the training objective) and every
+        scalar the model logs (``logs``), e.g. ``rec`` and each regulariser.
+        """
         if self.valid_loader is None:
             raise FlrecError("Trainer.evaluate: no valid_dataset was given")
         was_training = self.model.training
         self.model.eval()
-        total = torch.zeros(2, device=self.accelerator.device)
+        sums: dict[str, torch.Tensor] = {}
+        weight = torch.zeros((), device=self.accelerator.device)
         for batch in self.valid_loader:
             out = self._forward(batch)
-            w = torch.as_tensor(out.get("n_tokens", 1), device=total.device, dtype=total.dtype)
-            total += torch.stack([out["loss"].detach().float() * w, w])
+            key = self._select_key(out)
+            w = torch.as_tensor(out.get("n_tokens", 1), device=weight.device, dtype=torch.float32)
+            values = {"selected": out[key], "total": out["loss"], **out.get("logs", {})}
+            for k, v in values.items():
+                v = torch.as_tensor(v, device=weight.device).detach().float()
+                sums[k] = sums.get(k, 0.0) + v * w
+            weight += w
         self.model.train(was_training)
-        total = self.accelerator.reduce(total, "sum")
-        return (total[0] / total[1]).item()
+        names = sorted(sums)
+        vec = self.accelerator.reduce(torch.stack([sums[k] for k in names] + [weight]), "sum")
+        return {k: (vec[i] / vec[-1]).item() for i, k in enumerate(names)}
+
+    def _select_key(self, out: Mapping[str, Any]) -> str:
+        key = self.config.select_metric
+        if key == "auto":
+            return "rec_loss" if "rec_loss" in out else "loss"
+        if key not in out or not isinstance(out[key], torch.Tensor) or out[key].dim() != 0:
+            raise ConfigError(
+                f"config key 'select_metric' is {key!r} but the model returns no scalar under that name "
+                f"(it returns {sorted(k for k, v in out.items() if isinstance(v, torch.Tensor) and v.dim() == 0)}); "
+                "set select_metric=auto or one of those"
+            )
+        return key
 
     def train(self) -> TrainResult:
         acc = self.accelerator
@@ -538,7 +573,8 @@ class Trainer:
         return out
 
     def _validate(self, state: TrainState, log: _RunLog) -> None:
-        loss = self.evaluate()
+        values = self.evaluate_all()
+        loss = values.pop("selected")
         state.last_eval_step = state.step
         improved = _improves(loss, state.best_loss)
         if improved:
@@ -548,9 +584,11 @@ class Trainer:
             state.bad_evals += 1
             patience = self.config.early_stopping_patience
             state.stopped_early = bool(patience) and state.bad_evals >= patience
+        # valid_loss is the selection metric; valid_<name> are the other validation means.
         record = {
             "step": state.step,
             "valid_loss": loss,
+            **{f"valid_{k}": v for k, v in values.items()},
             "best_step": state.best_step,
             "elapsed_s": round(state.elapsed_s, 3),
         }

@@ -1,0 +1,95 @@
+"""Issue #9: the factor-collapse fixes compared under one budget, with their factor health.
+
+Every variant is the demo's SFT (``configs/demo.yaml``: embedded SmolLM2-135M, embedded synthetic
+data, K=4, N=2, full fine-tune, the same rows in the same order) with a few ``flr.*`` overrides. For
+each we report the validation recommendation loss (the selection metric) and the factor
+diagnostics of :mod:`flrec.analysis.factors` on validation rows (used to choose the default) and
+on test rows (reported, never used to choose). Runs are resumable: a finished variant is reused.
+
+    python benchmarks/factor_variants.py --steps 40 --json > results/synthetic/factor_variants.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+PAPER = ["flr.keys=tokens", "flr.key_positions=absolute", "flr.aux_to_backbone=true"]
+VARIANTS: dict[str, list[str]] = {
+    "paper": PAPER,  # eqs. 3-8 exactly as written (today's behaviour before the fixes)
+    "paper+detach": ["flr.keys=tokens", "flr.key_positions=absolute", "flr.aux_to_backbone=false"],
+    "history": ["flr.keys=history", "flr.key_positions=relative", "flr.aux_to_backbone=false"],
+    "items": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false"],
+    "items+abs": ["flr.keys=items", "flr.key_positions=absolute", "flr.aux_to_backbone=false"],
+    "items+cross": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false",
+                    "flr.aux_losses=orth,div,sparse,thought_sim,routing"],
+    "items+floor": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false",
+                    "flr.aux_losses=orth,div,sparse,attn_entropy"],
+    "softprompt": ["flr.reasoner=softprompt"],  # the control: one learned constant thought
+    "latentr3": ["flr.reasoner=latentr3"],
+    "bigrec": ["flr.reasoner=none"],
+}
+
+
+def run_variant(name: str, overrides: list[str], args) -> dict:
+    from flrec.analysis.factors import factor_diagnostics
+    from flrec.training.sft import SFTConfig, load_dataset, run_sft
+
+    run_dir = Path(args.out) / name
+    cfg = SFTConfig.load(REPO / "configs" / "demo.yaml", [
+        f"run_dir={run_dir}", f"train.max_steps={args.steps}", f"train.eval_every={args.steps // 2}",
+        f"train.save_every={args.steps // 2}", f"valid_limit={args.valid_rows}", f"seed={args.seed}",
+        "train.progress=false", *overrides])
+    ds = load_dataset(cfg.data)
+    t0 = time.time()
+    res = run_sft(cfg, ds)
+    rec = {"variant": name, "overrides": overrides, "seed": args.seed, "steps": res["steps"],
+           "best_step": res["best_step"], "valid_rec_loss": res["best_valid_loss"],
+           "train_seconds": round(time.time() - t0, 1)}
+    if cfg.flr.uses_thought:
+        for split in ("valid", "test"):
+            d = factor_diagnostics(res["model_dir"], ds, split=split, limit=args.diag_rows, n_perm=args.permutations)
+            rec[split] = {k: d.get(k) for k in (
+                "thought_cross_row_cosine", "gate_usage_entropy_ratio", "argmax_histogram", "active_factors",
+                "history_attention_share", "target_intent_share", "target_intent_share_uniform",
+                "target_intent_rows", "target_intent_share_gain", "argmax_intent_mi", "argmax_intent_mi_p")}
+    return rec
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    p.add_argument("--steps", type=int, default=40, help="SFT steps per variant (batch 8)")
+    p.add_argument("--valid-rows", type=int, default=128, help="validation rows for the selection metric")
+    p.add_argument("--diag-rows", type=int, default=200, help="rows for the factor diagnostics per split")
+    p.add_argument("--permutations", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/factor-variants")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    args = p.parse_args(argv)
+    names = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        print(f"error: unknown variant(s) {unknown}; choose from {list(VARIANTS)}", file=sys.stderr)
+        return 2
+    results = []
+    for name in names:
+        rec = run_variant(name, VARIANTS[name], args)
+        results.append(rec)
+        print(json.dumps(rec), file=sys.stderr, flush=True)
+        done = Path(args.out) / "summary.json"
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(results, indent=1))
+    if args.json:
+        print(json.dumps({"budget": {"steps": args.steps, "batch": 8, "seed": args.seed,
+                                     "config": "configs/demo.yaml"}, "variants": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

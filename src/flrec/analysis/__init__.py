@@ -1,0 +1,1 @@
+"""Analyses of trained models and results (statistics and rendering; no training)."""
