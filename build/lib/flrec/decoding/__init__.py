@@ -1,1 +1,0 @@
-"""Constrained generative ranking: catalogue title trie and batched beam search."""

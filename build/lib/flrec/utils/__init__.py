@@ -1,1 +1,0 @@
-"""Small shared helpers (atomic IO, run metadata, seeding)."""
