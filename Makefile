@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 TORCH   := torch==2.13.0
 STAMP   := $(VENV)/.flrec-setup
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-dist test-all lint bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -m "not slow" --durations=10
+
+# Slow multi-process test (2 CPU processes through Accelerate/gloo); CI runs it after `make test`.
+test-dist: setup
+	$(BIN)/python -m pytest -m slow tests/test_distributed.py
 
 test-all: setup
 	$(BIN)/python -m pytest --durations=15

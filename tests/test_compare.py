@@ -99,7 +99,7 @@ def fakes(monkeypatch):
 
 
 def _cfg(tmp_path: Path, **kw) -> CompareConfig:
-    base_kw = dict(methods=[REF, "pop", OTHER, BROKEN, MISSING], seeds=[1, 2], limit=20, out=str(tmp_path / "cmp"),
+    base_kw = dict(methods=[REF, "pop", OTHER, BROKEN], seeds=[1, 2], limit=20, out=str(tmp_path / "cmp"),
                    reference=REF, batch_size=7, method_configs={OTHER: {"every": 5}})
     return CompareConfig(**{**base_kw, **kw})
 
@@ -122,12 +122,11 @@ def test_compare_summary_shape_resume_and_failures(tmp_path: Path):
         for seed in (1, 2):
             cell = out / "cells" / name / f"seed{seed}"
             assert (cell / "summary.json").is_file() and len(load_ranks(cell / "ranks.jsonl")) == 20
-    for name in (BROKEN, MISSING):
+    for name in (BROKEN,):
         assert summary["methods"][name] == {"hr@5": None, "hr@10": None, "ndcg@5": None, "ndcg@10": None,
                                             "n_seeds": 0, "n_rows": 0, "seconds_per_user": None,
                                             "top1_distinct_share": None, "item_ndcg@10": None}
     assert "boom" in (out / "cells" / BROKEN / "seed1" / "error.txt").read_text()
-    assert "unknown method" in (out / "cells" / MISSING / "seed2" / "error.txt").read_text()
     cells = summary["budget"]["cells"]
     assert cells[f"{BROKEN}/seed1"]["status"] == "failed" and "boom" in cells[f"{BROKEN}/seed1"]["error"]
     assert cells["pop/seed2"]["status"] == "ok" and cells["pop/seed2"]["wall_seconds"] > 0
@@ -174,10 +173,23 @@ def test_compare_summary_shape_resume_and_failures(tmp_path: Path):
     assert again["budget"]["cells"][f"{REF}/seed1"]["reused"] is True
     assert again["methods"] == summary["methods"] and again["significance"] == summary["significance"]
 
-    # A finished cell evaluated on other rows is not silently reused.
-    stale = run_comparison(cfg.replace(limit=10, methods=["pop"], method_configs={}), dataset=ds)
-    assert stale["methods"]["pop"]["n_seeds"] == 0
-    assert "stale cell" in stale["budget"]["cells"]["pop/seed1"]["error"]
+    # A finished cell evaluated on other rows, or with another method config, is refused before any work.
+    before = dict(CALLS)
+    with pytest.raises(ConfigError, match=r"cells/pop/seed1 holds a comparison cell.*limit 20 -> 10.*--force"):
+        run_comparison(cfg.replace(limit=10, methods=["pop", OTHER]), dataset=ds)
+    with pytest.raises(ConfigError, match=r"config.every 5 -> 3"):
+        run_comparison(cfg.replace(method_configs={OTHER: {"every": 3}}), dataset=ds)
+    assert CALLS == before
+    forced = run_comparison(cfg.replace(methods=[OTHER], method_configs={OTHER: {"every": 3}}, overwrite=True),
+                            dataset=ds)
+    assert CALLS[OTHER] == before[OTHER] + 2 and forced["budget"]["cells"][f"{OTHER}/seed1"]["reused"] is False
+
+
+def test_unknown_or_path_like_method_is_refused_before_any_work(tmp_path: Path):
+    for bad in (MISSING, "../../../x", "pop/../../y"):
+        with pytest.raises(ConfigError, match="unknown method"):
+            _cfg(tmp_path, methods=["pop", bad])
+    assert not (tmp_path / "cmp").exists()
 
 
 def test_cell_crashed_mid_eval_resumes_from_saved_model(tmp_path: Path):
@@ -245,3 +257,22 @@ def test_method_seeds_override_seeds_per_method(tmp_path: Path):
     assert CompareConfig.load(overrides=["methods=pop", "method_seeds.pop=0,1"]).method_seeds == {"pop": [0, 1]}
     with pytest.raises(ConfigError, match="method_seeds.pop.*expected int"):
         CompareConfig.load(overrides=["methods=pop", "method_seeds.pop=a"])
+
+
+def test_table_shows_no_fake_spread_no_zero_baseline_ratio_and_warns_on_small_n(tmp_path: Path, capsys):
+    s = run_comparison(_cfg(tmp_path, methods=[REF, "pop", OTHER], seeds=[1], limit=12, method_configs={}),
+                       dataset=tiny_dataset())
+    err = capsys.readouterr().err
+    assert "compare: 3 cells" in err and "cell 2/3 pop seed 1" in err
+    md = format_markdown(s)
+    assert "± 0.0000" not in md and "± –" in md  # one seed: no spread to report
+    assert "n = 12 rows" in md and "Caveat: only 12 rows" in md
+    zero = json.loads(json.dumps(s))
+    zero["methods"][OTHER]["ndcg@10"]["mean"] = 0.0
+    zero["relative_improvement"][OTHER]["ndcg@10"] = None
+    row = next(line for line in format_markdown(zero).splitlines() if line.startswith(f"| {OTHER} |"))
+    assert row.endswith("| n/a |")
+    # run_comparison itself never divides by a zero mean
+    for m in s["methods"]:
+        for k, v in s["relative_improvement"].get(m, {}).items():
+            assert (v is None) == (s["methods"][m][k]["mean"] == 0)

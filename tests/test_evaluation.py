@@ -213,10 +213,10 @@ def test_resume_rejects_foreign_partial(tmp_path: Path):
     ds = toy_dataset()
     with pytest.raises(RuntimeError):
         evaluate(FakeRec(ds.catalogue, fail_on_call=2), ds, EvalConfig(batch_size=4), tmp_path)
-    with pytest.raises(FlrecError, match="same settings or delete"):
+    with pytest.raises(FlrecError, match=r"beam 10 -> 20.*--force"):
         evaluate(FakeRec(ds.catalogue), ds, EvalConfig(batch_size=4, beam=20), tmp_path)
     ds.splits["test"][0] = Interaction("w0", [1], (ds["test"][0].target + 1) % 30)
-    with pytest.raises(DataError, match="line 1.*does not match row 0"):
+    with pytest.raises(ConfigError, match="data.hash changed"):
         evaluate(FakeRec(ds.catalogue), ds, EvalConfig(batch_size=4), tmp_path)
 
 

@@ -208,3 +208,35 @@ def test_no_thought_variant_scores_targets():
     batch["prompt_ids"][:, -1] = 7
     out = model(**batch)
     assert torch.isfinite(out["loss"]) and out["aux"] == {}
+
+
+@pytest.mark.parametrize("kind", ["mistral", "qwen2"])
+def test_cached_refinement_equals_naive_with_sliding_window_attention(kind):
+    """Sliding-window layers (window 4 < prompts of up to 9 tokens) keep parity with the full passes:
+    crop_cache must restore their stored window and cumulative length after each thought step."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from flrec.models.compat import new_cache
+
+    common = dict(hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=256)
+    torch.manual_seed(0)
+    if kind == "mistral":
+        backbone = MistralForCausalLM(MistralConfig(**common, sliding_window=4)).eval()
+    else:
+        backbone = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=True, sliding_window=4,
+                                                max_window_layers=0)).eval()
+    assert any(getattr(layer, "is_sliding", False) for layer in new_cache(backbone).layers)
+    model = FLRRecommender(backbone, FLRConfig(gate_hidden=16, num_factors=3, num_steps=2), THOUGHT).double()
+    batch = make_batch()
+    fast = model(**batch)
+    fast["loss"].backward()
+    g_fast = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    slow = model.forward_naive(**batch)
+    slow["loss"].backward()
+    torch.testing.assert_close(fast["target_logits"], slow["target_logits"], atol=1e-9, rtol=1e-9)
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            scale = p.grad.abs().max().item()
+            torch.testing.assert_close(g_fast[n], p.grad, atol=1e-6 * scale + 1e-12, rtol=1e-5, msg=n)

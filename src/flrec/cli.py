@@ -3,12 +3,15 @@
 Configs: ``--config file.yaml`` plus ``key=value`` overrides (dotted keys for sections, e.g.
 ``train.lr=3e-4 flr.num_factors=3``); ``flrec config sft`` lists every key with its help.
 User errors print ``error: <one line>`` and exit with status 2 — never a traceback.
+Output rule: results go to stdout (with ``--json``: exactly one JSON document), everything else
+(progress, notes, where files went) to stderr, so ``flrec evaluate ... --json | jq`` works.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +28,21 @@ CONFIGS = {
     "amazon": "flrec.data.amazon:AmazonPrepConfig",
     "llm": "flrec.baselines.llm:LLMRecConfig",
     "serve": "flrec.serving.app:ServeConfig",
+    "sasrec": "flrec.baselines.sequential:SASRecConfig",
+    "gru4rec": "flrec.baselines.sequential:GRU4RecConfig",
+    "caser": "flrec.baselines.sequential:CaserConfig",
+    "alpharec": "flrec.baselines.alpharec:AlphaRecConfig",
+    "pop": "flrec.baselines.pop:PopConfig",
 }
+
+
+def _note(msg: str) -> None:
+    """Anything that is not the command's result: stderr (stdout stays parseable)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _metrics_table(metrics: dict) -> str:
+    return "\n".join(f"{k:>10}  {v:.4f}" for k, v in metrics.items())
 
 
 def _config_class(name: str):
@@ -139,25 +156,59 @@ def cmd_prompt(a) -> None:
 def cmd_train_sft(a) -> None:
     from flrec.training.sft import SFTConfig, run_sft
 
-    print(json.dumps(run_sft(SFTConfig.load(a.config, a.overrides)), indent=2, default=str))
+    overrides = list(a.overrides) + (["train.overwrite=true"] if a.force else [])
+    res = run_sft(SFTConfig.load(a.config, overrides))
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch / torchrun only rank 0 reports
+        return
+    if a.json:
+        print(json.dumps(res, indent=2, default=str))
+        return
+    loss = "n/a (no validation rows)" if res["best_valid_loss"] is None else f"{res['best_valid_loss']:.4f}"
+    head = "reused the finished run (same settings)" if res.get("reused") else f"trained {res['steps']} steps"
+    print(f"{head}: {res['rows_seen']} rows seen (of {res['train_rows']} training rows), "
+          f"precision {res['mixed_precision']}")
+    print(f"best step {res['best_step']}, validation loss {loss}"
+          + (" (stopped early)" if res["stopped_early"] else ""))
+    print(f"model: {res['model_dir']}  (log: {res['run_dir']}/log.jsonl)")
 
 
 def cmd_evaluate(a) -> None:
-    from flrec.evaluation.runner import EvalConfig, evaluate
-    from flrec.serving.load import load_llm_recommender
+    from flrec.evaluation.runner import EvalConfig, evaluate, merge_shards
     from flrec.training.sft import load_dataset
 
-    ds = load_dataset(a.data)
-    overrides = list(a.overrides)
-    for key, val in (("split", a.split), ("limit", a.limit), ("batch_size", a.batch_size)):
-        if val is not None:
-            overrides.append(f"{key}={val}")
-    cfg = EvalConfig.load(a.config, overrides)
-    rec = load_llm_recommender(a.model, ds, dtype=a.dtype, beam=cfg.beam)
-    out = Path(a.out) if a.out else Path(a.model) / f"eval-{cfg.split}"
-    summary = evaluate(rec, ds, cfg, out)
-    print(json.dumps({"metrics": summary["metrics"], "inference": summary.get("inference")}, indent=2))
-    print(f"per-row ranks and summary in {out}")
+    if a.merge:
+        if not a.out:
+            raise FlrecError("--merge needs --out DIR for the merged result")
+        ds = load_dataset(a.data)
+        summary = merge_shards(a.merge, ds, a.out)
+        out = Path(a.out)
+    else:
+        if not a.model:
+            raise FlrecError("--model is required (a trained model dir or SFT run dir), unless you --merge shards")
+        from flrec.serving.load import load_llm_recommender, resolve_model_dir
+        from flrec.utils.runid import model_identity
+
+        ds = load_dataset(a.data)
+        overrides = list(a.overrides)
+        for key, val in (("split", a.split), ("limit", a.limit), ("batch_size", a.batch_size), ("shard", a.shard)):
+            if val is not None:
+                overrides.append(f"{key}={val}")
+        cfg = EvalConfig.load(a.config, overrides)
+        model_dir = resolve_model_dir(a.model)
+        rec = load_llm_recommender(model_dir, ds, dtype=a.dtype, beam=cfg.beam)
+        suffix = "" if cfg.shard is None else "-shard" + cfg.shard.replace("/", "of")
+        out = Path(a.out) if a.out else Path(a.model) / f"eval-{cfg.split}{suffix}"
+        identity = {"model": model_identity(model_dir), "dtype": a.dtype}
+        summary = evaluate(rec, ds, cfg, out, identity=identity, overwrite=a.force)
+    if a.json:
+        print(json.dumps({"metrics": summary["metrics"], "n_rows": summary["n_rows"],
+                          "inference": summary.get("inference"), "out": str(out),
+                          "reused": bool(summary.get("reused"))}, indent=2))
+    else:
+        how = " (reused the finished evaluation)" if summary.get("reused") else ""
+        print(f"{summary['method']} on {summary['split']}: {summary['n_rows']} rows{how}")
+        print(_metrics_table(summary["metrics"]))
+    _note(f"per-row ranks and summary in {out}")
 
 
 # --------------------------------------------------------------------------- tune-decoding (issue 11)
@@ -205,8 +256,10 @@ def cmd_compare(a) -> None:
     for key, val in (("data", a.data), ("methods", a.methods), ("seeds", a.seeds), ("limit", a.limit), ("out", a.out)):
         if val is not None:
             overrides.append(f"{key}={val}")
+    if a.force:
+        overrides.append("overwrite=true")
     summary = run_comparison(CompareConfig.load(a.config, overrides))
-    print(format_markdown(summary))
+    print(json.dumps(summary, indent=2, default=str) if a.json else format_markdown(summary))
 
 
 def cmd_demo(a) -> None:
@@ -327,9 +380,27 @@ def _add_serving_parsers(sub, with_config) -> None:
 
 
 # ---------------------------------------------------------------------------------------- parsing
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Append "(default: X)" to an option's help unless the help already says what the default is.
+
+    (argparse.ArgumentDefaultsHelpFormatter also appends "(default: None)" to options whose help
+    explains a config-dependent default, which reads as a contradiction.)"""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text.lower() or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from flrec import __version__
+
     p = argparse.ArgumentParser(prog="flrec", description="Factorized Latent Reasoning for sequential recommendation")
+    p.add_argument("--version", action="version", version=f"flrec {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
+    fmt = _DefaultsFormatter  # every option's help shows its default
 
     def with_config(sp):
         sp.add_argument("--config", help="YAML config file")
@@ -396,36 +467,57 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help=overwrite_help)
     s.set_defaults(fn=cmd_data_amazon)
 
-    s = sub.add_parser("prompt", help="show the rendered prompt of one dataset row")
-    s.add_argument("--data", default="embedded:synth")
-    s.add_argument("--backbone", default="embedded:smollm2-135m")
-    s.add_argument("--split", default="test")
-    s.add_argument("--row", type=int, default=0)
+    s = sub.add_parser("prompt", help="show the rendered prompt of one dataset row", formatter_class=fmt)
+    s.add_argument("--data", default="embedded:synth", help="D3 dataset folder, or embedded:synth")
+    s.add_argument("--backbone", default="embedded:smollm2-135m",
+                   help="tokenizer/model: HF id, local folder, .gguf, embedded:smollm2-135m or tiny:llama")
+    s.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split the row comes from")
+    s.add_argument("--row", type=int, default=0, help="0-based row index within the split")
     s.set_defaults(fn=cmd_prompt)
 
     add_tune_decoding_parser(sub, with_config)
 
     train = sub.add_parser("train", help="training stages")
     tsub = train.add_subparsers(dest="train_cmd", required=True)
-    s = with_config(tsub.add_parser("sft", help="supervised fine-tuning of FLR (or latentr3 / bigrec via flr.reasoner)"))
+    s = with_config(tsub.add_parser("sft", help="supervised fine-tuning of FLR (or latentr3 / bigrec via flr.reasoner)",
+                                    formatter_class=fmt))
+    s.add_argument("--force", action="store_true",
+                   help="if run_dir holds a run made with other settings, delete it and start over "
+                   "(= train.overwrite=true); a run with the same settings is always resumed or reused")
+    s.add_argument("--json", action="store_true", help="print the result as one JSON document")
     s.set_defaults(fn=cmd_train_sft)
 
-    s = with_config(sub.add_parser("evaluate", help="constrained beam-search ranking + HR/NDCG on a split"))
-    s.add_argument("--model", required=True, help="a trained model dir (an SFT run's best/) or the run dir")
-    s.add_argument("--data", required=True)
-    s.add_argument("--split")
-    s.add_argument("--limit", type=int)
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    s.add_argument("--out", help="output dir (default: MODEL/eval-SPLIT)")
+    s = with_config(sub.add_parser("evaluate", help="constrained beam-search ranking + HR/NDCG on a split",
+                                   formatter_class=fmt))
+    s.add_argument("--model", help="a trained model dir (an SFT run's best/) or the run dir (required unless --merge)")
+    s.add_argument("--data", required=True, help="D3 dataset folder (or embedded:synth) whose catalogue is ranked")
+    s.add_argument("--split", help="train, valid or test (default: the config's split, test)")
+    s.add_argument("--limit", type=int, help="evaluate only the first N rows (default: all rows)")
+    s.add_argument("--batch-size", type=int, help="rows per recommend() call; results do not depend on it "
+                   "(default: the config's, 64)")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="weights dtype for ranking; bfloat16 is ~2x faster on CPUs with native bf16")
+    s.add_argument("--shard", help="i/n: evaluate only the i-th (0-based) of n contiguous row blocks, e.g. 0/4; "
+                   "combine the shard folders with --merge (default: all rows)")
+    s.add_argument("--merge", nargs="+", metavar="SHARD_DIR",
+                   help="merge finished shard folders (every i of i/n) into --out instead of evaluating")
+    s.add_argument("--out", help="output dir (default: MODEL/eval-SPLIT, or MODEL/eval-SPLIT-shardIofN)")
+    s.add_argument("--force", action="store_true",
+                   help="recompute --out if it holds an evaluation with other settings (model, data, beam, ...)")
+    s.add_argument("--json", action="store_true", help="stdout: exactly one JSON document (notes go to stderr)")
     s.set_defaults(fn=cmd_evaluate)
 
-    s = with_config(sub.add_parser("compare", help="train + evaluate several methods x seeds; table + t-test"))
-    s.add_argument("--data")
-    s.add_argument("--methods", help="comma-separated, e.g. flr,latentr3,bigrec,base,sasrec,gru4rec,caser,alpharec,pop")
-    s.add_argument("--seeds", help="comma-separated, e.g. 1,2,3")
-    s.add_argument("--limit", type=int)
-    s.add_argument("--out")
+    s = with_config(sub.add_parser("compare", help="train + evaluate several methods x seeds; table + t-test",
+                                   formatter_class=fmt))
+    s.add_argument("--data", help="D3 dataset folder (default: the config's data)")
+    s.add_argument("--methods", help="comma-separated, e.g. flr,latentr3,bigrec,base,sasrec,gru4rec,caser,alpharec,pop "
+                   "(default: the config's methods)")
+    s.add_argument("--seeds", help="comma-separated, e.g. 1,2,3 (default: the config's seeds, 1,2,3)")
+    s.add_argument("--limit", type=int, help="evaluate only the first N rows of the split (default: all rows)")
+    s.add_argument("--out", help="output dir (default: the config's out, runs/compare)")
+    s.add_argument("--force", action="store_true",
+                   help="recompute cells whose settings changed (= overwrite=true); unchanged finished cells are reused")
+    s.add_argument("--json", action="store_true", help="print summary.json instead of the Markdown table")
     s.set_defaults(fn=cmd_compare)
 
     s = sub.add_parser("demo", help="embedded data -> FLR SFT -> evaluation -> results table")
@@ -448,8 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
     s.set_defaults(fn=cmd_analyze_factors)
 
-    s = sub.add_parser("config", help="list a config's keys, defaults and help")
-    s.add_argument("stage", choices=sorted(CONFIGS))
+    s = sub.add_parser("config", help="list a config's keys, defaults and help (stages and baselines)")
+    s.add_argument("stage", choices=sorted(CONFIGS), help="which config: " + ", ".join(sorted(CONFIGS)))
     s.set_defaults(fn=cmd_config)
     _add_serving_parsers(sub, with_config)
     return p

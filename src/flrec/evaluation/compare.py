@@ -2,12 +2,17 @@
 
 Layout under ``out``::
 
-    cells/<method>/seed<seed>/   fit outputs, model/, ranks.jsonl, summary.json (cell done) or error.txt
+    cells/<method>/seed<seed>/   cell_fingerprint.json, fit outputs, model/, ranks.jsonl, summary.json
+                                 (cell done) or error.txt
     summary.json                 {"methods", "significance", "relative_improvement", "budget"}
     summary.md                   the Markdown table (:func:`format_markdown`)
 
-A cell whose ``summary.json`` exists is reused on rerun; a cell that raises is logged to its
-``error.txt`` and reported as failed without stopping the other cells. Significance follows the
+Every cell stores ``fingerprint.json`` (method, seed, the resolved method config without keys that
+cannot change results, split/limit/beam and a content hash of the dataset). Before any work, every
+existing cell is checked: a changed cell is refused with the differing keys named (``overwrite=True``
+/ ``--force`` recomputes the changed cells), a finished identical one is reused. A cell that raises
+is logged to its ``error.txt`` and reported as failed without stopping the other cells. Method names
+are checked against the registry first (an unknown name is an error, and never becomes a path). Significance follows the
 paper: a paired t-test of the reference method against the best other method (by mean NDCG@10)
 on per-row NDCG@10, each row's value averaged over seeds first.
 """
@@ -16,6 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -25,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from flrec.baselines.base import get_recommender
+from flrec.baselines.base import available_recommenders, get_recommender
 from flrec.config import ConfigBase, option, save_run_metadata
 from flrec.data.schema import SPLITS, RecDataset
 from flrec.errors import ConfigError
@@ -36,8 +43,26 @@ from flrec.evaluation.analysis import (
     relative_improvement,
     summarise_seeds,
 )
-from flrec.evaluation.runner import PARTIAL, PROGRESS, RANKS, SUMMARY, EvalConfig, evaluate, load_ranks
-from flrec.utils.io import atomic_write_json, atomic_write_text
+from flrec.evaluation.runner import (
+    PARTIAL,
+    PROGRESS,
+    RANKS,
+    SUMMARY,
+    EvalConfig,
+    evaluate,
+    format_seconds,
+    load_ranks,
+)
+from flrec.utils.io import atomic_write_json, atomic_write_text, dir_lock
+from flrec.utils.runid import (
+    config_identity,
+    dataset_hash,
+    diff,
+    make_fingerprint,
+    mismatch_message,
+    read_fingerprint,
+    write_fingerprint,
+)
 from flrec.utils.seed import seed_everything
 
 log = logging.getLogger(__name__)
@@ -45,7 +70,13 @@ log = logging.getLogger(__name__)
 TABLE_METRICS: tuple[str, ...] = ("hr@5", "hr@10", "ndcg@5", "ndcg@10")
 SIG_METRIC = "ndcg@10"
 ITEM_METRIC = "ndcg@10"  # also reported with shared-title hits discounted (analysis.item_level_row_metric)
-_CELL_KEYS = ("split", "limit", "beam")  # a finished cell is reused only if these match
+_CELL_KEYS = ("split", "limit", "beam")  # what a cell from an older flrec (no fingerprint.json) must match
+CELL_FINGERPRINT = "cell_fingerprint.json"  # beside the evaluation's own fingerprint.json in the cell folder
+MIN_ROWS_FOR_TEST = 30  # below this many rows the t-test's p-value is printed with a caveat
+# Method-config keys that cannot change a cell's result (anywhere in the nested config). Not
+# "batch_size": for the ID models it is the *training* batch.
+_COSMETIC_LEAVES = {"progress", "log_every", "tensorboard", "num_workers", "resume", "save_every", "keep_last",
+                    "overwrite", "output_dir", "run_dir", "data"}
 
 # fit_and_eval(method, seed, dataset, cell_dir, method_config, eval_cfg) -> evaluate()'s summary;
 # it must leave ranks.jsonl and summary.json in cell_dir (evaluate(run_dir=cell_dir) does).
@@ -73,10 +104,16 @@ class CompareConfig(ConfigBase):
         factory=dict, help="free-form description of the compute budget (training rows, device, ...), copied "
         "into summary.json's budget next to the measured wall time of every cell")
     domain: str | None = option(None, help="item word for LLM prompts, e.g. CD (default: the dataset's dataset.json)")
+    overwrite: bool = option(False, help="recompute cells whose settings changed since they ran (CLI: --force); "
+                             "without it such cells are refused; unchanged finished cells are always reused")
 
     def __post_init__(self) -> None:
         if not self.methods:
             raise ConfigError("config key 'methods': empty; name at least one method, e.g. methods=pop,sasrec")
+        known = available_recommenders()
+        unknown = [m for m in self.methods if m not in known]
+        if unknown:  # checked before any work: a typo must not cost a finished cell, nor become a path
+            raise ConfigError(f"config key 'methods': unknown method {unknown[0]!r}; available: {', '.join(known)}")
         for key in ("methods", "seeds"):
             vals = getattr(self, key)
             if len(set(vals)) != len(vals):
@@ -152,7 +189,8 @@ def default_fit_and_eval(
         rec.save(model_dir)
         for name in (PARTIAL, PROGRESS):
             (cell_dir / name).unlink(missing_ok=True)
-    return evaluate(rec, dataset, eval_cfg.replace(seed=seed), run_dir=cell_dir)
+    # identity={}: the cell's own fingerprint (method config, seed, data) already names this model.
+    return evaluate(rec, dataset, eval_cfg.replace(seed=seed), run_dir=cell_dir, identity={})
 
 
 def _default_loader(data: str) -> RecDataset:
@@ -161,9 +199,44 @@ def _default_loader(data: str) -> RecDataset:
     return load_dataset(data)
 
 
+def cell_fingerprint(method: str, seed: int, cfg: CompareConfig, data_hash: str) -> dict:
+    """What one cell's result depends on: method, seed, resolved method config, rows and data."""
+    mc = cfg.method_config(method)
+    config_cls = getattr(get_recommender(method), "config_cls", None)
+    resolved: dict[str, Any] = dict(mc)
+    if config_cls is not None:
+        with_seed = {**mc, "seed": seed} if "seed" in {f.name for f in fields(config_cls)} else mc
+        resolved = config_cls.from_dict(with_seed, source=f"method_configs.{method}").to_dict()
+    conf = {k: v for k, v in config_identity(resolved).items() if not _COSMETIC_LEAVES & set(k.split("."))}
+    ev = cfg.eval_config()
+    return make_fingerprint({"method": method, "seed": seed, "split": ev.split, "limit": ev.limit, "beam": ev.beam},
+                            config=conf, data={"hash": data_hash})
+
+
+def _check_cell(cell_dir: Path, fp: dict, cfg: CompareConfig) -> str:
+    """``"new"``, ``"same"`` or ``"changed"`` (refused unless overwrite) for an existing cell folder."""
+    if not cell_dir.is_dir() or not any(cell_dir.iterdir()):
+        return "new"
+    stored = read_fingerprint(cell_dir, CELL_FINGERPRINT)
+    if stored is None:  # a cell of an older flrec: only its rows were recorded
+        if not (cell_dir / SUMMARY).is_file():
+            return "changed" if cfg.overwrite else "same"
+        prev = json.loads((cell_dir / SUMMARY).read_text()).get("eval_config", {})
+        stored = {**fp, **{k: prev.get(k) for k in _CELL_KEYS if k in prev}}
+    keys = diff(stored, fp)
+    if keys and not cfg.overwrite:
+        raise ConfigError(mismatch_message(cell_dir, "comparison cell", stored, fp, keys,
+                                           "rerun with --force (overwrite=true) to recompute the changed cells, "
+                                           "or use another --out"))
+    return "changed" if keys else "same"
+
+
 def _run_cell(method: str, seed: int, cell_dir: Path, dataset: RecDataset, cfg: CompareConfig,
-              runner: CellRunner) -> dict:
+              runner: CellRunner, fp: dict | None = None) -> dict:
     """Run or reuse one cell; returns its budget entry (status, wall time, error)."""
+    if fp is not None and read_fingerprint(cell_dir, CELL_FINGERPRINT) is None:
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        write_fingerprint(cell_dir, fp, CELL_FINGERPRINT)
     if (cell_dir / SUMMARY).is_file():
         prev = json.loads((cell_dir / SUMMARY).read_text())
         want = cfg.eval_config().to_dict()
@@ -221,18 +294,46 @@ def run_comparison(
         if cfg.domain:
             dataset.domain = cfg.domain
     out = Path(cfg.out)
+    with dir_lock(out, "comparison folder"):
+        return _run_comparison(cfg, runner, dataset, budget, out)
+
+
+def _run_comparison(cfg: CompareConfig, runner: CellRunner, dataset: RecDataset, budget: dict[str, Any] | None,
+                    out: Path) -> dict:
+    # Check every existing cell before any work: a refusal must not come after hours of other cells.
+    data_hash = dataset_hash(dataset)
+    plan = []
+    for method in cfg.methods:
+        for seed in cfg.seeds_of(method):
+            cell_dir = out / "cells" / method / f"seed{seed}"
+            fp = cell_fingerprint(method, seed, cfg, data_hash)
+            plan.append((method, seed, cell_dir, fp, _check_cell(cell_dir, fp, cfg)))
+    for method, seed, cell_dir, _fp, status in plan:
+        if status == "changed":
+            log.warning("cell %s/seed%d: settings changed, recomputing (overwrite)", method, seed)
+            shutil.rmtree(cell_dir)
+    finished = sum(1 for _m, _s, cell_dir, _f, _st in plan if (cell_dir / SUMMARY).is_file())
     save_run_metadata(out, cfg, "compare")
+    rows = "all" if cfg.limit is None else cfg.limit
+    _say(f"compare: {len(plan)} cells ({len(cfg.methods)} methods), {finished} finished (reused), "
+         f"{len(plan) - finished} to run on {rows} {cfg.split} rows each"
+         + _estimate(out, plan))
     t_start = time.perf_counter()
 
     cells: dict[str, dict] = {}
-    done: dict[str, list[Path]] = {}
-    for method in cfg.methods:
-        done[method] = []
-        for seed in cfg.seeds_of(method):
-            cell_dir = out / "cells" / method / f"seed{seed}"
-            cells[f"{method}/seed{seed}"] = entry = _run_cell(method, seed, cell_dir, dataset, cfg, runner)
-            if entry["status"] == "ok":
-                done[method].append(cell_dir)
+    done: dict[str, list[Path]] = {m: [] for m in cfg.methods}
+    walls: dict[str, list[float]] = {}
+    for i, (method, seed, cell_dir, fp, _status) in enumerate(plan, 1):
+        todo = [m for m, _s, d, _f, _st in plan[i - 1:] if not (d / SUMMARY).is_file()]
+        eta = _eta(todo, walls)
+        _say(f"cell {i}/{len(plan)} {method} seed {seed}"
+             + (" (finished, reused)" if (cell_dir / SUMMARY).is_file() else "")
+             + f"; elapsed {format_seconds(time.perf_counter() - t_start)}" + (f", ETA ~{eta}" if eta else ""))
+        cells[f"{method}/seed{seed}"] = entry = _run_cell(method, seed, cell_dir, dataset, cfg, runner, fp)
+        if entry["status"] == "ok":
+            done[method].append(cell_dir)
+            if not entry["reused"] and entry["wall_seconds"]:
+                walls.setdefault(method, []).append(entry["wall_seconds"])
 
     methods: dict[str, dict] = {}
     for method, dirs in done.items():
@@ -264,8 +365,10 @@ def run_comparison(
         best = max(others, key=lambda m: methods[m][SIG_METRIC]["mean"])
         test = paired_ttest_values(_seed_averaged_rows(done[ref], SIG_METRIC), _seed_averaged_rows(done[best], SIG_METRIC))
         significance.update(vs=best, p_value=test["p_value"], t=test["t"], n=test["n"])
-    if ref in ok:
-        rel = {m: {k: relative_improvement(methods[ref][k]["mean"], methods[m][k]["mean"]) for k in TABLE_METRICS}
+    if ref in ok:  # no relative improvement over a zero baseline: it would print +0.00 or -100.00
+        rel = {m: {k: None if methods[m][k]["mean"] == 0 else relative_improvement(methods[ref][k]["mean"],
+                                                                                   methods[m][k]["mean"])
+                   for k in TABLE_METRICS}
                for m in others}
 
     summary = {
@@ -301,8 +404,44 @@ def _machine() -> dict[str, Any]:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def _fmt(stat: dict | None) -> str:
-    return "failed" if stat is None else f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+def _say(msg: str) -> None:
+    """Progress for people: stderr, so stdout stays the table (or one JSON document)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _eta(todo: list[str], walls: dict[str, list[float]]) -> str | None:
+    """Remaining time from the mean wall time of cells run so far (per method, else overall)."""
+    if not walls or not todo:
+        return None
+    overall = [w for ws in walls.values() for w in ws]
+    mean_all = sum(overall) / len(overall)
+    total = sum(sum(walls[m]) / len(walls[m]) if m in walls else mean_all for m in todo)
+    return format_seconds(total)
+
+
+def _estimate(out: Path, plan: list) -> str:
+    """An up-front estimate from the wall times a previous run of this folder recorded, if any."""
+    prev = out / "summary.json"
+    if not prev.is_file():
+        return "; no timing from an earlier run yet (an ETA follows after the first cell)"
+    try:
+        cells = json.loads(prev.read_text()).get("budget", {}).get("cells", {})
+    except ValueError:
+        return ""
+    per_method: dict[str, list[float]] = {}
+    for key, c in cells.items():
+        if c.get("wall_seconds") and not c.get("reused"):
+            per_method.setdefault(key.split("/")[0], []).append(c["wall_seconds"])
+    todo = [m for m, _s, d, _f, _st in plan if not (d / SUMMARY).is_file()]
+    eta = _eta(todo, per_method)
+    return f"; estimated {eta} from the previous run's cell times" if eta else ""
+
+
+def _fmt(stat: dict | None, n: int = 2) -> str:
+    if stat is None:
+        return "failed"
+    # One seed has no spread to report: "± 0.0000" would claim a measured zero variance.
+    return f"{stat['mean']:.4f} ± –" if n == 1 else f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
 
 def format_markdown(summary: dict) -> str:
@@ -317,10 +456,11 @@ def format_markdown(summary: dict) -> str:
     for name, st in summary["methods"].items():
         imp = rel.get(name, {}).get(SIG_METRIC)
         spu, top1 = st.get("seconds_per_user"), st.get("top1_distinct_share")
-        cells = [_fmt(st[m]) for m in TABLE_METRICS] + [
-            "" if st.get(item) is None else _fmt(st[item]), str(st["n_seeds"]), str(st["n_rows"]),
+        n = st["n_seeds"]
+        cells = [_fmt(st[m], n) for m in TABLE_METRICS] + [
+            "" if st.get(item) is None else _fmt(st[item], n), str(n), str(st["n_rows"]),
             "" if spu is None else f"{spu:.4f}", "" if top1 is None else f"{top1:.1%}",
-            "" if imp is None else f"{imp:+.2f}%"]
+            "" if name not in rel else ("n/a" if imp is None else f"{imp:+.2f}%")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     if sig.get("skipped"):
@@ -330,6 +470,9 @@ def format_markdown(summary: dict) -> str:
         t = "n/a" if sig["t"] is None else f"{sig['t']:.3f}"
         lines.append(f"Paired t-test on per-row {sig['metric'].upper()} (averaged over seeds), {ref} vs. "
                      f"{sig['vs']}: t = {t}, p = {p}, n = {sig['n']} rows.")
+        if sig["n"] < MIN_ROWS_FOR_TEST:
+            lines.append(f"Caveat: only {sig['n']} rows (< {MIN_ROWS_FOR_TEST}); the t-test's normal approximation "
+                         "is unreliable here, so treat p as indicative only.")
     if rel:
         lines += ["", f"Relative improvement of {ref} over each method (%):", "",
                   "| method | " + " | ".join(m.upper() for m in TABLE_METRICS) + " |",

@@ -40,13 +40,20 @@ def out_cache(out) -> object:
 
 
 def new_cache(model: torch.nn.Module):
-    """An empty DynamicCache configured for ``model``."""
+    """An empty DynamicCache configured for ``model``.
+
+    Sliding-window layers are set to record their past: they otherwise drop the oldest token as soon
+    as a refinement step adds its thought, and :func:`crop_cache` could not restore the prefix."""
     from transformers import DynamicCache
 
     try:
-        return DynamicCache(config=model.config)
+        cache = DynamicCache(config=model.config)
     except TypeError:  # older signature
         return DynamicCache()
+    for layer in getattr(cache, "layers", None) or []:
+        if getattr(layer, "is_sliding", False) and hasattr(layer, "activate_past_recording"):
+            layer.activate_past_recording()
+    return cache
 
 
 def crop_cache(cache, keep: int) -> None:
@@ -55,12 +62,36 @@ def crop_cache(cache, keep: int) -> None:
     Slicing (not in-place truncation) keeps autograd intact: the prefix tensors that earlier
     steps' graphs hold are never modified. ``DynamicCache.crop``'s argument changed meaning across
     releases (absolute length vs. negative count), so we slice the layers directly when we can.
+    Sliding-window layers (Mistral, Qwen2/Gemma with sliding windows) hold only the newest tokens
+    and count all tokens seen in ``cumulative_length``; both are updated here.
     """
     layers = getattr(cache, "layers", None)
     if layers is not None:
         for layer in layers:
-            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            if getattr(layer, "keys", None) is None or not layer.keys.numel():
+                continue
+            if getattr(layer, "is_sliding", False) and hasattr(layer, "cumulative_length"):
+                _crop_sliding(layer, keep)
+            else:
                 layer.keys = layer.keys[..., :keep, :]
                 layer.values = layer.values[..., :keep, :]
         return
     cache.crop(keep)  # pragma: no cover - transformers < 4.56 layout
+
+
+def _crop_sliding(layer, keep: int) -> None:
+    total, stored = int(layer.cumulative_length), layer.keys.shape[-2]
+    if keep >= total:
+        return
+    # The stored entries are the last `stored` of `total` tokens. After the crop the layer must look
+    # as if it had seen exactly `keep` tokens: the newest min(keep, window - 1) of them.
+    end = stored - (total - keep)
+    need = min(keep, layer.sliding_window - 1)
+    if end - need < 0:
+        raise RuntimeError(
+            "crop_cache: this sliding-window cache layer no longer holds the tokens to keep; "
+            "create the cache with flrec.models.compat.new_cache (it records the past for cropping)"
+        )
+    layer.keys = layer.keys[..., end - need : end, :]
+    layer.values = layer.values[..., end - need : end, :]
+    layer.cumulative_length = keep

@@ -16,11 +16,12 @@ from typing import Literal
 
 import torch
 
-from flrec.config import ConfigBase, option, save_run_metadata
+from flrec.config import ConfigBase, option
 from flrec.data.schema import RecDataset
 from flrec.errors import ConfigError
 from flrec.models.recommender import FLRConfig, FLRRecommender
-from flrec.training.trainer import TrainConfig, Trainer
+from flrec.training.trainer import TRAIN_COSMETIC, TrainConfig, Trainer
+from flrec.utils.runid import config_identity, dataset_hash, make_fingerprint, model_identity
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -93,6 +94,14 @@ def build_model(cfg: SFTConfig, dataset: RecDataset):
     return model, tokenizer, builder
 
 
+def sft_fingerprint(cfg: SFTConfig, dataset: RecDataset) -> dict:
+    """What determines an SFT run's result: the config (minus where files go, progress and logging),
+    the train/valid rows and titles (a content hash: the data path itself may move) and the backbone."""
+    ignore = ("run_dir", "data", *(f"train.{k}" for k in TRAIN_COSMETIC))
+    return make_fingerprint(config_identity(cfg, ignore), data={"hash": dataset_hash(dataset, ("train", "valid"))},
+                            backbone=model_identity(cfg.backbone))
+
+
 def run_sft(cfg: SFTConfig, dataset: RecDataset | None = None) -> dict:
     """Train, select the best step on validation loss, and write the model to ``run_dir/best``."""
     from flrec.data.prompts import collate_left_padded
@@ -103,15 +112,16 @@ def run_sft(cfg: SFTConfig, dataset: RecDataset | None = None) -> dict:
     valid_rows = subsample(dataset["valid"], cfg.valid_limit, cfg.seed)
     train_ex = builder.encode_rows(train_rows, dataset.catalogue)
     valid_ex = builder.encode_rows(valid_rows, dataset.catalogue) if valid_rows else None
-    save_run_metadata(cfg.run_dir, cfg, stage="sft")
 
     def save_fn(m: FLRRecommender, path: Path) -> None:
         m.save_pretrained(path, tokenizer)
 
     trainer = Trainer(model, train_ex, valid_ex, partial(collate_left_padded, pad_id=tokenizer.pad_token_id),
-                      cfg.train, save_fn=save_fn, save_metadata=False)
+                      cfg.train, save_fn=save_fn, run_config=cfg, stage="sft",
+                      fingerprint=sft_fingerprint(cfg, dataset))
     result = trainer.train()
+    # train_rows = rows available; rows_seen = examples actually consumed (steps x batch, with repeats).
     return {"run_dir": cfg.run_dir, "model_dir": str(result.best_dir), "best_step": result.best_step,
             "best_valid_loss": result.best_valid_loss, "steps": result.steps_done,
-            "stopped_early": result.stopped_early, "train_rows": len(train_ex),
-            "valid_rows": len(valid_ex or [])}
+            "stopped_early": result.stopped_early, "rows_seen": result.samples_seen, "train_rows": len(train_ex),
+            "valid_rows": len(valid_ex or []), "mixed_precision": result.mixed_precision, "reused": result.reused}

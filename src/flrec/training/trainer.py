@@ -19,8 +19,11 @@ import json
 import math
 import os
 import shutil
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,13 +39,33 @@ from tqdm.auto import tqdm
 
 from flrec.config import ConfigBase, option, save_run_metadata
 from flrec.errors import ConfigError, FlrecError
-from flrec.utils.io import atomic_save, atomic_write_json, atomic_write_text
+from flrec.utils.io import atomic_save, atomic_write_json, atomic_write_text, dir_lock, read_jsonl_tolerant
+from flrec.utils.runid import (
+    FINGERPRINT,
+    config_identity,
+    diff,
+    make_fingerprint,
+    mismatch_message,
+    read_fingerprint,
+    write_fingerprint,
+)
 
 SaveFn = Callable[[nn.Module, Path], None]
 TrainableFilter = Callable[[str, nn.Parameter], bool]
 
 STATE_FILE = "trainer_state.json"
 BEST_WEIGHTS = "trainable.safetensors"
+SCHEDULER_FILE = "scheduler.json"  # JSON, not pickle: nothing in a run directory is ever unpickled
+FINISHED_FILE = "finished.json"  # written last: the run is complete and best/ is its model
+# TrainConfig keys that cannot change a run's result (left out of its fingerprint).
+TRAIN_COSMETIC = ("output_dir", "progress", "log_every", "tensorboard", "num_workers", "resume", "save_every",
+                  "keep_last", "overwrite")
+# What a resume-key mismatch means in the user's terms.
+_RESUME_LABELS = {
+    "total_steps": "max_steps/epochs (or the number of training rows)",
+    "num_processes": "the number of processes (accelerate launch --num_processes)",
+    "data_seed": "data_seed/seed",
+}
 # Keys that change which batches/steps a run sees: resuming with a different value cannot be exact.
 _RESUME_KEYS = (
     "micro_batch_size",
@@ -58,7 +81,10 @@ _RESUME_KEYS = (
 class TrainConfig(ConfigBase):
     """Optimisation, schedule, evaluation, checkpointing and logging of one training run."""
 
-    output_dir: str = option("runs/train", help="Run folder: checkpoints/, best/, log.jsonl, config.yaml.")
+    output_dir: str = option(
+        "runs/train", help="Run folder: checkpoints/, best/, log.jsonl, config.yaml. Ignored by stages with "
+        "their own run_dir (flrec train sft writes to run_dir)."
+    )
     seed: int = option(0, help="Seed for model-side randomness (dropout); offset by the process index.")
     lr: float = option(1e-4, help="Peak learning rate of AdamW (after warmup).")
     weight_decay: float = option(
@@ -112,6 +138,10 @@ class TrainConfig(ConfigBase):
         "auto", help="Write TensorBoard events to output_dir/tb (auto = if tensorboard is installed)."
     )
     progress: bool = option(True, help="Show a tqdm progress bar on the main process.")
+    overwrite: bool = option(
+        False, help="If output_dir holds a run made with other settings, delete it and start over "
+        "(CLI: --force); a run with the same settings is always resumed or reused."
+    )
 
     def __post_init__(self) -> None:
         if self.max_steps is not None and self.epochs is not None:
@@ -165,6 +195,9 @@ class TrainResult:
     stopped_early: bool
     best_dir: Path  # what save_fn wrote: output_dir/best
     history_path: Path  # output_dir/log.jsonl
+    samples_seen: int = 0  # training examples consumed over all processes (counting repeats over epochs)
+    mixed_precision: str = "no"  # the resolved autocast setting ("bf16" or "no")
+    reused: bool = False  # True when a finished run with the same fingerprint was returned as it was
 
 
 @dataclass
@@ -183,6 +216,7 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)  # validation records
     resume_keys: dict[str, Any] = field(default_factory=dict)
     trainable: list[str] = field(default_factory=list)
+    samples_seen: int = 0  # training examples consumed (all processes)
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -268,6 +302,13 @@ class Trainer:
     main process; the default is ``accelerator.save_model`` (safetensors, run on every process).
     ``save_metadata=False`` when the caller already wrote its own stage config into ``output_dir``
     (``train()`` otherwise writes ``config.yaml``/``run_info.json`` for this TrainConfig there).
+
+    Run identity: ``run_config`` (default: this TrainConfig) is what ``config.yaml`` records, under
+    ``stage``; ``fingerprint`` (default: the TrainConfig minus :data:`TRAIN_COSMETIC` keys and the
+    dataset sizes) is compared with the one stored in ``output_dir``. Equal -> resume, or return a
+    finished run as it is; different -> :class:`ConfigError` naming the keys, unless
+    ``config.overwrite``. ``config.yaml`` is written only when a run starts, never over an existing
+    run; a lock file keeps a second process out of ``output_dir``.
     """
 
     def __init__(
@@ -281,8 +322,21 @@ class Trainer:
         trainable_filter: TrainableFilter | None = None,
         save_fn: SaveFn | None = None,
         save_metadata: bool = True,
+        run_config: ConfigBase | None = None,
+        stage: str = "train",
+        fingerprint: Mapping[str, Any] | None = None,
     ):
         cfg = self.config = config
+        if len(train_dataset) == 0:
+            # An empty loader would spin forever with max_steps, or "finish" untrained with epochs.
+            raise FlrecError(
+                "no training rows: the training set is empty (e.g. a header-only train.csv); "
+                "add rows to the train split"
+            )
+        self.run_config, self.stage = run_config, stage
+        self._given_fingerprint = dict(fingerprint) if fingerprint is not None else None
+        self._data_sizes = {"train_rows": len(train_dataset),
+                            "valid_rows": None if valid_dataset is None else len(valid_dataset)}
         self.mixed_precision = resolve_mixed_precision(cfg.mixed_precision)
         self.accelerator = acc = Accelerator(
             gradient_accumulation_steps=cfg.grad_accum_steps, mixed_precision=self.mixed_precision
@@ -338,7 +392,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self._opt, lambda s: _lr_factor(s, warmup, self.total_steps)
         )
-        acc.register_for_checkpointing(self.scheduler)
+        # The scheduler is NOT registered for accelerate's checkpointing (that pickles it and loads it
+        # with weights_only=False); its state goes to scheduler.json instead, see _save_checkpoint.
         acc.register_save_state_pre_hook(self._keep_trainable_weights)
 
     # ----------------------------------------------------------------- setup helpers
@@ -418,9 +473,21 @@ class Trainer:
         return key
 
     def train(self) -> TrainResult:
+        acc = self.accelerator
+        with ExitStack() as guard:
+            if acc.is_main_process:
+                guard.enter_context(dir_lock(self.output_dir, "run directory"))
+            finished = self._claim_output_dir()
+            if finished is not None:
+                return finished
+            result = self._train()
+            if acc.is_main_process:
+                atomic_write_json(self.output_dir / FINISHED_FILE, asdict(result))
+            acc.wait_for_everyone()
+        return result
+
+    def _train(self) -> TrainResult:
         acc, cfg = self.accelerator, self.config
-        if acc.is_main_process and self.save_metadata:
-            save_run_metadata(self.output_dir, cfg, stage="train")
         state = self._start_state()
         log = _RunLog(self.output_dir, state.step, cfg.tensorboard, enabled=acc.is_main_process)
         bar = tqdm(
@@ -447,6 +514,8 @@ class Trainer:
         t0, elapsed0 = time.perf_counter(), state.elapsed_s
         n_batches = len(self.train_loader)
         self.model.train()
+        nonfinite = torch.zeros((), dtype=torch.bool, device=acc.device)  # a non-finite loss since the last step
+        step_start = (state.epoch, state.batch_in_epoch)  # data position of the last good state
         while state.step < self.total_steps and not state.stopped_early:
             self.train_loader.set_epoch(state.epoch)  # also sets our sampler's epoch
             self._sampler.set_epoch(state.epoch)
@@ -460,11 +529,18 @@ class Trainer:
                 with acc.accumulate(self.model):
                     out = self._forward(batch)
                     acc.backward(out["loss"])
-                    if acc.sync_gradients and cfg.max_grad_norm > 0:
-                        meter.grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    nonfinite |= ~torch.isfinite(out["loss"].detach())
+                    if acc.sync_gradients:
+                        # max_norm=inf only measures the norm, so the guard also runs without clipping.
+                        norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm or math.inf)
+                        if cfg.max_grad_norm > 0:
+                            meter.grad_norm = norm
+                        self._stop_if_nonfinite(state, nonfinite, norm, step_start)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
-                meter.add(out, _batch_size(batch, cfg.micro_batch_size))
+                n_rows = _batch_size(batch, cfg.micro_batch_size)
+                meter.add(out, n_rows)
+                state.samples_seen += n_rows * acc.num_processes
                 state.batch_in_epoch += 1
                 if state.batch_in_epoch == n_batches:
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
@@ -474,6 +550,7 @@ class Trainer:
                 if not acc.optimizer_step_was_skipped:
                     self.scheduler.step()
                 state.step += 1
+                step_start = (state.epoch, state.batch_in_epoch)
                 state.elapsed_s = elapsed0 + time.perf_counter() - t0
                 bar.update(1)
                 if state.step % cfg.log_every == 0 or state.step == self.total_steps:
@@ -499,7 +576,7 @@ class Trainer:
         values = self.evaluate_all()
         loss = values.pop("selected")
         state.last_eval_step = state.step
-        improved = state.best_loss is None or loss < state.best_loss
+        improved = _improves(loss, state.best_loss)
         if improved:
             state.best_loss, state.best_step, state.bad_evals = loss, state.step, 0
             self._save_best()
@@ -547,15 +624,17 @@ class Trainer:
         for k, v in keys.items():
             if state.resume_keys.get(k) != v:
                 raise ConfigError(
-                    f"config key '{k}' is {v} but checkpoint {ckpt} used {state.resume_keys.get(k)}; "
-                    "restore it to resume exactly, or start a new output_dir"
+                    f"{self._key_label(k)} is {v} but checkpoint {ckpt} used {state.resume_keys.get(k)}; "
+                    "restore it to resume exactly, or start a new run directory (or --force to start over)"
                 )
         if state.trainable != self.trainable:
             raise FlrecError(
                 f"{ckpt}: trained a different parameter set than the model now marks trainable; "
                 "use the same trainable_filter/requires_grad as the original run"
             )
-        self.accelerator.load_state(str(ckpt), strict=False)  # strict=False: frozen weights are not stored
+        with _without_pickled_objects(ckpt) as view:
+            self.accelerator.load_state(str(view), strict=False)  # strict=False: frozen weights are not stored
+        self._load_scheduler(ckpt, state.step)
         return state
 
     def _save_checkpoint(self, state: TrainState) -> None:
@@ -568,6 +647,7 @@ class Trainer:
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
+            atomic_write_json(tmp / SCHEDULER_FILE, self.scheduler.state_dict())
             atomic_write_json(tmp / STATE_FILE, asdict(state))  # marks the folder complete
             if final.exists():  # re-saving a step (end of run right after a periodic save)
                 old = root / f".old-step-{state.step}"
@@ -596,7 +676,8 @@ class Trainer:
         best_file = self.output_dir / "checkpoints" / "best" / BEST_WEIGHTS
         if state.best_loss is not None and best_file.is_file():
             missing = unwrapped.load_state_dict(
-                load_file(str(best_file), device=str(acc.device)), strict=False
+                # "cpu:0" (a multi-process CPU run's device) is not a device name safetensors accepts
+                load_file(str(best_file), device="cpu" if acc.device.type == "cpu" else str(acc.device)), strict=False
             )
             if missing.unexpected_keys:
                 raise FlrecError(
@@ -616,7 +697,133 @@ class Trainer:
             state.stopped_early,
             best_dir,
             self.output_dir / "log.jsonl",
+            samples_seen=state.samples_seen,
+            mixed_precision=self.mixed_precision,
         )
+
+    # ----------------------------------------------------------------- run identity and guards
+    def fingerprint(self) -> dict[str, Any]:
+        """What determines this run's result (see :mod:`flrec.utils.runid`), plus resolved settings."""
+        if self._given_fingerprint is not None:
+            fp = dict(self._given_fingerprint)
+        else:
+            fp = make_fingerprint(config_identity(self.config, TRAIN_COSMETIC), data=self._data_sizes)
+        fp["resolved.mixed_precision"] = self.mixed_precision
+        fp["resolved.num_processes"] = self.accelerator.num_processes
+        return fp
+
+    def _key_label(self, key: str) -> str:
+        label = _RESUME_LABELS.get(key, key)
+        prefix = "train." if self.run_config is not None and self.run_config is not self.config else ""
+        return "config key " + "/".join(prefix + part for part in label.split("/")) if key != "num_processes" else label
+
+    def _claim_output_dir(self) -> TrainResult | None:
+        """Check ``output_dir`` against this run's fingerprint; a finished identical run is returned."""
+        acc, cfg, out = self.accelerator, self.config, self.output_dir
+        fp = self.fingerprint()
+        stored = read_fingerprint(out)
+        if stored is not None:
+            keys = diff(stored, fp)
+            if keys and not cfg.overwrite:
+                raise ConfigError(mismatch_message(
+                    out, "training run", stored, fp, keys,
+                    "rerun with --force (train.overwrite=true) to delete that run and start over, "
+                    "or choose a new run directory"))
+            if keys:
+                acc.wait_for_everyone()
+                if acc.is_main_process:
+                    self._wipe_run()
+                stored = None
+            else:
+                done = out / FINISHED_FILE
+                if done.is_file() and (out / "best").is_dir():
+                    info = json.loads(done.read_text(encoding="utf-8"))
+                    info.update(best_dir=Path(info["best_dir"]), history_path=Path(info["history_path"]), reused=True)
+                    return TrainResult(**{k: v for k, v in info.items() if k in TrainResult.__dataclass_fields__})
+        acc.wait_for_everyone()
+        if stored is None and acc.is_main_process:
+            # A run directory from an older flrec has checkpoints but no fingerprint: adopt it (the
+            # resume keys below still guard exactness); otherwise this is a fresh start.
+            if self.save_metadata and latest_checkpoint(out) is None:
+                save_run_metadata(out, self.run_config or cfg, stage=self.stage)
+                self._record_resolved()
+            write_fingerprint(out, fp)
+        acc.wait_for_everyone()
+        return None
+
+    def _record_resolved(self) -> None:
+        """Add what "auto" settings resolved to (e.g. mixed_precision) to run_info.json."""
+        path = self.output_dir / "run_info.json"
+        info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        info["resolved"] = {"mixed_precision": self.mixed_precision, "num_processes": self.accelerator.num_processes,
+                            "device": str(self.accelerator.device)}
+        atomic_write_json(path, info)
+
+    def _wipe_run(self) -> None:
+        """Delete what a training run wrote (only those files: anything else of the user's stays)."""
+        out = self.output_dir
+        for name in ("checkpoints", "best", "tb"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in ("log.jsonl", FINISHED_FILE, FINGERPRINT, "config.yaml", "run_info.json"):
+            (out / name).unlink(missing_ok=True)
+
+    def _load_scheduler(self, ckpt: Path, step: int) -> None:
+        path = ckpt / SCHEDULER_FILE
+        if path.is_file():
+            self.scheduler.load_state_dict(json.loads(path.read_text(encoding="utf-8")))
+            return
+        # A checkpoint from an older flrec kept the scheduler in a pickle, which we never load: the
+        # schedule is a pure function of the step, so replay it (the optimizer state holds the lr).
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        for _ in range(step):
+            self.scheduler.step()
+        for g, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            g["lr"] = lr
+
+    def _stop_if_nonfinite(self, state: TrainState, loss_flag: torch.Tensor, grad_norm: torch.Tensor | None,
+                           step_start: tuple[int, int]) -> None:
+        """Stop before a non-finite update is applied, saving the last good state as a checkpoint."""
+        acc = self.accelerator
+        bad_loss = loss_flag.float().reshape(1)
+        bad_norm = (torch.zeros(1, device=acc.device) if grad_norm is None
+                    else (~torch.isfinite(torch.as_tensor(grad_norm, device=acc.device))).float().reshape(1))
+        flags = acc.reduce(torch.cat([bad_loss, bad_norm]), "sum").tolist()  # one sync per optimizer step
+        loss_flag.zero_()
+        if not any(flags):
+            return
+        what = "loss" if flags[0] else f"gradient norm ({float(grad_norm)})"
+        self.optimizer.zero_grad(set_to_none=True)  # the bad step's gradients are never applied
+        state.epoch, state.batch_in_epoch = step_start
+        self._save_checkpoint(state)
+        ckpt = self.output_dir / "checkpoints" / f"step-{state.step}"
+        raise FlrecError(
+            f"training stopped at step {state.step + 1}: non-finite {what}; the last good state "
+            f"(step {state.step}) is saved in {ckpt}; lower train.lr or set train.max_grad_norm "
+            "(in a new run directory, or rerun with --force)"
+        )
+
+
+@contextmanager
+def _without_pickled_objects(ckpt: Path) -> Iterator[Path]:
+    """``ckpt``, or a temporary view of it without ``custom_checkpoint_*.pkl`` files.
+
+    accelerate unpickles those with weights_only=False (arbitrary code) and refuses a folder whose
+    count differs from the registered objects; we register none, so such files are either from an
+    older flrec (its scheduler, now in scheduler.json) or planted. The view links everything else."""
+    planted = list(ckpt.glob("custom_checkpoint_*.pkl"))
+    if not planted:
+        yield ckpt
+        return
+    with tempfile.TemporaryDirectory(prefix=".load-", dir=ckpt.parent) as tmp:
+        for f in ckpt.iterdir():
+            if f not in planted:
+                (Path(tmp) / f.name).symlink_to(f.resolve())
+        yield Path(tmp)
+
+
+def _improves(loss: float, best: float | None) -> bool:
+    """A validation loss is an improvement only if it is finite (a first NaN must not become "best")."""
+    return math.isfinite(loss) and (best is None or loss < best)
 
 
 class _Meter:
@@ -671,9 +878,9 @@ class _RunLog:
             return
         path = output_dir / "log.jsonl"
         if path.exists():
-            rows = [r for r in path.read_text().splitlines() if r.strip()]
-            kept = [r for r in rows if json.loads(r).get("step", 0) <= resume_step]
-            atomic_write_text(path, "".join(r + "\n" for r in kept))
+            rows, _torn = read_jsonl_tolerant(path)  # a torn last line (crash mid-write) is dropped
+            kept = [r for r in rows if r.get("step", 0) <= resume_step]
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         self.file = open(path, "a", buffering=1, encoding="utf-8")
         if tensorboard:
             try:
@@ -684,6 +891,7 @@ class _RunLog:
                         "config key 'tensorboard' is true but tensorboard is not installed; "
                         "pip install tensorboard or set tensorboard=auto"
                     ) from None
+                _note_tensorboard_off()
             else:
                 self.tb = SummaryWriter(str(output_dir / "tb"), purge_step=resume_step + 1)
 
@@ -702,3 +910,16 @@ class _RunLog:
             self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+_TB_NOTED = False
+
+
+def _note_tensorboard_off() -> None:
+    """Say once per process that tensorboard=auto found no tensorboard (it used to be silent)."""
+    global _TB_NOTED
+    if not _TB_NOTED:
+        _TB_NOTED = True
+        print("note: TensorBoard logging is off (tensorboard is not installed; `pip install tensorboard` "
+              "turns it on, train.tensorboard=false silences this note); metrics are in log.jsonl",
+              file=sys.stderr)
