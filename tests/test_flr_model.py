@@ -227,7 +227,7 @@ def test_cached_refinement_equals_naive_with_sliding_window_attention(kind):
         backbone = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=True, sliding_window=4,
                                                 max_window_layers=0)).eval()
     assert any(getattr(layer, "is_sliding", False) for layer in new_cache(backbone).layers)
-    model = FLRRecommender(backbone, FLRConfig(gate_hidden=16, num_factors=3, num_steps=2), THOUGHT).double()
+    model = FLRRecommender(backbone, FLRConfig(gate_hidden=16, num_factors=3, num_steps=2), THOUGHT).double().eval()
     batch = make_batch()
     fast = model(**batch)
     fast["loss"].backward()

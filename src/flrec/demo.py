@@ -42,6 +42,7 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows:
     from flrec.serving.load import load_llm_recommender
     from flrec.training.sft import SFTConfig, load_dataset, run_sft
     from flrec.utils.io import atomic_write_json, atomic_write_text
+    from flrec.utils.runid import model_identity
 
     t0 = time.time()
     out = Path(out)
@@ -77,7 +78,9 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows:
     _banner(f"4/4 evaluation on the first {eval_rows} test rows (beam 10, full catalogue trie)")
     ecfg = EvalConfig(split="test", limit=eval_rows, batch_size=8, ks=[1, 3, 5, 10], beam=10)
     flr = load_llm_recommender(res["model_dir"], ds, dtype="bfloat16", beam=10)
-    summaries = {"FLR (SFT)": evaluate(flr, ds, ecfg, out / "eval-flr")}
+    # The model's identity is part of the folder's fingerprint: a retrained model never reuses stale ranks.
+    identity = {"model": model_identity(res["model_dir"]), "dtype": "bfloat16"}
+    summaries = {"FLR (SFT)": evaluate(flr, ds, ecfg, out / "eval-flr", identity=identity)}
     pop = Pop(ds.catalogue).fit(ds)
     summaries["Pop (floor)"] = evaluate(pop, ds, ecfg, out / "eval-pop")
     table = results_table(summaries)
