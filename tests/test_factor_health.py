@@ -105,7 +105,10 @@ def test_cross_row_regularisers_hand_values_and_registry():
 def test_warmup_ramps_the_regulariser_weight():
     obj = FLRObjective(("orth",), "fixed", {"orth": 1.0}, warmup_steps=4).train()
     rec, aux = torch.tensor(0.0), {"orth": torch.tensor(2.0)}
-    totals = [float(obj(rec, aux)) for _ in range(6)]
+    totals = []
+    for step in range(6):  # the trainer sets the step after each optimizer step
+        totals.append(float(obj(rec, aux)))
+        obj.step.fill_(step + 1)
     assert totals == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.0])
 
 
@@ -203,6 +206,10 @@ class AuxToy(nn.Module):
     def __init__(self):
         super().__init__()
         self.w = nn.Parameter(torch.tensor(3.0))
+        self.seen_steps: list[int] = []
+
+    def on_train_step(self, step: int) -> None:  # the trainer's per-optimizer-step hook
+        self.seen_steps.append(step)
 
     def forward(self, x: torch.Tensor) -> dict:
         rec = self.w**2 * x.mean()
@@ -218,7 +225,9 @@ def test_selection_uses_the_rec_loss_not_the_total(tmp_path):
 
     cfg = TrainConfig(output_dir=str(tmp_path / "run"), lr=0.3, micro_batch_size=4, max_steps=6, eval_every=1,
                       early_stopping_patience=2, mixed_precision="no", progress=False, log_every=1)
-    res = Trainer(AuxToy(), data, data, collate, cfg).train()
+    toy = AuxToy()
+    res = Trainer(toy, data, data, collate, cfg).train()
+    assert toy.seen_steps == [1, 2, 3, 4, 5, 6]
     # The total (rec + a growing aux term) is best at step 1 and would stop training early;
     # the rec loss keeps improving, so the last step is the best and training does not stop.
     assert res.best_step == 6 and not res.stopped_early

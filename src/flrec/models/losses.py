@@ -140,9 +140,9 @@ class FLRObjective(nn.Module):
       is what stops every λ_i from collapsing to zero.
     * ``fixed``: ``w_i(L) = λ_i · L``.
 
-    ``r(t) = min(1, t / warmup_steps)`` over training micro-batches ``t`` (a persistent buffer, so a
-    resumed run continues the ramp). It scales the whole ``w_i``, so the uncertainty optimum of
-    ``s_i`` does not move while it ramps.
+    ``r(t) = min(1, t / warmup_steps)`` over optimizer steps ``t`` (a persistent buffer that the
+    trainer sets through ``FLRRecommender.on_train_step``, so a resumed run continues the ramp). It
+    scales the whole ``w_i``, so the uncertainty optimum of ``s_i`` does not move while it ramps.
     """
 
     def __init__(self, enabled: tuple[str, ...] = AUX_LOSSES, weighting: str = "uncertainty",
@@ -183,8 +183,6 @@ class FLRObjective(nn.Module):
 
     def forward(self, rec_loss: torch.Tensor, aux: dict[str, torch.Tensor]) -> torch.Tensor:
         r = self.ramp()
-        if self.training and torch.is_grad_enabled():
-            self.step += 1
         total = rec_loss
         for name, value in aux.items():
             if self.weighting == "fixed":

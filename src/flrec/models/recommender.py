@@ -103,8 +103,8 @@ class FLRConfig(ConfigBase):
     aux_to_backbone: bool = option(
         False, "let the regularisers' gradients reach the backbone (the paper); false computes them on detached "
         "hidden states, so the reasoner satisfies them instead of the backbone reshaping its states")
-    aux_warmup_steps: int = option(0, "ramp the regularisers' weights linearly from 0 over this many training "
-                                   "micro-batches (0 = full weight from the start)")
+    aux_warmup_steps: int = option(0, "ramp the regularisers' weights linearly from 0 over this many optimizer "
+                                   "steps (0 = full weight from the start)")
     attn_entropy_floor: float = option(0.5, "attn_entropy regulariser: penalise factor attention entropy below "
                                        "this fraction of ln(#keys)")
     loss_weighting: Literal["uncertainty", "fixed"] = option("uncertainty", "learned uncertainty weights or fixed lambdas")
@@ -198,6 +198,10 @@ class FLRRecommender(nn.Module):
         self.objective = FLRObjective(config.aux, config.loss_weighting, config.fixed_weights,
                                       warmup_steps=config.aux_warmup_steps,
                                       params={"entropy_floor": config.attn_entropy_floor})
+
+    def on_train_step(self, step: int) -> None:
+        """Called by the trainer after each optimizer step (drives the regulariser warm-up)."""
+        self.objective.step.fill_(step)
 
     # ----------------------------------------------------------------------------------- plumbing
     def _causal_lm(self) -> nn.Module:

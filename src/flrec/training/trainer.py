@@ -550,6 +550,7 @@ class Trainer:
                 if not acc.optimizer_step_was_skipped:
                     self.scheduler.step()
                 state.step += 1
+                self._notify_step(state.step)
                 step_start = (state.epoch, state.batch_in_epoch)
                 state.elapsed_s = elapsed0 + time.perf_counter() - t0
                 bar.update(1)
@@ -563,6 +564,14 @@ class Trainer:
                     self._save_checkpoint(state)
                 if state.step >= self.total_steps or state.stopped_early:
                     break
+
+    def _notify_step(self, step: int) -> None:
+        """Tell the model how many optimizer steps are done (``model.on_train_step(step)``, if it has one):
+        schedules inside the model (e.g. FLR's regulariser warm-up) then count optimizer steps, the same
+        for any accumulation or process count."""
+        hook = getattr(self.accelerator.unwrap_model(self.model), "on_train_step", None)
+        if callable(hook):
+            hook(step)
 
     def _forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         out = self.model(**batch)
