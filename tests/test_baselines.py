@@ -34,14 +34,7 @@ def planted_dataset(n_users: int = 150, length: int = 14, noise: float = 0.1, se
     return RecDataset(Catalogue(titles), chronological_split(sliding_window_rows(events)), name="planted")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: extra intra-op threads only add synchronisation, and cost seconds per step when
-    # the cores are shared with other jobs.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,8 @@ from flrec.models.losses import (
 from flrec.models.recommender import FLRConfig, FLRRecommender
 from flrec.training import TrainConfig, Trainer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 
 # ------------------------------------------------------------------------------ statistics by hand
 def test_cross_row_cosine_hand_values():
