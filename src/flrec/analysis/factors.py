@@ -212,7 +212,8 @@ def summarize(trace: FactorTrace, rows=None, intents: PlantedIntents | None = No
     out["active_factors"] = active_factors(trace.gates)
     out["mean_gate"] = trace.gates.mean(0).tolist()
     out["history_attention_share"] = history_attention_share(trace.item_attn)
-    if intents is not None and rows is not None:
+    if intents is not None and rows is not None and float(trace.item_attn.sum()) > 0:
+        # (a thought with no attention over the history, e.g. the soft-prompt control, has no share)
         truth = [intents.row_truth(row) for row in rows]
         h = trace.item_attn.shape[-1]
         in_intent = torch.zeros(r, h, dtype=torch.bool)
