@@ -67,6 +67,31 @@ def run_variant(name: str, overrides: list[str], args) -> dict:
     return rec
 
 
+INTENT_KEYS = ("target_intent_share", "target_intent_share_uniform", "target_intent_rows",
+               "target_intent_share_gain", "argmax_intent_mi", "argmax_intent_mi_p")
+
+
+def markdown_table(records: list[dict]) -> str:
+    """The README table of the variants (``results/synthetic/factor_variants.json`` → Markdown)."""
+
+    def g(r, split, key, fmt="{:.3f}"):
+        v = (r.get(split) or {}).get(key)
+        return "–" if v is None else fmt.format(v)
+
+    lines = ["| variant | valid rec loss | thought cos (valid / test) | gate usage (valid / test) | argmax factor "
+             "(test rows) | target-intent share − uniform (valid / test) |",
+             "|---|---:|---:|---:|---|---:|"]
+    for r in records:
+        hist = (r.get("test") or {}).get("argmax_histogram")
+        hs = "–" if hist is None else ", ".join(f"{k}: {v}" for k, v in hist.items() if v)
+        lines.append(
+            f"| {r['variant']} | {r['valid_rec_loss']:.4f} | {g(r, 'valid', 'thought_cross_row_cosine')} / "
+            f"{g(r, 'test', 'thought_cross_row_cosine')} | {g(r, 'valid', 'gate_usage_entropy_ratio')} / "
+            f"{g(r, 'test', 'gate_usage_entropy_ratio')} | {hs} | {g(r, 'valid', 'target_intent_share_gain', '{:+.3f}')}"
+            f" / {g(r, 'test', 'target_intent_share_gain', '{:+.3f}')} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
