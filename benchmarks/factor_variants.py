@@ -19,19 +19,25 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-PAPER = ["flr.keys=tokens", "flr.key_positions=absolute", "flr.aux_to_backbone=true"]
+PAPER_AUX = "flr.aux_losses=orth,div,sparse"
+# Every variant spells out every option that the defaults have changed since, so rerunning gives the same runs.
+PAPER = ["flr.keys=tokens", "flr.key_positions=absolute", "flr.aux_to_backbone=true", "flr.center_keys=false",
+         PAPER_AUX]
+ITEMS = ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false", "flr.center_keys=false"]
+CROSS = "flr.aux_losses=orth,div,sparse,thought_sim,routing"
 VARIANTS: dict[str, list[str]] = {
-    "paper": PAPER,  # eqs. 3-8 exactly as written (today's behaviour before the fixes)
-    "paper+detach": ["flr.keys=tokens", "flr.key_positions=absolute", "flr.aux_to_backbone=false"],
-    "history": ["flr.keys=history", "flr.key_positions=relative", "flr.aux_to_backbone=false"],
-    "items": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false"],
-    "items+abs": ["flr.keys=items", "flr.key_positions=absolute", "flr.aux_to_backbone=false"],
-    "items+cross": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false",
-                    "flr.aux_losses=orth,div,sparse,thought_sim,routing"],
+    "paper": PAPER,  # eqs. 3-8 exactly as written
+    "paper+detach": ["flr.keys=tokens", "flr.key_positions=absolute", "flr.aux_to_backbone=false",
+                     "flr.center_keys=false", PAPER_AUX],
+    "history": ["flr.keys=history", "flr.key_positions=relative", "flr.aux_to_backbone=false",
+                "flr.center_keys=false", PAPER_AUX],
+    "items": [*ITEMS, PAPER_AUX],
+    "items+abs": ["flr.keys=items", "flr.key_positions=absolute", "flr.aux_to_backbone=false",
+                  "flr.center_keys=false", PAPER_AUX],
+    "items+cross": [*ITEMS, CROSS],
     "items+center": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false",
-                     "flr.center_keys=true", "flr.aux_losses=orth,div,sparse,thought_sim,routing"],
-    "items+floor": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false",
-                    "flr.aux_losses=orth,div,sparse,attn_entropy"],
+                     "flr.center_keys=true", CROSS],  # = today's defaults
+    "items+floor": [*ITEMS, "flr.aux_losses=orth,div,sparse,attn_entropy"],
     "softprompt": ["flr.reasoner=softprompt"],  # the control: one learned constant thought
     "latentr3": ["flr.reasoner=latentr3"],
     "bigrec": ["flr.reasoner=none"],
