@@ -28,6 +28,9 @@ CHILD = ("import sys, time, flrec.training.trainer as t; f = t.Trainer._forward;
          "from flrec.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
+# The child runs on one thread; the in-process reference and resume must too, or float reductions
+# summed in another order differ in the last bits.
+@pytest.mark.usefixtures("one_thread")
 def test_sigkill_mid_training_then_resume_equals_uninterrupted(tmp_path, capsys):
     data = tmp_path / "data"
     generate_synthetic(SynthConfig(n_items=40, n_users=30, seq_len_min=4, seq_len_max=7, min_intent_items=2,
