@@ -44,12 +44,13 @@ ACTIVE_GATE = 0.1
 
 # ------------------------------------------------------------------------------ the statistics
 def thought_cross_row_cosine(z: torch.Tensor) -> torch.Tensor:
-    """Mean pairwise cosine of the rows of ``z`` (R, D), pairs i ≠ j; needs R ≥ 2."""
-    zn = torch.nn.functional.normalize(z.detach().double(), dim=-1)
-    r = zn.shape[0]
-    total = zn.sum(0)
-    # sum_{i != j} cos_ij = |sum_i zn_i|^2 - sum_i |zn_i|^2, in O(R D) instead of O(R^2 D).
-    return ((total @ total - (zn * zn).sum()) / (r * (r - 1))).float()
+    """Mean pairwise cosine of the rows of ``z`` (R, D), pairs i ≠ j; needs R ≥ 2.
+
+    The value of the ``thought_sim`` regulariser, detached and accumulated in fp64.
+    """
+    from flrec.models.losses import thought_similarity_loss
+
+    return thought_similarity_loss(z.detach().double()).float()
 
 
 def gate_usage_entropy_ratio(gates: torch.Tensor) -> torch.Tensor:
@@ -228,23 +229,12 @@ def summarize(trace: FactorTrace, rows=None, intents: PlantedIntents | None = No
     return out
 
 
-def resolve_model_dir(path: str | Path) -> Path:
-    """A run directory (holding ``best/``) or a model directory itself."""
-    path = Path(path)
-    from flrec.models.recommender import CONFIG_NAME
-
-    for cand in (path, path / "best", path / "sft" / "best"):
-        if (cand / CONFIG_NAME).is_file():
-            return cand
-    raise FlrecError(f"{path}: no flrec model here (looked for {CONFIG_NAME} in it, best/ and sft/best/); "
-                     "pass an SFT run directory or its best/ folder")
-
-
 def factor_diagnostics(model_dir: str | Path, dataset, split: str = "test", limit: int | None = 200,
                        batch_size: int = 16, n_perm: int = 1000) -> dict:
     """Load a trained model and report its factor health on ``split`` (first ``limit`` rows)."""
     from flrec.data.prompts import PromptBuilder
     from flrec.models.recommender import FLRRecommender
+    from flrec.serving.load import resolve_model_dir
 
     if split not in dataset.splits:
         raise FlrecError(f"split '{split}' not in the dataset (has {sorted(dataset.splits)})")

@@ -218,7 +218,9 @@ class PromptBuilder:
         return titles[len(titles) - n :]
 
     def _assemble(self, titles: list[str], where: str) -> list[int]:
-        kept = self._kept(titles, where)
+        return self._assemble_kept(self._kept(titles, where))
+
+    def _assemble_kept(self, kept: list[str]) -> list[int]:
         ids = self._head + self._segments[kept[0]]
         for t in kept[1:]:
             ids += self._joined[t]
@@ -229,8 +231,8 @@ class PromptBuilder:
 
     def _assemble_with_items(self, titles: list[str], where: str) -> tuple[list[int], list[int]]:
         """:meth:`_assemble` plus the per-token history-item index (see :class:`EncodedExample`)."""
-        ids = self._assemble(titles, where)
         kept = self._kept(titles, where)
+        ids = self._assemble_kept(kept)
         items = [-1] * len(self._head)
         n_sep = len(self._sep)
         for j, t in enumerate(kept):

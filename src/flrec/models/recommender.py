@@ -236,6 +236,10 @@ class FLRRecommender(nn.Module):
             raise FlrecError(f"flr.keys={self.config.keys} needs 'prompt_items' (the history-item index of each "
                              "prompt token); build batches with PromptBuilder.encode_rows + collate_left_padded")
 
+    def _detach_aux(self) -> bool:
+        """Whether the regularisers get their own reasoner pass over detached states (aux_to_backbone off)."""
+        return bool(self.objective.enabled) and not self.config.aux_to_backbone and torch.is_grad_enabled()
+
     def refine(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, positions: torch.Tensor,
                prompt_items: torch.Tensor | None = None):
         """Encode the prefix once, then run N one-token refinement steps against its cache.
@@ -251,7 +255,7 @@ class FLRRecommender(nn.Module):
         cache = new_cache(self._causal_lm())
         h_prefix = self._run(self._embed(prompt_ids[:, :-1]), prompt_mask[:, :-1], positions[:, : p - 1], cache)
         e = self.thought_init.to(h_prefix.dtype).expand(prompt_ids.shape[0], -1)
-        detach_aux = bool(self.objective.enabled) and not self.config.aux_to_backbone and torch.is_grad_enabled()
+        detach_aux = self._detach_aux()
         steps: list[ReasonerOutput] = []
         aux_steps: list[ReasonerOutput] = []
         for _ in range(self.config.steps):
@@ -311,7 +315,7 @@ class FLRRecommender(nn.Module):
         base = self._embed(prompt_ids)
         e = self.thought_init.to(base.dtype).expand(prompt_ids.shape[0], -1)
         steps, aux_steps = [], []
-        detach_aux = bool(self.objective.enabled) and not self.config.aux_to_backbone and torch.is_grad_enabled()
+        detach_aux = self._detach_aux()
         for _ in range(self.config.steps):
             embeds = torch.cat([base[:, :-1], e[:, None]], dim=1)
             h = self._run(embeds, prompt_mask, positions[:, :p])
