@@ -7,6 +7,7 @@ ones take ``past_key_values=`` and return ``out.past_key_values``. Call models t
 
 from __future__ import annotations
 
+import copy
 import inspect
 from functools import cache
 
@@ -95,3 +96,27 @@ def _crop_sliding(layer, keep: int) -> None:
     layer.keys = layer.keys[..., end - need : end, :]
     layer.values = layer.values[..., end - need : end, :]
     layer.cumulative_length = keep
+
+
+def fork_cache(cache, repeats: int = 1):
+    """A new cache object over the same tensors, each row repeated ``repeats`` times (interleaved).
+
+    Caches grow by rebinding their tensors (``torch.cat``, slicing), never by writing into them, so
+    a shallow copy of every layer is independent of the original: one encoded prompt prefix can
+    seed any number of refinement and scoring passes (GRPO's G samples, its optimisation passes and
+    the reference model) without re-running the backbone over the prompt.
+    """
+    layers = getattr(cache, "layers", None)
+    if layers is None:  # pragma: no cover - transformers < 4.56 layout
+        forked = copy.deepcopy(cache)
+        if repeats > 1:
+            forked.batch_repeat_interleave(repeats)
+        return forked
+    forked = copy.copy(cache)
+    forked.layers = [copy.copy(layer) for layer in layers]
+    if repeats > 1:
+        for layer in forked.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys = layer.keys.repeat_interleave(repeats, dim=0)
+                layer.values = layer.values.repeat_interleave(repeats, dim=0)
+    return forked

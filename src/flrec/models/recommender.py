@@ -26,7 +26,7 @@ from torch import nn
 from flrec.config import ConfigBase, option
 from flrec.decoding.state import PrefillState
 from flrec.errors import ConfigError, FlrecError
-from flrec.models.compat import cache_kwarg, crop_cache, new_cache
+from flrec.models.compat import cache_kwarg, crop_cache, fork_cache, new_cache
 from flrec.models.flr import EmbeddingScale, FactorizedLatentReasoner, ReasonerOutput, positions_from_mask  # noqa: F401
 from flrec.models.losses import FLRObjective
 from flrec.models.reasoners import build_reasoner
@@ -53,6 +53,32 @@ def health_stats(out: ReasonerOutput) -> dict[str, torch.Tensor]:
     if out.key_items is not None:
         stats["hist_attn"] = (out.attn * (out.key_items >= 0)[:, None, :]).sum(-1).mean()
     return stats
+
+
+@dataclass
+class PromptPrefix:
+    """A batch of prompts encoded once by the backbone, up to (not including) the thought column.
+
+    With the backbone frozen (GRPO) nothing here depends on a trained parameter, so one encoding
+    serves the G noisy samples of each prompt, the N refinement steps, every optimisation pass over
+    the rollouts and the reference model. Built by :meth:`FLRRecommender.encode_prompt` without
+    gradients; every use forks ``cache`` (:func:`flrec.models.compat.fork_cache`), so it is never
+    modified.
+    """
+
+    hidden: torch.Tensor  # (B, P-1, D) last-layer (post-norm) states of the prefix
+    cache: object  # KV cache of the prefix: B rows, P-1 positions
+
+
+@dataclass
+class CompletionScores:
+    """Teacher-forced scores of R = B*G completions (G consecutive rows per prompt, see
+    :meth:`FLRRecommender.score_completion`)."""
+
+    logprobs: torch.Tensor  # (R, T) log pi(y_t | x, thought, y_<t) at real completion tokens, 0 at padding
+    logits: torch.Tensor  # (M, V) fp32 logits at the M real completion tokens, row-major over the mask
+    steps: list[ReasonerOutput]  # the B prompts' refinement steps (not repeated over the group)
+    aux_steps: list[ReasonerOutput]  # what the regularisers read (see FLRRecommender.refine)
 
 
 REASONER_DEFAULTS = {
@@ -241,19 +267,23 @@ class FLRRecommender(nn.Module):
         return bool(self.objective.enabled) and not self.config.aux_to_backbone and torch.is_grad_enabled()
 
     def refine(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, positions: torch.Tensor,
-               prompt_items: torch.Tensor | None = None):
+               prompt_items: torch.Tensor | None = None, prefix: PromptPrefix | None = None):
         """Encode the prefix once, then run N one-token refinement steps against its cache.
 
         Returns ``(thought_embedding (B, D), cache holding the prefix only, steps, aux_steps)``:
         ``steps`` are the reasoner outputs the thought was built from; ``aux_steps`` the ones the
         regularisers see (the same unless ``aux_to_backbone`` is off, then a second reasoner pass over
-        detached hidden states, so their gradients stop at the reasoner).
+        detached hidden states, so their gradients stop at the reasoner). ``prefix`` (from
+        :meth:`encode_prompt`) skips the prefix pass: only valid while the backbone is frozen.
         """
         self._check_thought(prompt_ids)
         self._check_layout(prompt_ids, prompt_items)
         p = prompt_ids.shape[1]
-        cache = new_cache(self._causal_lm())
-        h_prefix = self._run(self._embed(prompt_ids[:, :-1]), prompt_mask[:, :-1], positions[:, : p - 1], cache)
+        if prefix is not None:
+            cache, h_prefix = fork_cache(prefix.cache), prefix.hidden
+        else:
+            cache = new_cache(self._causal_lm())
+            h_prefix = self._run(self._embed(prompt_ids[:, :-1]), prompt_mask[:, :-1], positions[:, : p - 1], cache)
         e = self.thought_init.to(h_prefix.dtype).expand(prompt_ids.shape[0], -1)
         detach_aux = self._detach_aux()
         steps: list[ReasonerOutput] = []
@@ -326,6 +356,67 @@ class FLRRecommender(nn.Module):
         embeds = torch.cat([base[:, :-1], e[:, None], self._embed(target_ids)], dim=1)
         hidden = self._run(embeds, mask, positions)
         return self._loss(hidden[:, p - 1 : -1], target_ids, target_mask, steps, aux_steps)
+
+    # ------------------------------------------------------------------- per-token scores (GRPO)
+    @torch.no_grad()
+    def encode_prompt(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> PromptPrefix:
+        """Run the backbone once over each prompt's prefix (everything before the thought), no grad."""
+        if not self.config.uses_thought:
+            raise FlrecError("encode_prompt needs a thought token (reasoner=none has none)")
+        self._check_thought(prompt_ids)
+        positions = positions_from_mask(prompt_mask)
+        cache = new_cache(self._causal_lm())
+        hidden = self._run(self._embed(prompt_ids[:, :-1]), prompt_mask[:, :-1], positions[:, :-1], cache)
+        return PromptPrefix(hidden=hidden, cache=cache)
+
+    def score_completion(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, target_ids: torch.Tensor,
+                         target_mask: torch.Tensor, prompt_items: torch.Tensor | None = None,
+                         thought_noise: torch.Tensor | None = None, prefix: PromptPrefix | None = None,
+                         group_size: int = 1) -> CompletionScores:
+        """Per-token log-probs of completions given B prompts, each scored ``group_size`` (G) times.
+
+        ``prompt_*`` hold B rows; ``target_*`` and ``thought_noise`` (R, D) hold R = B*G rows, the G
+        completions of prompt b in rows ``b*G .. b*G+G-1``. The N refinement steps run once per
+        prompt; the final thought is repeated G times and ``thought_noise`` is added to it (eq. 9)
+        before the completion is scored. ``prefix`` (:meth:`encode_prompt`) reuses an encoded prompt.
+        """
+        b, p = prompt_ids.shape
+        g = group_size
+        if g < 1 or target_ids.shape[0] != b * g:
+            raise FlrecError(f"score_completion: {target_ids.shape[0]} completions for {b} prompts x group_size {g}")
+        rep = (lambda x: x.repeat_interleave(g, 0)) if g > 1 else (lambda x: x)
+        mask = torch.cat([rep(prompt_mask), target_mask], dim=1)
+        positions = positions_from_mask(mask)
+        steps: list[ReasonerOutput] = []
+        aux_steps: list[ReasonerOutput] = []
+        if not self.config.uses_thought:
+            if thought_noise is not None or prefix is not None:
+                raise FlrecError("reasoner=none has no thought to perturb or share; use a thought reasoner")
+            hidden = self._run(self._embed(torch.cat([rep(prompt_ids), target_ids], 1)), mask, positions)
+            pred = hidden[:, p - 1 : -1]
+        else:
+            e, cache, steps, aux_steps = self.refine(prompt_ids, prompt_mask, positions_from_mask(prompt_mask),
+                                                     prompt_items, prefix=prefix)
+            if g > 1:
+                e, cache = e.repeat_interleave(g, 0), fork_cache(cache, g)
+            if thought_noise is not None:
+                e = e + thought_noise.to(e.dtype)
+            hidden = self._run(torch.cat([e[:, None], self._embed(target_ids)], dim=1), mask, positions[:, p - 1 :], cache)
+            pred = hidden[:, :-1]
+        sel = target_mask.bool()
+        logits = self._lm_head(pred[sel])
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        picked = torch.log_softmax(logits, dim=-1).gather(1, target_ids[sel][:, None]).squeeze(1)
+        logprobs = picked.new_zeros(target_ids.shape).masked_scatter(sel, picked)
+        return CompletionScores(logprobs=logprobs, logits=logits, steps=steps, aux_steps=aux_steps)
+
+    def token_logprobs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, target_ids: torch.Tensor,
+                       target_mask: torch.Tensor, prompt_items: torch.Tensor | None = None,
+                       thought_noise: torch.Tensor | None = None, prefix: PromptPrefix | None = None,
+                       group_size: int = 1) -> torch.Tensor:
+        """(B*G, T) log-prob of every completion token (0 at padding); see :meth:`score_completion`."""
+        return self.score_completion(prompt_ids, prompt_mask, target_ids, target_mask, prompt_items,
+                                     thought_noise, prefix, group_size).logprobs
 
     @torch.no_grad()
     def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
@@ -438,4 +529,4 @@ def _migrate_flr_config(saved: dict) -> dict:
     return saved
 
 
-__all__ = ["FLRConfig", "FLRRecommender", "FactorizedLatentReasoner"]
+__all__ = ["CompletionScores", "FLRConfig", "FLRRecommender", "FactorizedLatentReasoner", "PromptPrefix"]

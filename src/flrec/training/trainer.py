@@ -355,7 +355,7 @@ class Trainer:
         model.to(acc.device)
         self._opt = self._make_optimizer(model, param_groups)
 
-        self._sampler = EpochShuffleSampler(len(train_dataset), self.data_seed, cfg.shuffle)
+        self._sampler = self.make_train_sampler(len(train_dataset))
         # Own generators: DataLoader draws a worker base seed per iterator, which must not consume
         # the global RNG (a resumed run creates an extra iterator mid-epoch).
         self._train_gen = torch.Generator()
@@ -427,6 +427,28 @@ class Trainer:
         for i, (m, w) in enumerate(zip(models, weights, strict=False)):
             weights[i] = self._trainable_state(m, w)
 
+    # ----------------------------------------------------------------- hooks (override in subclasses)
+    # A stage that trains differently (e.g. GRPO) overrides these and never copies the loop.
+    def make_train_sampler(self, n: int) -> EpochShuffleSampler:
+        """The training sampler over ``n`` rows; called once in ``__init__`` (after the Accelerator
+        exists). It must order rows as a pure function of (seed, epoch) and have ``set_epoch``."""
+        return EpochShuffleSampler(n, self.data_seed, self.config.shuffle)
+
+    def prepare_batch(self, batch: Mapping[str, Any], state: TrainState) -> Mapping[str, Any]:
+        """Turn a collated training micro-batch into what :meth:`compute_loss` takes (default: as is).
+
+        ``state.epoch``/``state.batch_in_epoch`` say where in the data this micro-batch is."""
+        return batch
+
+    def compute_loss(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """Training and validation outputs of one micro-batch (see the module doc for the keys);
+        ``self.model.training`` tells which. Default: ``model(**batch)``."""
+        return self._forward(batch)
+
+    def select_metric(self, out: Mapping[str, Any]) -> str:
+        """The key of ``compute_loss``'s output that validation minimises (``config.select_metric``)."""
+        return self._select_key(out)
+
     # ----------------------------------------------------------------- public API
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -447,8 +469,8 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         weight = torch.zeros((), device=self.accelerator.device)
         for batch in self.valid_loader:
-            out = self._forward(batch)
-            key = self._select_key(out)
+            out = self.compute_loss(batch)
+            key = self.select_metric(out)
             w = torch.as_tensor(out.get("n_tokens", 1), device=weight.device, dtype=torch.float32)
             values = {"selected": out[key], "total": out["loss"], **out.get("logs", {})}
             for k, v in values.items():
@@ -526,8 +548,9 @@ class Trainer:
                 else self.train_loader
             )
             for batch in loader:
+                inputs = self.prepare_batch(batch, state)
                 with acc.accumulate(self.model):
-                    out = self._forward(batch)
+                    out = self.compute_loss(inputs)
                     acc.backward(out["loss"])
                     nonfinite |= ~torch.isfinite(out["loss"].detach())
                     if acc.sync_gradients:

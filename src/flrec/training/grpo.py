@@ -1,0 +1,443 @@
+"""Stage 2: FLR-GRPO — reinforcement learning in the factorised latent space (paper §4.2, eqs. 9–13).
+
+``flrec train grpo --from RUN_DIR --config configs/grpo.yaml`` is :func:`run_grpo` on a
+:class:`GRPOConfig`. It starts from an SFT'd FLR model; the backbone and LM head stay frozen and only
+the FLR parameters (reasoner, thought scale, initial thought) and the regularisers' uncertainty
+weights train. The loop is the generic :class:`~flrec.training.trainer.Trainer`; this module only
+overrides its hooks:
+
+* ``prepare_batch`` turns B prompts into a :class:`Rollout`: each prompt's prefix is encoded once
+  by the frozen backbone, without gradients (:meth:`FLRRecommender.encode_prompt`), and shared by
+  its G samples; the N refinement steps run once per prompt; sample 1 of every group keeps the
+  noise-free thought, samples 2..G add N(0, σ²I) to it (eq. 9), with σ relative to the input
+  embeddings' RMS and the noise stored so every optimisation pass reuses it. The completion is the
+  ground-truth title (teacher forcing, as LatentR3: no decoding), so one scoring pass gives the
+  rewards (eq. 10, :mod:`flrec.training.rewards`), the old log-probs and the reference log-probs.
+* ``compute_loss`` re-runs only the refinement and the thought + target positions against the
+  shared prefix, with gradients: the clipped surrogate with asymmetric bounds (eq. 12), the k3
+  reverse KL to a frozen copy of the SFT FLR parameters (the backbone is shared, never copied) and
+  the regularisers under their learned weights (eq. 13).
+* ``make_train_sampler`` repeats every rollout batch ``num_iterations`` times in a row, so the
+  loop's exact-resume bookkeeping (data position, RNG, checkpoints) covers GRPO unchanged.
+
+Batching: ``prompts_per_step`` (per process) and ``group_size`` are independent; a micro-batch holds
+``prompts_per_micro_batch`` whole groups, so a group is never split across micro-batches or
+processes. LR-GRPO (LatentR3's stage 2, the paper's Table 4 ablation) is ``variant=lr``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Sampler
+
+from flrec.config import ConfigBase, load_yaml, option
+from flrec.errors import ConfigError, FlrecError
+from flrec.models.recommender import FLRRecommender, PromptPrefix
+from flrec.training.rewards import (
+    RewardInputs,
+    get_advantage,
+    get_reward,
+    greedy_trie_match,
+    zero_advantage_share,
+)
+from flrec.training.trainer import TRAIN_COSMETIC, TrainConfig, Trainer, TrainState
+
+# variant -> (reward, advantage estimator): what "flr" and "lr" mean when reward/advantage are null.
+VARIANTS = {
+    "flr": ("hybrid", "group_baseline"),  # the paper: eq. 10 reward, eq. 11 per-group advantage
+    "lr": ("neg_perplexity", "global_baseline"),  # LatentR3: negative perplexity, one batch baseline
+}
+_TRAIN_DEFAULTS = TrainConfig()
+
+
+@dataclass
+class GRPOConfig(ConfigBase):
+    """One GRPO run: the SFT start, exploration, reward, objective, batching and the optimisation."""
+
+    from_run: str = option("", help="the SFT run directory to start from (its best/ model), or a model directory "
+                           "(one holding flr_config.json)")
+    data: str | None = option(None, help="D3 dataset directory or embedded:synth (null = the SFT run's data, "
+                              "read from its config.yaml)")
+    run_dir: str = option("runs/grpo", help="run directory (checkpoints, log.jsonl, best/ = the trained model)")
+    seed: int = option(0, help="seed of the row subsample, the thought noise and training")
+    variant: Literal["flr", "lr"] = option(
+        "flr", help="flr: FLR-GRPO (hybrid reward, per-group noise-free baseline, eq. 11); lr: LR-GRPO, LatentR3's "
+        "stage 2 (negative-perplexity reward, one noise-free baseline for the whole batch, one L2 norm over all "
+        "rewards). Sets the defaults of reward and advantage")
+    group_size: int = option(8, help="G, samples per prompt (sample 1 noise-free, 2..G with noise on the thought)")
+    prompts_per_step: int = option(8, help="prompts whose rollouts make one optimizer step, per process "
+                                   "(independent of group_size: a step scores prompts_per_step x group_size samples)")
+    prompts_per_micro_batch: int | None = option(
+        None, help="prompts (with all their G samples) per forward/backward pass; prompts_per_step must be a multiple "
+        "(null = prompts_per_step). Lower it to save memory; the result does not change")
+    num_iterations: int = option(
+        2, help="optimizer steps per batch of rollouts (each a full pass over it). With 1 the policy ratio is "
+        "always 1 and the clip never acts (LatentR3's setting, plain REINFORCE); 2 is the smallest value where "
+        "the asymmetric clip bounds the second update, and it halves the rollout cost per step")
+    noise_scale: float = option(
+        0.5, help="sigma of the thought noise, relative to the RMS of the input embedding matrix (the scale the "
+        "thought is rescaled to): the noise's RMS is half the thought's at 0.5. LatentR3 used an absolute 1.5, "
+        "which means a different perturbation for every backbone's embedding scale")
+    reward: str | None = option(None, help="registered reward (flrec.training.rewards.REWARDS: hybrid, "
+                                "token_confidence, exact_match, rank, neg_perplexity; null = the variant's)")
+    reward_params: dict[str, float] = option(
+        factory=dict, help="keyword arguments of the reward, e.g. {alpha: 0.1, beta: 1.0} for hybrid (the paper's "
+        "defaults) or {gated: 0} for rank")
+    advantage: str | None = option(None, help="advantage estimator: group_baseline (eq. 11) or global_baseline "
+                                   "(LatentR3); null = the variant's")
+    adv_eps: float = option(1e-6, help="epsilon in the advantage's denominator (eq. 11)")
+    clip_low: float = option(0.2, help="epsilon_l: the ratio is clipped below at 1 - clip_low (eq. 12)")
+    clip_high: float = option(0.28, help="epsilon_h: the ratio is clipped above at 1 + clip_high (DAPO's 0.28)")
+    beta_kl: float = option(0.04, help="weight of the k3 reverse KL to the frozen SFT FLR module (0 = no reference "
+                            "pass); 0.04 as DeepSeekMath's GRPO")
+    train_limit: int | None = option(None, help="train on a random subset of this many rows (None = all)")
+    valid_limit: int | None = option(256, help="validation rows (random subset; None = all); validation scores "
+                                     "the noise-free thought")
+    dtype: Literal["float32", "bfloat16", "float16"] = option(
+        "float32", help="weight dtype; keep float32 and use train.mixed_precision=bf16 for autocast")
+    train: TrainConfig = option(
+        factory=lambda: TrainConfig(lr=1e-5), help="optimisation, schedule, checkpoints (run_dir overrides "
+        "output_dir; micro_batch_size and grad_accum_steps follow from the prompt counts above)")
+
+    def __post_init__(self) -> None:
+        if not self.from_run:
+            raise ConfigError("from_run is empty; pass the SFT run directory (flrec train grpo --from RUN_DIR)")
+        if self.group_size < 2:
+            raise ConfigError(f"group_size must be >= 2 (one noise-free sample plus noisy ones), got {self.group_size}")
+        for key in ("prompts_per_step", "num_iterations"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        per_mb = self.prompts_per_micro_batch or self.prompts_per_step
+        if per_mb < 1 or self.prompts_per_step % per_mb:
+            raise ConfigError(f"prompts_per_step ({self.prompts_per_step}) must be a multiple of "
+                              f"prompts_per_micro_batch ({per_mb}); e.g. set prompts_per_micro_batch to a divisor")
+        if not self.noise_scale > 0 or not math.isfinite(self.noise_scale):
+            raise ConfigError(f"noise_scale must be a finite number > 0, got {self.noise_scale}")
+        if not 0 <= self.clip_low < 1 or not self.clip_high >= 0:
+            raise ConfigError(f"clip_low must be in [0, 1) and clip_high >= 0, got {self.clip_low}/{self.clip_high}")
+        if self.beta_kl < 0 or not self.adv_eps > 0:
+            raise ConfigError(f"beta_kl must be >= 0 and adv_eps > 0, got {self.beta_kl}/{self.adv_eps}")
+        get_reward(self.reward_name)
+        get_advantage(self.advantage_name)
+        for key in ("train_limit", "valid_limit"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise ConfigError(f"{key} must be >= 1 or null (all rows), got {v}")
+        derived = {"micro_batch_size": per_mb, "grad_accum_steps": self.prompts_per_step // per_mb}
+        for key, value in derived.items():
+            given = getattr(self.train, key)
+            if given not in (value, getattr(_TRAIN_DEFAULTS, key)):
+                raise ConfigError(f"train.{key} ({given}) is set by prompts_per_step/prompts_per_micro_batch "
+                                  f"({value}) in GRPO; remove train.{key} and set those instead")
+        mu = self.num_iterations
+        for key in ("max_steps", "save_every"):
+            v = getattr(self.train, key)
+            if v and v % mu:
+                raise ConfigError(f"train.{key} ({v}) must be a multiple of num_iterations ({mu}): a checkpoint "
+                                  "lies between two batches of rollouts, so a resumed run equals an uninterrupted one")
+        self.train = self.train.replace(output_dir=self.run_dir, **derived)
+
+    @property
+    def reward_name(self) -> str:
+        return self.reward or VARIANTS[self.variant][0]
+
+    @property
+    def advantage_name(self) -> str:
+        return self.advantage or VARIANTS[self.variant][1]
+
+
+@dataclass
+class Rollout:
+    """One micro-batch of rollouts: G teacher-forced samples of each of B prompts.
+
+    R = B*G rows; the samples of prompt b are rows ``b*G .. b*G+G-1`` and row ``b*G`` is its
+    noise-free baseline. P prompt columns, T target columns, D hidden size.
+    """
+
+    prompt_ids: torch.Tensor  # (B, P) left-padded, ending in <|Thought|>
+    prompt_mask: torch.Tensor  # (B, P)
+    prompt_items: torch.Tensor | None  # (B, P) history item of each prompt token (flr.keys != tokens)
+    target_ids: torch.Tensor  # (R, T) the ground-truth title of each row's prompt, right-padded
+    target_mask: torch.Tensor  # (R, T)
+    noise: torch.Tensor  # (R, D) added to the final thought; zero on rows b*G
+    prefix: PromptPrefix  # the B prompts encoded once (no grad), shared by all passes
+    old_logprobs: torch.Tensor  # (R, T) under the parameters that made the rollout (pi_old)
+    ref_logprobs: torch.Tensor | None  # (R, T) under the frozen SFT FLR module (None when beta_kl = 0)
+    rewards: torch.Tensor  # (R,)
+    advantages: torch.Tensor  # (R,)
+    group_size: int  # G
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # scalars logged with the step
+
+    def model_inputs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`GRPOPolicy` (= ``FLRRecommender.score_completion``)."""
+        return {"prompt_ids": self.prompt_ids, "prompt_mask": self.prompt_mask, "target_ids": self.target_ids,
+                "target_mask": self.target_mask, "prompt_items": self.prompt_items, "thought_noise": self.noise,
+                "prefix": self.prefix, "group_size": self.group_size}
+
+
+class GRPOPolicy(nn.Module):
+    """The FLR model as the trainer sees it: ``forward`` scores a rollout (so a DDP wrapper is called
+    and gradients are synchronised across processes; LatentR3 bypassed it).
+
+    The inner model stays in eval mode: its only train-mode behaviour is the key-centering EMA,
+    which would otherwise move between the rollout and the gradient pass (the backbone is frozen, so
+    the key statistics it estimated in SFT still hold).
+    """
+
+    def __init__(self, model: FLRRecommender):
+        super().__init__()
+        self.model = model
+
+    def train(self, mode: bool = True) -> GRPOPolicy:
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def forward(self, **inputs: Any) -> dict[str, Any]:
+        s = self.model.score_completion(**inputs)
+        aux = self.model.objective.aux_losses(s.aux_steps) if s.aux_steps else {}
+        return {"logprobs": s.logprobs, "logits": s.logits, "aux": aux, "steps": s.steps}
+
+    def on_train_step(self, step: int) -> None:
+        self.model.on_train_step(step)
+
+
+class RolloutRepeatSampler(Sampler[int]):
+    """Shuffled rows, cut into chunks of ``chunk`` (one rollout batch of every process), each chunk
+    yielded ``repeats`` times in a row (``num_iterations`` passes over the same rollouts). Rows that do
+    not fill a last chunk are left out of that epoch; the shuffle changes which."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool, chunk: int, repeats: int):
+        self.n, self.seed, self.shuffle, self.chunk, self.repeats, self.epoch = n, seed, shuffle, chunk, repeats, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle:
+            seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).tolist()
+        else:
+            order = list(range(self.n))
+        for c in range(self.n // self.chunk):
+            block = order[c * self.chunk : (c + 1) * self.chunk]
+            for _ in range(self.repeats):
+                yield from block
+
+    def __len__(self) -> int:
+        return (self.n // self.chunk) * self.chunk * self.repeats
+
+
+class GRPOTrainer(Trainer):
+    """The generic trainer with GRPO's hooks (see the module doc). ``model`` is a :class:`GRPOPolicy`
+    whose inner FLR model's backbone is frozen by the trainable filter."""
+
+    def __init__(self, model: GRPOPolicy, train_dataset, valid_dataset, collate_fn, config: TrainConfig,
+                 grpo: GRPOConfig, trie, **kwargs: Any):
+        self.grpo, self.trie = grpo, trie
+        inner = model.model
+        if not inner.config.uses_thought:
+            raise FlrecError("GRPO explores by perturbing the thought; this model has none (reasoner=none)")
+        with torch.no_grad():
+            emb = inner.backbone.get_input_embeddings().weight
+            # sigma relative to the embedding scale (the thought is rescaled to it, see EmbeddingScale)
+            self.sigma = grpo.noise_scale * emb.float().pow(2).mean().sqrt().item()
+        # The reference: a frozen copy of the SFT FLR parameters and buffers (not the backbone, which
+        # the policy shares and never changes); evaluated with torch.func.functional_call.
+        self.ref_state = {k: v.detach().clone() for k, v in model.state_dict().items()
+                          if not k.startswith("model.backbone.")}
+        self._buffer: dict[int, tuple[tuple[int, int], Rollout]] = {}
+        super().__init__(model, train_dataset, valid_dataset, collate_fn, config,
+                         trainable_filter=lambda name, _p: not name.startswith("model.backbone."), **kwargs)
+        if len(self._sampler) == 0:
+            need = self._chunk()
+            raise FlrecError(f"GRPO needs at least prompts_per_step x processes = {need} training rows, got "
+                             f"{self._sampler.n}; lower prompts_per_step or raise train_limit")
+        self.ref_state = {k: v.to(self.accelerator.device) for k, v in self.ref_state.items()}
+
+    # ------------------------------------------------------------------------------------- hooks
+    def _chunk(self) -> int:
+        return self.grpo.prompts_per_step * self.accelerator.num_processes
+
+    def make_train_sampler(self, n: int) -> RolloutRepeatSampler:
+        return RolloutRepeatSampler(n, self.data_seed, self.config.shuffle, self._chunk(), self.grpo.num_iterations)
+
+    def prepare_batch(self, batch: dict[str, Any], state: TrainState) -> Rollout:
+        """A fresh rollout on the first pass over a rollout batch, the stored one on later passes."""
+        per_step = self.config.grad_accum_steps  # micro-batches of one rollout batch, per process
+        cycle = per_step * self.grpo.num_iterations
+        pos = state.batch_in_epoch % cycle
+        slot, cycle_id = pos % per_step, (state.epoch, state.batch_in_epoch // cycle)
+        if pos < per_step:
+            self._buffer[slot] = (cycle_id, self.make_rollout(batch, (state.epoch, state.batch_in_epoch)))
+            return self._buffer[slot][1]
+        stored = self._buffer.get(slot)
+        if stored is None or stored[0] != cycle_id:
+            raise FlrecError(f"{self.output_dir}: this checkpoint lies inside a batch of rollouts (saved after a "
+                             "non-finite loss?), so the run cannot resume exactly; start over with --force")
+        return stored[1]
+
+    @torch.no_grad()
+    def make_rollout(self, batch: dict[str, Any], position: tuple[int, int]) -> Rollout:
+        """Encode the prompts once, draw the noise, score all samples, compute rewards and advantages."""
+        g, acc = self.grpo.group_size, self.accelerator
+        inner = acc.unwrap_model(self.model).model
+        prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
+        target_ids = batch["target_ids"].repeat_interleave(g, 0)
+        target_mask = batch["target_mask"].repeat_interleave(g, 0)
+        r = target_ids.shape[0]
+        # Noise from its own generator, seeded by the data position: the same rollout after a resume
+        # and on any device, whatever else drew from the global RNG.
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence(
+            [self.grpo.seed, *position, acc.process_index]).generate_state(1)[0]))
+        noise = torch.randn(r, inner.thought_init.shape[-1], generator=gen) * self.sigma
+        noise[::g] = 0.0  # sample 1 of every group: the noise-free baseline (eq. 9)
+        noise = noise.to(acc.device)
+        with acc.autocast():
+            prefix = inner.encode_prompt(prompt_ids, prompt_mask)
+            rollout = Rollout(prompt_ids, prompt_mask, batch.get("prompt_items"), target_ids, target_mask, noise,
+                              prefix, old_logprobs=target_ids.new_zeros(()), ref_logprobs=None,
+                              rewards=noise.new_zeros(r), advantages=noise.new_zeros(r), group_size=g)
+            out = self.model(**rollout.model_inputs())
+            if self.grpo.beta_kl > 0:
+                ref = torch.func.functional_call(acc.unwrap_model(self.model), self.ref_state, (),
+                                                 rollout.model_inputs(), strict=False)
+                rollout.ref_logprobs = ref["logprobs"]
+        rollout.old_logprobs = out["logprobs"]
+        rewards, match = self.rewards(out["logprobs"], out["logits"], target_ids, target_mask, g)
+        adv = get_advantage(self.grpo.advantage_name)(rewards.view(-1, g), self.grpo.adv_eps)
+        rollout.rewards, rollout.advantages = rewards, adv.reshape(-1)
+        base = slice(0, None, g)
+        rollout.stats = {"reward": rewards.mean(), "reward_base": rewards[base].mean(),
+                         "exact_match": match[base].float().mean(), "adv_abs": adv.abs().mean(),
+                         "zero_adv": zero_advantage_share(adv)}
+        return rollout
+
+    def rewards(self, logprobs: torch.Tensor, logits: torch.Tensor, target_ids: torch.Tensor,
+                target_mask: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R,) rewards of the configured function and (R,) exact-match flags."""
+        greedy = greedy_trie_match(self.trie, target_ids, target_mask, logits)
+        inputs = RewardInputs(logprobs.float(), target_mask, greedy, group_size)
+        reward = get_reward(self.grpo.reward_name)(inputs, **self.grpo.reward_params).float()
+        return reward, inputs.exact_match()
+
+    def compute_loss(self, batch: Rollout | dict[str, Any]) -> dict[str, Any]:
+        if not self.model.training:
+            return self._validation_loss(batch)
+        ro, cfg = batch, self.grpo
+        out = self.model(**ro.model_inputs())
+        logp = out["logprobs"]
+        mask = ro.target_mask.to(logp.dtype)
+        ratio = torch.exp(logp - ro.old_logprobs)
+        adv = ro.advantages[:, None].to(logp.dtype)
+        clipped = torch.clamp(ratio, 1 - cfg.clip_low, 1 + cfg.clip_high)
+        per_token = -torch.minimum(ratio * adv, clipped * adv)  # eq. 12, negated (we minimise)
+        logs = dict(ro.stats)
+        if ro.ref_logprobs is not None:
+            delta = ro.ref_logprobs - logp
+            kl = torch.exp(delta) - delta - 1  # k3: unbiased, always >= 0
+            per_token = per_token + cfg.beta_kl * kl
+            logs["kl"] = ((kl * mask).sum() / mask.sum()).detach()
+        # GRPO's aggregation: mean over each sample's tokens, then over samples
+        policy_loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+        inner = self.accelerator.unwrap_model(self.model).model
+        total = inner.objective(policy_loss, out["aux"])  # eq. 13: + the regularisers' weighted terms
+        active = ((ratio < 1 - cfg.clip_low) & (adv < 0)) | ((ratio > 1 + cfg.clip_high) & (adv > 0))
+        logs["clip_frac"] = ((active.to(mask.dtype) * mask).sum() / mask.sum()).detach()
+        logs["policy_loss"] = policy_loss.detach()
+        logs.update({k: v.detach() for k, v in out["aux"].items()})
+        logs.update({f"lambda_{k}": v for k, v in inner.objective.weights().items()})
+        return {"loss": total, "logs": logs}
+
+    def _validation_loss(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Noise-free scoring of validation rows: the reward (negated: lower is better), the exact-match
+        rate and the target NLL."""
+        out = self.model(prompt_ids=batch["prompt_ids"], prompt_mask=batch["prompt_mask"],
+                         target_ids=batch["target_ids"], target_mask=batch["target_mask"],
+                         prompt_items=batch.get("prompt_items"))
+        reward, match = self.rewards(out["logprobs"], out["logits"], batch["target_ids"], batch["target_mask"], 1)
+        n_tok = batch["target_mask"].sum()
+        rows = torch.tensor(float(reward.shape[0]), device=reward.device)
+        return {"loss": -reward.mean(), "neg_reward": -reward.mean(), "rec_loss": -out["logprobs"].sum() / n_tok,
+                "n_tokens": rows,  # evaluate_all weights by this: a row-weighted mean over batches
+                "logs": {"exact_match": match.float().mean()}}
+
+    def select_metric(self, out: dict[str, Any]) -> str:
+        """``auto`` selects on the validation reward (noise-free thought), else ``train.select_metric``."""
+        return "neg_reward" if self.config.select_metric == "auto" else self._select_key(out)
+
+
+# ---------------------------------------------------------------------------------------- recipe
+def sft_model_dir(from_run: str | Path) -> Path:
+    """The model directory of an SFT run (``RUN/best``), or ``from_run`` itself if it is a model dir."""
+    p = Path(from_run)
+    for cand in (p / "best", p):
+        if (cand / "flr_config.json").is_file():
+            return cand
+    raise FlrecError(f"{p}: no trained FLR model here (no best/flr_config.json); pass a finished SFT run "
+                     "directory (flrec train sft ...) or its best/ folder to --from")
+
+
+def _run_data(from_run: str | Path) -> str:
+    """The dataset an SFT run trained on (its config.yaml's ``data``)."""
+    for cfg_path in (Path(from_run) / "config.yaml", Path(from_run).parent / "config.yaml"):
+        if cfg_path.is_file():
+            data = (load_yaml(cfg_path.read_text(encoding="utf-8"), str(cfg_path)) or {}).get("data")
+            if data:
+                return str(data)
+    raise ConfigError(f"{from_run}: no config.yaml naming the SFT run's data; set data=DIR")
+
+
+def grpo_fingerprint(cfg: GRPOConfig, dataset, model_dir: Path) -> dict:
+    """The config (minus paths, progress and logging), the train/valid rows and the SFT model's files."""
+    from flrec.utils.runid import config_identity, dataset_hash, make_fingerprint, model_identity
+
+    ignore = ("run_dir", "data", "from_run", *(f"train.{k}" for k in TRAIN_COSMETIC))
+    return make_fingerprint(config_identity(cfg, ignore), data={"hash": dataset_hash(dataset, ("train", "valid"))},
+                            start=model_identity(model_dir))
+
+
+def run_grpo(cfg: GRPOConfig, dataset=None) -> dict:
+    """Train FLR-GRPO (or LR-GRPO) from an SFT run; the best model goes to ``run_dir/best``."""
+    from flrec.data.prompts import PromptBuilder, collate_left_padded
+    from flrec.decoding.trie import TitleTrie
+    from flrec.training.sft import DTYPES, load_dataset, subsample
+
+    model_dir = sft_model_dir(cfg.from_run)
+    dataset = dataset or load_dataset(cfg.data or _run_data(cfg.from_run))
+    model, tokenizer = FLRRecommender.from_pretrained(model_dir, dtype=DTYPES[cfg.dtype])
+    builder = PromptBuilder(tokenizer, use_thought=True, **model.prompt_settings)
+    train_ex = builder.encode_rows(subsample(dataset["train"], cfg.train_limit, cfg.seed), dataset.catalogue)
+    valid_rows = subsample(dataset["valid"], cfg.valid_limit, cfg.seed)
+    valid_ex = builder.encode_rows(valid_rows, dataset.catalogue) if valid_rows else None
+    vocab = model.backbone.get_output_embeddings().weight.shape[0]
+    trie = TitleTrie.build(tokenizer, dataset.catalogue.titles, vocab_size=vocab)
+
+    def save_fn(policy: GRPOPolicy, path: Path) -> None:
+        policy.model.save_pretrained(path, tokenizer)
+
+    trainer = GRPOTrainer(GRPOPolicy(model), train_ex, valid_ex, partial(collate_left_padded, pad_id=tokenizer.pad_token_id),
+                          cfg.train, cfg, trie, save_fn=save_fn, run_config=cfg, stage="grpo",
+                          fingerprint=grpo_fingerprint(cfg, dataset, model_dir))
+    trainer.trie = trie.to(trainer.accelerator.device)
+    result = trainer.train()
+    return {"run_dir": cfg.run_dir, "model_dir": str(result.best_dir), "start": str(model_dir),
+            "best_step": result.best_step, "best_valid_neg_reward": result.best_valid_loss, "steps": result.steps_done,
+            "prompts_seen": result.samples_seen, "train_rows": len(train_ex), "valid_rows": len(valid_ex or []),
+            "mixed_precision": result.mixed_precision, "reused": result.reused,
+            "variant": cfg.variant, "reward": cfg.reward_name, "advantage": cfg.advantage_name}
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    """The rows of a GRPO run's ``log.jsonl`` (training rows carry reward, kl, clip_frac, zero_adv...)."""
+    path = Path(run_dir) / "log.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
