@@ -19,6 +19,7 @@ from flrec.errors import FlrecError
 
 CONFIGS = {
     "sft": "flrec.training.sft:SFTConfig",
+    "grpo": "flrec.training.grpo:GRPOConfig",
     "flr": "flrec.models.recommender:FLRConfig",
     "train": "flrec.training.trainer:TrainConfig",
     "eval": "flrec.evaluation.runner:EvalConfig",
@@ -169,6 +170,25 @@ def cmd_train_sft(a) -> None:
           f"precision {res['mixed_precision']}")
     print(f"best step {res['best_step']}, validation loss {loss}"
           + (" (stopped early)" if res["stopped_early"] else ""))
+    print(f"model: {res['model_dir']}  (log: {res['run_dir']}/log.jsonl)")
+
+
+def cmd_train_grpo(a) -> None:
+    from flrec.training.grpo import GRPOConfig, run_grpo
+
+    overrides = ([f"from_run={a.from_run}"] if a.from_run else []) + list(a.overrides)
+    overrides += ["train.overwrite=true"] if a.force else []
+    res = run_grpo(GRPOConfig.load(a.config, overrides))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if a.json:
+        print(json.dumps(res, indent=2, default=str))
+        return
+    head = "reused the finished run (same settings)" if res.get("reused") else f"trained {res['steps']} steps"
+    print(f"{head} of {res['variant']}-GRPO from {res['start']}: {res['prompts_seen']} prompts seen "
+          f"(of {res['train_rows']} training rows), reward {res['reward']}, advantage {res['advantage']}")
+    best = res["best_valid_neg_reward"]
+    print(f"best step {res['best_step']}" + ("" if best is None else f", validation reward {-best:.4f}"))
     print(f"model: {res['model_dir']}  (log: {res['run_dir']}/log.jsonl)")
 
 
@@ -486,6 +506,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "(= train.overwrite=true); a run with the same settings is always resumed or reused")
     s.add_argument("--json", action="store_true", help="print the result as one JSON document")
     s.set_defaults(fn=cmd_train_sft)
+    s = with_config(tsub.add_parser("grpo", help="FLR-GRPO (or LR-GRPO: variant=lr) from an SFT run; only FLR trains",
+                                    formatter_class=fmt))
+    s.add_argument("--from", dest="from_run", help="the SFT run directory to start from (= from_run=RUN_DIR)")
+    s.add_argument("--force", action="store_true",
+                   help="if run_dir holds a run made with other settings, delete it and start over "
+                   "(= train.overwrite=true); a run with the same settings is always resumed or reused")
+    s.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    s.set_defaults(fn=cmd_train_grpo)
 
     s = with_config(sub.add_parser("evaluate", help="constrained beam-search ranking + HR/NDCG on a split",
                                    formatter_class=fmt))

@@ -105,8 +105,9 @@ class GRPOConfig(ConfigBase):
     dtype: Literal["float32", "bfloat16", "float16"] = option(
         "float32", help="weight dtype; keep float32 and use train.mixed_precision=bf16 for autocast")
     train: TrainConfig = option(
-        factory=lambda: TrainConfig(lr=1e-5), help="optimisation, schedule, checkpoints (run_dir overrides "
-        "output_dir; micro_batch_size and grad_accum_steps follow from the prompt counts above)")
+        factory=TrainConfig, help="optimisation, schedule, checkpoints (run_dir overrides output_dir; "
+        "micro_batch_size and grad_accum_steps follow from the prompt counts above). The paper's GRPO lr grid: "
+        "1e-4, 5e-4, 1e-5, 5e-5")
 
     def __post_init__(self) -> None:
         if not self.from_run:
@@ -196,6 +197,7 @@ class GRPOPolicy(nn.Module):
     def __init__(self, model: FLRRecommender):
         super().__init__()
         self.model = model
+        self.train()  # and the inner model to eval (a loaded model starts in train mode)
 
     def train(self, mode: bool = True) -> GRPOPolicy:
         super().train(mode)
@@ -256,6 +258,7 @@ class GRPOTrainer(Trainer):
         self.ref_state = {k: v.detach().clone() for k, v in model.state_dict().items()
                           if not k.startswith("model.backbone.")}
         self._buffer: dict[int, tuple[tuple[int, int], Rollout]] = {}
+        self.start_dir: Path | None = None  # the SFT model directory (set by build_grpo_trainer)
         super().__init__(model, train_dataset, valid_dataset, collate_fn, config,
                          trainable_filter=lambda name, _p: not name.startswith("model.backbone."), **kwargs)
         if len(self._sampler) == 0:
@@ -406,8 +409,8 @@ def grpo_fingerprint(cfg: GRPOConfig, dataset, model_dir: Path) -> dict:
                             start=model_identity(model_dir))
 
 
-def run_grpo(cfg: GRPOConfig, dataset=None) -> dict:
-    """Train FLR-GRPO (or LR-GRPO) from an SFT run; the best model goes to ``run_dir/best``."""
+def build_grpo_trainer(cfg: GRPOConfig, dataset=None) -> GRPOTrainer:
+    """The SFT model, the encoded rows, the title trie and the trainer (nothing is written yet)."""
     from flrec.data.prompts import PromptBuilder, collate_left_padded
     from flrec.decoding.trie import TitleTrie
     from flrec.training.sft import DTYPES, load_dataset, subsample
@@ -429,12 +432,20 @@ def run_grpo(cfg: GRPOConfig, dataset=None) -> dict:
                           cfg.train, cfg, trie, save_fn=save_fn, run_config=cfg, stage="grpo",
                           fingerprint=grpo_fingerprint(cfg, dataset, model_dir))
     trainer.trie = trie.to(trainer.accelerator.device)
+    trainer.start_dir = model_dir
+    return trainer
+
+
+def run_grpo(cfg: GRPOConfig, dataset=None) -> dict:
+    """Train FLR-GRPO (or LR-GRPO) from an SFT run; the best model goes to ``run_dir/best``."""
+    trainer = build_grpo_trainer(cfg, dataset)
     result = trainer.train()
-    return {"run_dir": cfg.run_dir, "model_dir": str(result.best_dir), "start": str(model_dir),
+    return {"run_dir": cfg.run_dir, "model_dir": str(result.best_dir), "start": str(trainer.start_dir),
             "best_step": result.best_step, "best_valid_neg_reward": result.best_valid_loss, "steps": result.steps_done,
-            "prompts_seen": result.samples_seen, "train_rows": len(train_ex), "valid_rows": len(valid_ex or []),
-            "mixed_precision": result.mixed_precision, "reused": result.reused,
-            "variant": cfg.variant, "reward": cfg.reward_name, "advantage": cfg.advantage_name}
+            "prompts_seen": result.samples_seen // cfg.num_iterations, "train_rows": trainer._data_sizes["train_rows"],
+            "valid_rows": trainer._data_sizes["valid_rows"] or 0, "mixed_precision": result.mixed_precision,
+            "reused": result.reused, "variant": cfg.variant, "reward": cfg.reward_name,
+            "advantage": cfg.advantage_name}
 
 
 def read_log(run_dir: str | Path) -> list[dict]:
