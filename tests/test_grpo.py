@@ -319,3 +319,28 @@ def test_grpo_config_fix_it_errors(sft_run):
         GRPOConfig.from_dict({**ok, "reward": "nope"})
     cfg = GRPOConfig.from_dict({**ok, "prompts_per_step": 8, "prompts_per_micro_batch": 2, "group_size": 16})
     assert (cfg.train.micro_batch_size, cfg.train.grad_accum_steps) == (2, 4)  # G does not enter the batch sizes
+
+
+@pytest.mark.parametrize("method", ["flr_grpo", "lr_grpo"])
+def test_compare_methods_fit_from_the_same_sft_start_and_rank(method, sft_run, tiny_data, tmp_path):
+    from flrec.baselines.base import get_recommender
+    from flrec.evaluation.compare import CompareConfig
+
+    CompareConfig(methods=["flr", "flr_grpo", "lr_grpo"])  # known to flrec compare
+    cls = get_recommender(method)
+    cfg = cls.config_cls.from_dict({
+        "sft_dir": str(sft_run), "seed": 0, "beam": 5, "batch_size": 4, "sft": {"backbone": "tiny:llama", "max_history": 4},
+        "grpo": {"group_size": 2, "prompts_per_step": 2, "train_limit": 4, "valid_limit": 2,
+                 "train": {"max_steps": 2, "mixed_precision": "no", "progress": False}}})
+    rec = cls(tiny_data.catalogue, cfg).fit(tiny_data, run_dir=tmp_path / method)
+    info = json.loads((tmp_path / method / "grpo" / "finished.json").read_text())
+    assert info["steps_done"] == 2
+    assert json.loads((tmp_path / method / "grpo" / "fingerprint.json").read_text())["variant"] == method.split("_")[0]
+    ranked = rec.recommend(tiny_data["test"][:3], k=5)
+    titles = set(tiny_data.catalogue.titles)
+    assert len(ranked) == 3 and all(r and all(t in titles for t, _ in r) for r in ranked)
+    rec.save(tmp_path / "saved")
+    again = cls.load(tmp_path / "saved")
+    assert [t for t, _ in again.recommend(tiny_data["test"][:3], k=5)[0]] == [t for t, _ in ranked[0]]
+    with pytest.raises(ConfigError, match="set by the method"):
+        cls.config_cls.from_dict({"grpo": {"variant": "lr"}})
