@@ -71,21 +71,22 @@ class GRPOConfig(ConfigBase):
     seed: int = option(0, help="seed of the row subsample, the thought noise and training")
     variant: Literal["flr", "lr"] = option(
         "flr", help="flr: FLR-GRPO (hybrid reward, per-group noise-free baseline, eq. 11); lr: LR-GRPO, LatentR3's "
-        "stage 2 (negative-perplexity reward, one noise-free baseline for the whole batch, one L2 norm over all "
-        "rewards). Sets the defaults of reward and advantage")
+        "stage 2 (negative-perplexity reward, one noise-free baseline for all groups of a micro-batch, gathered over "
+        "processes, one L2 norm over all their rewards). Sets the defaults of reward and advantage")
     group_size: int = option(8, help="G, samples per prompt (sample 1 noise-free, 2..G with noise on the thought)")
     prompts_per_step: int = option(8, help="prompts whose rollouts make one optimizer step, per process "
                                    "(independent of group_size: a step scores prompts_per_step x group_size samples)")
     prompts_per_micro_batch: int | None = option(
         None, help="prompts (with all their G samples) per forward/backward pass; prompts_per_step must be a multiple "
-        "(null = prompts_per_step). Lower it to save memory; the result does not change")
+        "(null = prompts_per_step). Lower it to save memory; the noise draws, the cross-row regularisers and "
+        "LR-GRPO's batch baseline are per micro-batch, so the result changes slightly")
     num_iterations: int = option(
         2, help="optimizer steps per batch of rollouts (each a full pass over it). With 1 the policy ratio is "
         "always 1 and the clip never acts (LatentR3's setting, plain REINFORCE); 2 is the smallest value where "
         "the asymmetric clip bounds the second update, and it halves the rollout cost per step")
     noise_scale: float = option(
         0.5, help="sigma of the thought noise, relative to the RMS of the input embedding matrix (the scale the "
-        "thought is rescaled to): the noise's RMS is half the thought's at 0.5. LatentR3 used an absolute 1.5, "
+        "thought is rescaled to): at 0.5 the noise's RMS is about half the thought's. LatentR3 used an absolute 1.5, "
         "which means a different perturbation for every backbone's embedding scale")
     reward: str | None = option(None, help="registered reward (flrec.training.rewards.REWARDS: hybrid, "
                                 "token_confidence, exact_match, rank, neg_perplexity; null = the variant's)")
@@ -317,13 +318,25 @@ class GRPOTrainer(Trainer):
                 rollout.ref_logprobs = ref["logprobs"]
         rollout.old_logprobs = out["logprobs"]
         rewards, match = self.rewards(out["logprobs"], out["logits"], target_ids, target_mask, g)
-        adv = get_advantage(self.grpo.advantage_name)(rewards.view(-1, g), self.grpo.adv_eps)
+        adv = self.advantages(rewards.view(-1, g))
         rollout.rewards, rollout.advantages = rewards, adv.reshape(-1)
         base = slice(0, None, g)
         rollout.stats = {"reward": rewards.mean(), "reward_base": rewards[base].mean(),
                          "exact_match": match[base].float().mean(), "adv_abs": adv.abs().mean(),
                          "zero_adv": zero_advantage_share(adv)}
         return rollout
+
+    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        """(B, G) advantages of this process's groups. A per-group estimator (eq. 11) needs nothing
+        else; ``global_baseline`` (LatentR3) sees the rewards of every process's micro-batch, as
+        LatentR3 gathered them across GPUs (the sampler gives every process equally many groups)."""
+        fn = get_advantage(self.grpo.advantage_name)
+        acc = self.accelerator
+        if self.grpo.advantage_name != "global_baseline" or acc.num_processes == 1:
+            return fn(rewards, self.grpo.adv_eps)
+        b = rewards.shape[0]
+        everyone = fn(acc.gather(rewards.contiguous()), self.grpo.adv_eps)
+        return everyone[acc.process_index * b : (acc.process_index + 1) * b]
 
     def rewards(self, logprobs: torch.Tensor, logits: torch.Tensor, target_ids: torch.Tensor,
                 target_mask: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
