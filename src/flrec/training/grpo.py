@@ -210,8 +210,8 @@ class GRPOPolicy(nn.Module):
         aux = self.model.objective.aux_losses(s.aux_steps) if s.aux_steps else {}
         return {"logprobs": s.logprobs, "logits": s.logits, "aux": aux, "steps": s.steps}
 
-    def on_train_step(self, step: int) -> None:
-        self.model.on_train_step(step)
+    # No on_train_step: the regularisers' warm-up ramp stays where SFT left it (GRPO's step count
+    # restarts at 0, which would switch them off again).
 
 
 class RolloutRepeatSampler(Sampler[int]):
@@ -300,9 +300,12 @@ class GRPOTrainer(Trainer):
         target_mask = batch["target_mask"].repeat_interleave(g, 0)
         r = target_ids.shape[0]
         # Noise from its own generator, seeded by the data position: the same rollout after a resume
-        # and on any device, whatever else drew from the global RNG.
+        # and on any device, whatever else drew from the global RNG. The position is the global
+        # micro-batch index (accelerate deals micro-batches round-robin), so 2 processes draw what
+        # 1 process with the same global batch draws.
+        epoch, local = position
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence(
-            [self.grpo.seed, *position, acc.process_index]).generate_state(1)[0]))
+            [self.grpo.seed, epoch, local * acc.num_processes + acc.process_index]).generate_state(1)[0]))
         noise = torch.randn(r, inner.thought_init.shape[-1], generator=gen) * self.sigma
         noise[::g] = 0.0  # sample 1 of every group: the noise-free baseline (eq. 9)
         noise = noise.to(acc.device)
