@@ -228,23 +228,38 @@ def grpo_run(sft_run, tiny_data, tmp_path_factory):
     return run_grpo(grpo_cfg(sft_run, out), tiny_data), out
 
 
-def test_grpo_trains_only_flr_kl_starts_at_zero_and_clip_acts(grpo_run, sft_run):
+def _train_rows(out):
+    return [r for r in read_log(out) if "reward" in r]
+
+
+def test_grpo_run_logs_its_signals(grpo_run):
     res, out = grpo_run
     assert res["steps"] == 4 and res["reward"] == "hybrid" and res["advantage"] == "group_baseline"
-    rows = [r for r in read_log(out) if "reward" in r]
+    rows = _train_rows(out)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    assert rows[0]["kl"] == 0.0  # the policy starts as the reference
-    assert rows[1]["kl"] > 0
+    for key in ("reward", "exact_match", "adv_abs", "zero_adv", "kl", "clip_frac", "policy_loss"):
+        assert all(key in r for r in rows), key
+    assert any(r.get("valid_loss") is not None for r in read_log(out))  # validation: noise-free reward
+
+
+def test_kl_is_zero_at_the_first_step(grpo_run):
+    rows = _train_rows(grpo_run[1])
+    assert rows[0]["kl"] == 0.0  # the policy starts as the frozen reference
+    assert rows[1]["kl"] > 0  # ...and leaves it after one update
+
+
+def test_clip_fraction_positive_with_two_iterations(grpo_run):
+    rows = _train_rows(grpo_run[1])
     assert rows[0]["clip_frac"] == 0.0  # first pass over a rollout: ratio 1
     assert max(r["clip_frac"] for r in rows) > 0  # num_iterations = 2: the second pass is clipped
-    for key in ("reward", "exact_match", "adv_abs", "zero_adv", "policy_loss"):
-        assert all(key in r for r in rows), key
-    assert any(r.get("valid_loss") is not None for r in read_log(out))
-    # only the FLR parameters moved: the backbone is bit-identical to the SFT model's
+
+
+def test_only_flr_parameters_change(grpo_run, sft_run):
+    res, out = grpo_run
     sft_state, sft_backbone = _flr_and_backbone(sft_run / "best")
     new_state, new_backbone = _flr_and_backbone(out / "best")
     assert sft_backbone.keys() == new_backbone.keys()
-    for k in sft_backbone:
+    for k in sft_backbone:  # backbone and LM head bit-identical to the SFT model's
         assert torch.equal(sft_backbone[k], new_backbone[k]), k
     moved = [k for k in sft_state if k.startswith("reasoner.") and not torch.equal(sft_state[k], new_state[k])]
     assert moved
