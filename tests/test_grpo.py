@@ -359,3 +359,12 @@ def test_compare_methods_fit_from_the_same_sft_start_and_rank(method, sft_run, t
     assert [t for t, _ in again.recommend(tiny_data["test"][:3], k=5)[0]] == [t for t, _ in ranked[0]]
     with pytest.raises(ConfigError, match="set by the method"):
         cls.config_cls.from_dict({"grpo": {"variant": "lr"}})
+
+
+def test_shipped_grpo_config_loads():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "grpo.yaml"
+    cfg = GRPOConfig.load(path, ["from_run=runs/demo/sft"])
+    assert cfg.num_iterations > 1 and cfg.group_size == 8 and cfg.train.max_steps % cfg.num_iterations == 0
+    assert (cfg.train.micro_batch_size, cfg.train.grad_accum_steps) == (4, 2)
