@@ -72,7 +72,9 @@ class GRPOConfig(ConfigBase):
     variant: Literal["flr", "lr"] = option(
         "flr", help="flr: FLR-GRPO (hybrid reward, per-group noise-free baseline, eq. 11); lr: LR-GRPO, LatentR3's "
         "stage 2 (negative-perplexity reward, one noise-free baseline for all groups of a micro-batch, gathered over "
-        "processes, one L2 norm over all their rewards). Sets the defaults of reward and advantage")
+        "processes, one L2 norm over all their rewards). Sets the defaults of reward and advantage only: the noise, "
+        "clip, KL and iterations stay shared, so the ablation isolates reward and baseline (LatentR3 itself ran "
+        "num_iterations=1 beta_kl=0 with an absolute sigma of 1.5)")
     group_size: int = option(8, help="G, samples per prompt (sample 1 noise-free, 2..G with noise on the thought)")
     prompts_per_step: int = option(8, help="prompts whose rollouts make one optimizer step, per process "
                                    "(independent of group_size: a step scores prompts_per_step x group_size samples)")
