@@ -369,3 +369,17 @@ def test_shipped_grpo_config_loads():
     cfg = GRPOConfig.load(path, ["from_run=runs/demo/sft"])
     assert cfg.num_iterations > 1 and cfg.group_size == 8 and cfg.train.max_steps % cfg.num_iterations == 0
     assert (cfg.train.micro_batch_size, cfg.train.grad_accum_steps) == (4, 2)
+
+
+def test_shipped_grpo_comparison_configs_load():
+    from pathlib import Path
+
+    from flrec.baselines.grpo import GRPORecConfig
+    from flrec.evaluation.compare import CompareConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cmp = CompareConfig.load(root / "compare" / "cds-grpo-cpu.yaml")
+    assert cmp.methods.index("flr") < cmp.methods.index("flr_grpo")  # the start is trained first
+    rec = GRPORecConfig.load(root / "baselines" / "grpo-cds-cpu.yaml")
+    assert "{seed}" in rec.sft_dir and rec.sft_dir.startswith(cmp.out)
+    assert rec.grpo_config("x").train.max_steps % rec.grpo_config("x").num_iterations == 0
