@@ -36,7 +36,8 @@ class SFTConfig(ConfigBase):
     domain: str | None = option(None, help="item word used in the prompt (default: the dataset's, e.g. 'CD')")
     run_dir: str = option("runs/sft", help="run directory (checkpoints, log.jsonl, best/ = the trained model)")
     seed: int = option(0, help="seed for the row subsample, model init and training")
-    trainable: Literal["full", "lora", "frozen"] = option("full", help="full fine-tune (paper), LoRA, or frozen backbone")
+    trainable: str = option("full", help="full fine-tune (paper), lora, frozen backbone, or top:N (only the top N "
+                            "blocks + final norm + FLR train; the bottom runs without autograd on the prompt)")
     lora_r: int = option(8, help="LoRA rank (trainable=lora)")
     lora_alpha: int = option(16, help="LoRA alpha (trainable=lora)")
     lora_targets: list[str] = option(factory=lambda: ["q_proj", "v_proj"], help="module names LoRA adapts")
@@ -50,6 +51,10 @@ class SFTConfig(ConfigBase):
     train: TrainConfig = option(factory=TrainConfig, help="optimisation, schedule, checkpoints (run_dir overrides output_dir)")
 
     def __post_init__(self) -> None:
+        from flrec.models.freeze import parse_top
+
+        if self.trainable not in ("full", "lora", "frozen") and parse_top(self.trainable) is None:
+            raise ConfigError(f"trainable: unknown mode '{self.trainable}'; use full, lora, frozen or top:N (e.g. top:15)")
         if self.max_prompt_tokens < 16:
             raise ConfigError("max_prompt_tokens must be >= 16 (a prompt needs its instruction and one title)")
         for key in ("train_limit", "valid_limit"):
