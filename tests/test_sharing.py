@@ -148,3 +148,15 @@ def test_bad_top_modes_are_one_line_errors():
     for bad in ("top:0", "top:x", "top:9", "half"):
         with pytest.raises(ConfigError, match="top"):
             model.set_trainable(bad)
+
+
+def test_plain_prefill_with_a_shared_prefix_equals_unshared():
+    from flrec.decoding.beam import prefill_plain
+
+    model = make_model(reasoner="none").backbone
+    b = shared_batch()
+    a = prefill_plain(model, b["prompt_ids"], b["prompt_mask"], share_prefix=False)
+    s = prefill_plain(model, b["prompt_ids"], b["prompt_mask"])
+    assert not torch.equal(a.attention_mask, s.attention_mask)  # the hoisted layout was used
+    torch.testing.assert_close(s.next_logits, a.next_logits, atol=1e-6, rtol=1e-6)
+    assert torch.equal(s.next_position, a.next_position)
