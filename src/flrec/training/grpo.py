@@ -312,7 +312,7 @@ class GRPOTrainer(Trainer):
         noise[::g] = 0.0  # sample 1 of every group: the noise-free baseline (eq. 9)
         noise = noise.to(acc.device)
         with acc.autocast():
-            prefix = inner.encode_prompt(prompt_ids, prompt_mask)
+            prefix = inner.encode_prompt(prompt_ids, prompt_mask, batch.get("prompt_items"))
             rollout = Rollout(prompt_ids, prompt_mask, batch.get("prompt_items"), target_ids, target_mask, noise,
                               prefix, old_logprobs=target_ids.new_zeros(()), ref_logprobs=None,
                               rewards=noise.new_zeros(r), advantages=noise.new_zeros(r), group_size=g)
