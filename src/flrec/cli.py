@@ -499,8 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, help="rows per recommend() call; results do not depend on it "
                    "(default: the config's, 64)")
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
-                   help="weights dtype for ranking; bfloat16 is ~2x faster on CPUs with native bf16 and much slower "
-                   "(emulated) without; auto = bfloat16 where native")
+                   help="dtype (auto: bf16 if native)")
     s.add_argument("--shard", help="i/n: evaluate only the i-th (0-based) of n contiguous row blocks, e.g. 0/4; "
                    "combine the shard folders with --merge (default: all rows)")
     s.add_argument("--merge", nargs="+", metavar="SHARD_DIR",
