@@ -1,7 +1,7 @@
 """Issue #9: the factor-collapse fixes compared under one budget, with their factor health.
 
 Every variant is the demo's SFT (``configs/demo.yaml``: embedded SmolLM2-135M, embedded synthetic
-data, K=4, N=2, full fine-tune, the same rows in the same order) with a few ``flr.*`` overrides. For
+data, K=4, N=2, full fine-tune (``BASE``), the same rows in the same order) with a few ``flr.*`` overrides. For
 each we report the validation recommendation loss (the selection metric) and the factor
 diagnostics of :mod:`flrec.analysis.factors` on validation rows (used to choose the default) and
 on test rows (reported, never used to choose). Runs are resumable: a finished variant is reused.
@@ -25,6 +25,8 @@ PAPER = ["flr.keys=tokens", "flr.key_positions=absolute", "flr.aux_to_backbone=t
          PAPER_AUX]
 ITEMS = ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false", "flr.center_keys=false"]
 CROSS = "flr.aux_losses=orth,div,sparse,thought_sim,routing"
+# The demo config's settings these variants were first run with (it has since moved to top:15 and grouping).
+BASE = ["trainable=full", "train.group_by_length=false"]
 VARIANTS: dict[str, list[str]] = {
     "paper": PAPER,  # eqs. 3-8 exactly as written
     "paper+detach": ["flr.keys=tokens", "flr.key_positions=absolute", "flr.aux_to_backbone=false",
@@ -38,6 +40,12 @@ VARIANTS: dict[str, list[str]] = {
     "items+center": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false",
                      "flr.center_keys=true", CROSS],  # = today's defaults
     "items+floor": [*ITEMS, "flr.aux_losses=orth,div,sparse,attn_entropy"],
+    # the reasoner starts from random init while the backbone is pretrained: give it 10x the learning rate
+    "items+center+lr10": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false",
+                          "flr.center_keys=true", CROSS, "flr_lr_scale=10"],
+    # L_sparse pushes every gate one-hot from step one; without it the gate may stay soft while routing learns
+    "items+center-sparse": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false",
+                            "flr.center_keys=true", "flr.aux_losses=orth,div,thought_sim,routing"],
     "softprompt": ["flr.reasoner=softprompt"],  # the control: one learned constant thought
     "latentr3": ["flr.reasoner=latentr3"],
     "bigrec": ["flr.reasoner=none"],
@@ -55,7 +63,7 @@ def run_variant(name: str, overrides: list[str], args) -> dict:
     cfg = SFTConfig.load(REPO / "configs" / "demo.yaml", [
         f"run_dir={run_dir}", f"train.max_steps={args.steps}", f"train.eval_every={args.steps // 2}",
         f"train.save_every={args.steps // 2}", f"valid_limit={args.valid_rows}", f"seed={args.seed}",
-        "train.progress=false", *overrides])
+        "train.progress=false", *BASE, *overrides])
     ds = load_dataset(cfg.data)
     t0 = time.time()
     res = run_sft(cfg, ds)

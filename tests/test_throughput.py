@@ -58,13 +58,29 @@ def test_unknown_template_and_top_mode_are_config_errors():
 
 def test_a_second_cpu_job_is_noticed_and_stale_records_are_dropped(tmp_path):
     import os
+    import subprocess
+    import sys
 
     from flrec.utils.threads import oversubscription_warning, register_cpu_job
 
-    (tmp_path / f"{os.getppid()}.pid").touch()  # a live process (our parent)
-    (tmp_path / "999999999.pid").touch()  # long gone
-    others = register_cpu_job(tmp_path)
-    assert others == [os.getppid()]
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live non-ancestor
+    try:
+        (tmp_path / f"{other.pid}.pid").touch()
+        (tmp_path / f"{os.getppid()}.pid").touch()  # our parent: a launcher, not a competitor
+        (tmp_path / "999999999.pid").touch()  # long gone
+        others = register_cpu_job(tmp_path)
+    finally:
+        other.kill()
+    assert others == [other.pid]
     assert not (tmp_path / "999999999.pid").exists() and (tmp_path / f"{os.getpid()}.pid").exists()
     assert "OMP_NUM_THREADS" in oversubscription_warning(others, {})
     assert oversubscription_warning(others, {"OMP_NUM_THREADS": "1"}) is None
+
+
+def test_auto_inference_dtype_is_bf16_only_where_native():
+    from flrec.baselines.llm import resolve_inference_dtype
+    from flrec.training.trainer import resolve_mixed_precision
+
+    native = resolve_mixed_precision("auto") == "bf16"
+    assert resolve_inference_dtype("auto") == ("bfloat16" if native else "float32")
+    assert resolve_inference_dtype("bfloat16") == "bfloat16" and resolve_inference_dtype("float32") == "float32"

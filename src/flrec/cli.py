@@ -215,10 +215,13 @@ def cmd_evaluate(a) -> None:
                 overrides.append(f"{key}={val}")
         cfg = EvalConfig.load(a.config, overrides)
         model_dir = resolve_model_dir(a.model)
-        rec = load_llm_recommender(model_dir, ds, dtype=a.dtype, beam=cfg.beam)
+        from flrec.baselines.llm import resolve_inference_dtype
+
+        dtype = resolve_inference_dtype(a.dtype)  # the fingerprint records what actually ran
+        rec = load_llm_recommender(model_dir, ds, dtype=dtype, beam=cfg.beam)
         suffix = "" if cfg.shard is None else "-shard" + cfg.shard.replace("/", "of")
         out = Path(a.out) if a.out else Path(a.model) / f"eval-{cfg.split}{suffix}"
-        identity = {"model": model_identity(model_dir), "dtype": a.dtype}
+        identity = {"model": model_identity(model_dir), "dtype": dtype}
         summary = evaluate(rec, ds, cfg, out, identity=identity, overwrite=a.force)
     if a.json:
         print(json.dumps({"metrics": summary["metrics"], "n_rows": summary["n_rows"],
@@ -523,8 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, help="evaluate only the first N rows (default: all rows)")
     s.add_argument("--batch-size", type=int, help="rows per recommend() call; results do not depend on it "
                    "(default: the config's, 64)")
-    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="weights dtype for ranking; bfloat16 is ~2x faster on CPUs with native bf16")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
+                   help="dtype (auto: bf16 if native)")
     s.add_argument("--shard", help="i/n: evaluate only the i-th (0-based) of n contiguous row blocks, e.g. 0/4; "
                    "combine the shard folders with --merge (default: all rows)")
     s.add_argument("--merge", nargs="+", metavar="SHARD_DIR",
@@ -551,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="embedded data -> FLR SFT -> evaluation -> results table")
     s.add_argument("--out", default="runs/demo")
     s.add_argument("--steps", type=int, default=None, help="SFT steps (default from configs/demo.yaml)")
-    s.add_argument("--eval-rows", type=int, default=None, help="test rows to evaluate (default from the demo config)")
+    s.add_argument("--eval-rows", type=int, default=None, help="test rows to evaluate (default 100)")
     s.set_defaults(fn=cmd_demo)
 
     analyze = sub.add_parser("analyze", help="analyses of a trained model")

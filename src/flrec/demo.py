@@ -31,10 +31,11 @@ def results_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows: int | None = 200,
+def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows: int | None = 100,
              config: str | Path | None = None) -> dict:
     """Run the main job on the embedded defaults; returns ``{method: summary}``."""
     from flrec.analysis.factors import factor_diagnostics, format_report
+    from flrec.baselines.llm import resolve_inference_dtype
     from flrec.baselines.pop import Pop
     from flrec.data.prompts import PromptBuilder
     from flrec.data.stats import dataset_stats, format_stats
@@ -51,7 +52,7 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows:
         raise FlrecError(f"demo config {config} not found; run `flrec demo` from the flrec repository or pass config=")
     overrides = [f"run_dir={out / 'sft'}"] + ([f"train.max_steps={steps}"] if steps else [])
     cfg = SFTConfig.load(config, overrides)
-    eval_rows = 200 if eval_rows is None else eval_rows
+    eval_rows = 100 if eval_rows is None else eval_rows
 
     _banner("1/4 embedded dataset (flrec data synth)")
     ds = load_dataset(cfg.data)
@@ -77,9 +78,11 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows:
 
     _banner(f"4/4 evaluation on the first {eval_rows} test rows (beam 10, full catalogue trie)")
     ecfg = EvalConfig(split="test", limit=eval_rows, batch_size=8, ks=[1, 3, 5, 10], beam=10)
-    flr = load_llm_recommender(res["model_dir"], ds, dtype="bfloat16", beam=10)
+    # bf16 only where the hardware runs it natively: emulated bf16 ranks several times slower than fp32.
+    dtype = resolve_inference_dtype("auto")
+    flr = load_llm_recommender(res["model_dir"], ds, dtype=dtype, beam=10)
     # The model's identity is part of the folder's fingerprint: a retrained model never reuses stale ranks.
-    identity = {"model": model_identity(res["model_dir"]), "dtype": "bfloat16"}
+    identity = {"model": model_identity(res["model_dir"]), "dtype": dtype}
     summaries = {"FLR (SFT)": evaluate(flr, ds, ecfg, out / "eval-flr", identity=identity)}
     pop = Pop(ds.catalogue).fit(ds)
     summaries["Pop (floor)"] = evaluate(pop, ds, ecfg, out / "eval-pop")

@@ -42,6 +42,15 @@ ItemRanked = list[tuple[int, float]]  # item ids, best first, with scores
 Candidates = list[list[tuple[int, float]]]  # per row: (title index in the trie, beam score)
 
 
+def resolve_inference_dtype(name: str) -> str:
+    """``"auto"`` -> ``"bfloat16"`` where the hardware runs it natively, else ``"float32"``; others unchanged."""
+    if name != "auto":
+        return name
+    from flrec.training.trainer import resolve_mixed_precision
+
+    return "bfloat16" if resolve_mixed_precision("auto") == "bf16" else "float32"
+
+
 @dataclass
 class LLMRecConfig(ConfigBase):
     """Training (SFT) and ranking settings of an LLM recommender."""
@@ -50,8 +59,10 @@ class LLMRecConfig(ConfigBase):
     beam: int = option(10, help="beam width of constrained decoding = number of ranked titles (>= the largest K)")
     length_penalty: float = option(1.0, help="HF-style length normalisation of finished beams (1.0 = HF default)")
     batch_size: int = option(8, help="users decoded together (results do not depend on it)")
-    inference_dtype: Literal["float32", "bfloat16"] = option(
-        "float32", help="weights dtype for ranking; bfloat16 is ~2x faster on CPUs with native bf16")
+    inference_dtype: Literal["float32", "bfloat16", "auto"] = option(
+        "float32", help="weights dtype for ranking; bfloat16 is ~2x faster on CPUs with native bf16 and much slower "
+        "(emulated) on CPUs without; auto = bfloat16 where native (a bf16 GPU, or a CPU with AVX512-BF16/AMX), "
+        "else float32")
     seed: int | None = option(None, help="if set, overrides sft.seed and sft.train.seed (flrec compare sets it per cell)")
     decoding: DecodingConfig = option(
         factory=DecodingConfig, help="decoding scoring, PMI prior, assistant mixing, exclude-seen, item-level split")
@@ -157,7 +168,7 @@ class LLMRecommender(Recommender):
 
         if self.model is None:
             raise ConfigError(f"{self.name}: no model yet; call fit() or load() first")
-        dtype = DTYPES[self.config.inference_dtype]
+        dtype = DTYPES[resolve_inference_dtype(self.config.inference_dtype)]
         if next(self.model.parameters()).dtype != dtype:
             self.model.to(dtype)
             self._fingerprint = None
@@ -292,7 +303,7 @@ class LLMRecommender(Recommender):
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.model)
         key = {"model": self._fingerprint, "catalogue": catalogue_hash(self._trie.titles),
-               "decoding": dec.signature(), "length_penalty": lp, "dtype": self.config.inference_dtype,
+               "decoding": dec.signature(), "length_penalty": lp, "dtype": resolve_inference_dtype(self.config.inference_dtype),
                "prompt": {"domain": self.builder.domain, "thought": self.builder.use_thought}}
         k = json.dumps(key, sort_keys=True)
         if k not in self._priors:

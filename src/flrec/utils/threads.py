@@ -11,7 +11,25 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-JOBS_DIR = Path(os.environ.get("FLREC_CACHE", Path.home() / ".cache" / "flrec")) / "cpu-jobs"
+
+def jobs_dir() -> Path:
+    """Where CPU-heavy flrec processes register (``FLREC_CPU_JOBS_DIR`` overrides; the tests use their own)."""
+    return Path(os.environ.get("FLREC_CPU_JOBS_DIR") or Path.home() / ".cache" / "flrec" / "cpu-jobs")
+
+
+def _ancestors() -> set[int]:
+    """PIDs of this process's parents (Linux /proc; elsewhere just the parent): a command that an flrec
+    process started (e.g. a test or a launcher running ``flrec ...``) does not compete with it."""
+    out, pid = set(), os.getppid()
+    for _ in range(64):
+        if pid <= 1 or pid in out:
+            break
+        out.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return out
 
 
 def _alive(pid: int) -> bool:
@@ -24,29 +42,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def register_cpu_job(jobs_dir: Path = JOBS_DIR) -> list[int]:
-    """Record this process as a CPU-heavy flrec job; return the PIDs of the other live ones.
-
-    Stale records (processes that ended without cleaning up) are removed on the way.
+def register_cpu_job(folder: Path | None = None) -> list[int]:
+    """Record this process as a CPU-heavy flrec job; return the PIDs of the other live ones (not our
+    own ancestors). Stale records (processes that ended without cleaning up) are removed on the way.
     """
-    jobs_dir.mkdir(parents=True, exist_ok=True)
-    me = os.getpid()
+    folder = jobs_dir() if folder is None else folder
+    folder.mkdir(parents=True, exist_ok=True)
+    me, parents = os.getpid(), _ancestors()
     others = []
-    for f in jobs_dir.glob("*.pid"):
+    for f in folder.glob("*.pid"):
         try:
             pid = int(f.stem)
         except ValueError:
             continue
-        if pid == me:
+        if pid == me or pid in parents:
             continue
         if _alive(pid):
             others.append(pid)
         else:
             f.unlink(missing_ok=True)
-    (jobs_dir / f"{me}.pid").touch()
+    (folder / f"{me}.pid").touch()
     import atexit
 
-    atexit.register(lambda: (jobs_dir / f"{me}.pid").unlink(missing_ok=True))
+    atexit.register(lambda: (folder / f"{me}.pid").unlink(missing_ok=True))
     return sorted(others)
 
 
