@@ -918,7 +918,7 @@ class _RunLog:
                 if tensorboard is True:
                     raise ConfigError(
                         "config key 'tensorboard' is true but tensorboard is not installed; "
-                        "pip install tensorboard or set tensorboard=auto"
+                        "pip install 'flrec[tb]' (the tensorboard extra) or set tensorboard=auto"
                     ) from None
                 _note_tensorboard_off()
             else:
@@ -949,6 +949,6 @@ def _note_tensorboard_off() -> None:
     global _TB_NOTED
     if not _TB_NOTED:
         _TB_NOTED = True
-        print("note: TensorBoard logging is off (tensorboard is not installed; `pip install tensorboard` "
-              "turns it on, train.tensorboard=false silences this note); metrics are in log.jsonl",
-              file=sys.stderr)
+        print("note: TensorBoard logging is off (tensorboard is not installed; the optional extra "
+              "`pip install 'flrec[tb]'` turns it on, train.tensorboard=false silences this note); "
+              "metrics are in log.jsonl", file=sys.stderr)
