@@ -369,7 +369,7 @@ def _run_comparison(cfg: CompareConfig, runner: CellRunner, dataset: RecDataset,
     done: dict[str, list[Path]] = {m: [] for m in cfg.methods}
     walls: dict[str, list[float]] = {}
     for i, (method, seed, cell_dir, fp, _status) in enumerate(plan, 1):
-        todo = [m for m, _s, d, _f, _st in plan[i - 1:] if not (d / SUMMARY).is_file()]
+        todo = [m for m, _s, d, _f, _st in plan[i - 1:] if not (d / SUMMARY).is_file() or d in rerank]
         eta = _eta(todo, walls)
         _say(f"cell {i}/{len(plan)} {method} seed {seed}"
              + (" (finished, reused)" if (cell_dir / SUMMARY).is_file() and cell_dir not in rerank else "")
