@@ -111,10 +111,10 @@ def test_compare_summary_shape_resume_and_failures(tmp_path: Path):
     out = Path(cfg.out)
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
 
-    assert set(summary) == {"methods", "significance", "relative_improvement", "budget"}
+    assert set(summary) == {"methods", "significance", "significance_item", "relative_improvement", "budget"}
     for name, st in summary["methods"].items():
         assert set(st) == {"hr@5", "hr@10", "ndcg@5", "ndcg@10", "n_seeds", "n_rows", "seconds_per_user",
-                           "top1_distinct_share", "item_ndcg@10"}, name
+                           "top1_distinct_share", "item_ndcg@10", "item_metrics"}, name
     for name in (REF, "pop", OTHER):
         st = summary["methods"][name]
         assert st["n_seeds"] == 2 and st["n_rows"] == 20
@@ -125,7 +125,8 @@ def test_compare_summary_shape_resume_and_failures(tmp_path: Path):
     for name in (BROKEN,):
         assert summary["methods"][name] == {"hr@5": None, "hr@10": None, "ndcg@5": None, "ndcg@10": None,
                                             "n_seeds": 0, "n_rows": 0, "seconds_per_user": None,
-                                            "top1_distinct_share": None, "item_ndcg@10": None}
+                                            "top1_distinct_share": None, "item_ndcg@10": None,
+                                            "item_metrics": None}
     assert "boom" in (out / "cells" / BROKEN / "seed1" / "error.txt").read_text()
     cells = summary["budget"]["cells"]
     assert cells[f"{BROKEN}/seed1"]["status"] == "failed" and "boom" in cells[f"{BROKEN}/seed1"]["error"]
@@ -276,3 +277,62 @@ def test_table_shows_no_fake_spread_no_zero_baseline_ratio_and_warns_on_small_n(
     for m in s["methods"]:
         for k, v in s["relative_improvement"].get(m, {}).items():
             assert (v is None) == (s["methods"][m][k]["mean"] == 0)
+
+
+def _item_ndcg10(rank):
+    return 0.0 if rank is None or rank > 10 else 1 / math.log2(rank + 1)
+
+
+def test_item_level_columns_for_every_method_and_title_cells_are_reranked_not_refit(tmp_path: Path):
+    ds = tiny_dataset()  # T0, T1, T2 each name two items: title and item ranks differ there
+    cfg = _cfg(tmp_path, methods=[REF, OTHER], protocol="title")
+    title_only = run_comparison(cfg, dataset=ds)
+    out = Path(cfg.out)
+    assert all(st["item_metrics"] is None for st in title_only["methods"].values())
+    assert title_only["significance_item"]["skipped"]
+    md = format_markdown(title_only)
+    assert "| item NDCG@10 | seeds |" in md and "item HR@10" not in md  # the 1/m-discounted column only
+
+    fits = dict(CALLS)
+    both = run_comparison(cfg.replace(protocol="item"), dataset=ds)
+    assert CALLS[REF] == fits[REF] and CALLS[OTHER] == fits[OTHER]  # saved models re-ranked, not refit
+    cell = out / "cells" / REF / "seed1"
+    assert (cell / "summary.title-protocol.json").is_file() and (cell / "ranks.title-protocol.jsonl").is_file()
+    for name in (REF, OTHER):
+        st, old = both["methods"][name], title_only["methods"][name]
+        assert {m: st[m] for m in ("hr@10", "ndcg@10")} == {m: old[m] for m in ("hr@10", "ndcg@10")}
+        # item NDCG@10 by hand: the target item's rank among the scored items, averaged over rows then seeds
+        per_seed = [np.mean([_item_ndcg10(r["item_rank"]) for r in load_ranks(out / "cells" / name / f"seed{s}" / "ranks.jsonl")])
+                    for s in (1, 2)]
+        assert st["item_metrics"]["ndcg@10"]["mean"] == pytest.approx(np.mean(per_seed))
+        for s in (1, 2):  # an ID model ranks items: the item rank is the target's rank in its scores
+            model = Oracle(ds.catalogue, FakeConfig(seed=s, every=2 if name == REF else 5))
+            rows = ds["test"][:20]
+            scores = torch.cat([model.score(rows[i:i + 7]) for i in range(0, 20, 7)])  # batch_size=7 as run
+            for r in load_ranks(out / "cells" / name / f"seed{s}" / "ranks.jsonl"):
+                rank = int((scores[r["row"]] > scores[r["row"], r["target"]]).sum()) + 1
+                assert r["item_rank"] == (rank if rank <= 10 else None)
+    recs = [r for d in (out / "cells").glob("*/seed*") for r in load_ranks(d / "ranks.jsonl")]
+    # one title per item position at most: an item is never ranked above its title; shared titles differ
+    assert all(r["item_rank"] is None or (r["rank"] is not None and r["item_rank"] >= r["rank"]) for r in recs)
+    assert any(r["item_rank"] != r["rank"] for r in recs if r["target_title_shared"] and r["rank"] is not None)
+
+    sig = both["significance_item"]
+    assert sig["metric"] == "item_ndcg@10" and sig["vs"] == OTHER and sig["n"] == 20
+    per_row = {m: np.mean([[_item_ndcg10(r["item_rank"]) for r in sorted(load_ranks(out / "cells" / m / f"seed{s}" / "ranks.jsonl"),
+                                                                     key=lambda r: r["row"])] for s in (1, 2)], axis=0)
+               for m in (REF, OTHER)}
+    assert sig["p_value"] == pytest.approx(stats.ttest_rel(per_row[REF], per_row[OTHER]).pvalue)
+    r, b = (both["methods"][m]["item_metrics"]["ndcg@10"]["mean"] for m in (REF, OTHER))
+    assert both["relative_improvement"][OTHER]["item_ndcg@10"] == pytest.approx((r - b) / b * 100)
+
+    md = format_markdown(both)
+    assert "| HR@10 | NDCG@5 | NDCG@10 | item HR@10 | item NDCG@10 | seeds |" in md
+    st = both["methods"][OTHER]
+    assert f"| {st['ndcg@10']['mean']:.4f} ± {st['ndcg@10']['std']:.4f} | " \
+           f"{st['item_metrics']['hr@10']['mean']:.4f} ± {st['item_metrics']['hr@10']['std']:.4f} |" in md
+    assert "Item level (eval.protocol=item)" in md and "item NDCG@10 |" in md.split("Relative improvement")[1]
+    # a rerun reuses the item-protocol cells as they are
+    stamp = (cell / "summary.json").stat().st_mtime_ns
+    assert run_comparison(cfg.replace(protocol="item"), dataset=ds)["methods"] == both["methods"]
+    assert (cell / "summary.json").stat().st_mtime_ns == stamp

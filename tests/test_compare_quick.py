@@ -27,8 +27,13 @@ def test_compare_quick_mode_on_synthetic_data(tmp_path, capsys):
         assert m["n_seeds"] == 2, name
         for metric in ("hr@5", "hr@10", "ndcg@5", "ndcg@10"):
             assert 0.0 <= m[metric]["mean"] <= 1.0
-    assert summary["significance"]["reference"] == "flr"
-    assert "| flr" in capsys.readouterr().out
+            assert 0.0 <= m["item_metrics"][metric]["mean"] <= 1.0  # both protocols for every method (#11)
+    for name in ("sasrec", "pop"):  # ID models rank items: an item is never ranked above its title
+        m = summary["methods"][name]
+        assert m["item_metrics"]["hr@10"]["mean"] <= m["hr@10"]["mean"]
+    assert summary["significance"]["reference"] == "flr" and summary["significance_item"]["n"] == 12
+    out = capsys.readouterr().out
+    assert "| flr" in out and "item NDCG@10" in out and "Item level (eval.protocol=item)" in out
     # rerun: every cell is finished, nothing retrains
     mtimes = {p: p.stat().st_mtime for p in (tmp_path / "out" / "cells").rglob("summary.json")}
     assert main(argv) == 0

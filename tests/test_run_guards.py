@@ -178,4 +178,5 @@ def test_tensorboard_auto_without_tensorboard_says_so_once(tmp_path, monkeypatch
     monkeypatch.setattr(tr, "_TB_NOTED", False)
     for name in ("a", "b"):
         Trainer(ToyMLP(), TRAIN, VALID, collate, cfg(tmp_path, name, max_steps=1, tensorboard="auto")).train()
-    assert capsys.readouterr().err.count("TensorBoard logging is off") == 1
+    err = capsys.readouterr().err
+    assert err.count("TensorBoard logging is off") == 1 and "flrec[tb]" in err  # names the optional extra

@@ -197,3 +197,18 @@ def test_config_defaults_and_mixed_precision():
     assert TrainConfig.from_dict({"resume": "true", "max_steps": "10"}).resume is True
     assert resolve_mixed_precision("no") == "no"
     assert resolve_mixed_precision("auto") in ("no", "bf16")
+
+
+def test_progress_bar_is_compact_and_says_when_validating(tmp_path, capsys):
+    from flrec.training.trainer import bar_postfix
+
+    # a logged FLR row: every regulariser, loss weight and factor-health term (13+ fields)
+    row = {"step": 10, "lr": 3e-4, "loss": 3.35, "rec": 1.72, "orth": 1.84, "div": 0.03, "sparse": 1.39,
+           "lambda_div": 0.5, "lambda_orth": 0.5, "lambda_sparse": 0.5, "gate_max": 0.26, "thought_cos": 0.98,
+           "gate_usage": 0.99, "hist_attn": 0.44, "grad_norm": 5.37, "samples_per_s": 0.28, "elapsed_s": 283.2}
+    text = bar_postfix(row, [{"valid_loss": 0.7374}])
+    assert text == "loss 3.35, rec 1.72, lr 3.0e-04, 0.28 rows/s, valid 0.7374"
+    assert bar_postfix({**row, "rec": 3.35}) == "loss 3.35, lr 3.0e-04, 0.28 rows/s"  # no regulariser: no rec
+    Trainer(ToyMLP(), TRAIN, VALID, collate, cfg(tmp_path, "bar", max_steps=4, eval_every=2, progress=True)).train()
+    err = capsys.readouterr().err
+    assert "train (validating)" in err and "mse" not in err and "grad_norm" not in err

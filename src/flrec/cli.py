@@ -276,7 +276,8 @@ def cmd_compare(a) -> None:
     from flrec.evaluation.compare import CompareConfig, format_markdown, run_comparison
 
     overrides = list(a.overrides)
-    for key, val in (("data", a.data), ("methods", a.methods), ("seeds", a.seeds), ("limit", a.limit), ("out", a.out)):
+    for key, val in (("data", a.data), ("methods", a.methods), ("seeds", a.seeds), ("limit", a.limit), ("out", a.out),
+                     ("protocol", a.protocol)):
         if val is not None:
             overrides.append(f"{key}={val}")
     if a.force:
@@ -546,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", help="comma-separated, e.g. 1,2,3 (default: the config's seeds, 1,2,3)")
     s.add_argument("--limit", type=int, help="evaluate only the first N rows of the split (default: all rows)")
     s.add_argument("--out", help="output dir (default: the config's out, runs/compare)")
+    s.add_argument("--protocol", choices=["item", "title"],
+                   help="item (the config default): item-level HR/NDCG@10 columns beside the title-level ones; "
+                   "title: the paper's title-level protocol only")
     s.add_argument("--force", action="store_true",
                    help="recompute cells whose settings changed (= overwrite=true); unchanged finished cells are reused")
     s.add_argument("--json", action="store_true", help="print summary.json instead of the Markdown table")

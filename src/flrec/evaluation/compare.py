@@ -4,7 +4,8 @@ Layout under ``out``::
 
     cells/<method>/seed<seed>/   cell_fingerprint.json, fit outputs, model/, ranks.jsonl, summary.json
                                  (cell done) or error.txt
-    summary.json                 {"methods", "significance", "relative_improvement", "budget"}
+    summary.json                 {"methods", "significance", "significance_item", "relative_improvement",
+                                  "budget"}
     summary.md                   the Markdown table (:func:`format_markdown`)
 
 Every cell stores ``fingerprint.json`` (method, seed, the resolved method config without keys that
@@ -15,6 +16,16 @@ is logged to its ``error.txt`` and reported as failed without stopping the other
 are checked against the registry first (an unknown name is an error, and never becomes a path). Significance follows the
 paper: a paired t-test of the reference method against the best other method (by mean NDCG@10)
 on per-row NDCG@10, each row's value averaged over seeds first.
+
+**Both protocols in every table.** With ``protocol=item`` (the default) every cell is evaluated with
+``eval.protocol=item``: besides the paper's title-level ranks, each row gets the rank of the target
+*item* (titles split over their items; ID models rank items directly), and each method's summary has
+``item_metrics`` (HR/NDCG@5/10, mean ± std over seeds) beside the title-level ones, and
+``significance_item`` repeats the t-test on per-row item NDCG@10. A finished cell evaluated with the
+title protocol (an older flrec, or ``protocol=title``) is re-ranked, not retrained: its title-level
+files are kept as ``*.title-protocol.*`` and its saved model is evaluated again. ``item_ndcg@10``
+is always present: the title-level NDCG@10 with a hit on a title that m items share counted 1/m (the
+expectation when a title stands for one of its items at random; no item ranking needed).
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -55,6 +66,7 @@ from flrec.evaluation.runner import (
 )
 from flrec.utils.io import atomic_write_json, atomic_write_text, dir_lock
 from flrec.utils.runid import (
+    FINGERPRINT,
     config_identity,
     dataset_hash,
     diff,
@@ -69,6 +81,7 @@ log = logging.getLogger(__name__)
 
 TABLE_METRICS: tuple[str, ...] = ("hr@5", "hr@10", "ndcg@5", "ndcg@10")
 SIG_METRIC = "ndcg@10"
+ITEM_TABLE_METRICS: tuple[str, ...] = ("hr@10", "ndcg@10")  # item-protocol columns of the Markdown table
 ITEM_METRIC = "ndcg@10"  # also reported with shared-title hits discounted (analysis.item_level_row_metric)
 _CELL_KEYS = ("split", "limit", "beam")  # what a cell from an older flrec (no fingerprint.json) must match
 CELL_FINGERPRINT = "cell_fingerprint.json"  # beside the evaluation's own fingerprint.json in the cell folder
@@ -104,6 +117,10 @@ class CompareConfig(ConfigBase):
         factory=dict, help="free-form description of the compute budget (training rows, device, ...), copied "
         "into summary.json's budget next to the measured wall time of every cell")
     domain: str | None = option(None, help="item word for LLM prompts, e.g. CD (default: the dataset's dataset.json)")
+    protocol: Literal["title", "item"] = option(
+        "item", help="item: every cell also ranks items (eval.protocol=item) and the table has item-level HR@10/"
+        "NDCG@10 beside the title-level columns; title: the paper's title-level protocol only (cheaper for "
+        "LLM methods; the table then shows the 1/m-discounted item NDCG@10)")
     overwrite: bool = option(False, help="recompute cells whose settings changed since they ran (CLI: --force); "
                              "without it such cells are refused; unchanged finished cells are always reused")
 
@@ -139,7 +156,7 @@ class CompareConfig(ConfigBase):
     def eval_config(self) -> EvalConfig:
         # The table needs @5 and @10, so EvalConfig's check asks for beam >= 10.
         return EvalConfig(split=self.split, limit=self.limit, batch_size=self.batch_size, beam=self.beam,
-                          ks=[1, 3, 5, 10])
+                          ks=[1, 3, 5, 10], protocol=self.protocol)
 
     def method_config(self, method: str) -> dict[str, Any]:
         """The override dict for ``method`` (a YAML path is read here)."""
@@ -237,6 +254,8 @@ def _run_cell(method: str, seed: int, cell_dir: Path, dataset: RecDataset, cfg: 
     if fp is not None and read_fingerprint(cell_dir, CELL_FINGERPRINT) is None:
         cell_dir.mkdir(parents=True, exist_ok=True)
         write_fingerprint(cell_dir, fp, CELL_FINGERPRINT)
+    if cfg.protocol == "item" and _needs_item_ranks(cell_dir):
+        _set_title_protocol_aside(cell_dir)
     if (cell_dir / SUMMARY).is_file():
         prev = json.loads((cell_dir / SUMMARY).read_text())
         want = cfg.eval_config().to_dict()
@@ -264,8 +283,31 @@ def _run_cell(method: str, seed: int, cell_dir: Path, dataset: RecDataset, cfg: 
     return {"status": "ok", "reused": False, "wall_seconds": wall}
 
 
-def _seed_averaged_rows(cell_dirs: list[Path], metric: str) -> dict[int, float]:
-    per_seed = [per_row_metric(load_ranks(d / RANKS), metric) for d in cell_dirs]
+def _needs_item_ranks(cell_dir: Path) -> bool:
+    """Whether ``cell_dir`` holds an evaluation (finished or partial) made with the title protocol."""
+    if (cell_dir / SUMMARY).is_file():
+        return "item_metrics" not in json.loads((cell_dir / SUMMARY).read_text())
+    stored = read_fingerprint(cell_dir)  # the evaluation's own fingerprint (a partial evaluation)
+    return stored is not None and stored.get("protocol", "title") != "item"
+
+
+_TITLE_ONLY = (SUMMARY, RANKS, FINGERPRINT, PARTIAL, PROGRESS)
+
+
+def _set_title_protocol_aside(cell_dir: Path) -> None:
+    """Rename a cell's title-protocol evaluation files to ``NAME.title-protocol.EXT`` (kept, never
+    deleted) so the cell's saved model is evaluated again with item ranks; the fit is reused."""
+    log.warning("cell %s: evaluated with the title protocol; re-ranking it for item-level metrics "
+                "(the model is reused; the old files are kept as *.title-protocol.*)", cell_dir)
+    for name in _TITLE_ONLY:
+        src = cell_dir / name
+        if src.is_file():
+            stem, dot, ext = name.partition(".")
+            src.replace(cell_dir / f"{stem}.title-protocol{dot}{ext}")
+
+
+def _seed_averaged_rows(cell_dirs: list[Path], metric: str, rank_key: str = "rank") -> dict[int, float]:
+    per_seed = [per_row_metric(load_ranks(d / RANKS), metric, rank_key) for d in cell_dirs]
     rows = set(per_seed[0])
     for d, vals in zip(cell_dirs, per_seed, strict=True):
         if set(vals) != rows:
@@ -312,11 +354,14 @@ def _run_comparison(cfg: CompareConfig, runner: CellRunner, dataset: RecDataset,
         if status == "changed":
             log.warning("cell %s/seed%d: settings changed, recomputing (overwrite)", method, seed)
             shutil.rmtree(cell_dir)
-    finished = sum(1 for _m, _s, cell_dir, _f, _st in plan if (cell_dir / SUMMARY).is_file())
+    rerank = {d for _m, _s, d, _f, _st in plan if cfg.protocol == "item" and _needs_item_ranks(d)}
+    finished = sum(1 for _m, _s, d, _f, _st in plan if (d / SUMMARY).is_file() and d not in rerank)
     save_run_metadata(out, cfg, "compare")
     rows = "all" if cfg.limit is None else cfg.limit
     _say(f"compare: {len(plan)} cells ({len(cfg.methods)} methods), {finished} finished (reused), "
          f"{len(plan) - finished} to run on {rows} {cfg.split} rows each"
+         + (f" ({sum((d / SUMMARY).is_file() for d in rerank)} finished with the title protocol: re-ranked for "
+            "item-level metrics, not retrained)" if any((d / SUMMARY).is_file() for d in rerank) else "")
          + _estimate(out, plan))
     t_start = time.perf_counter()
 
@@ -324,10 +369,10 @@ def _run_comparison(cfg: CompareConfig, runner: CellRunner, dataset: RecDataset,
     done: dict[str, list[Path]] = {m: [] for m in cfg.methods}
     walls: dict[str, list[float]] = {}
     for i, (method, seed, cell_dir, fp, _status) in enumerate(plan, 1):
-        todo = [m for m, _s, d, _f, _st in plan[i - 1:] if not (d / SUMMARY).is_file()]
+        todo = [m for m, _s, d, _f, _st in plan[i - 1:] if not (d / SUMMARY).is_file() or d in rerank]
         eta = _eta(todo, walls)
         _say(f"cell {i}/{len(plan)} {method} seed {seed}"
-             + (" (finished, reused)" if (cell_dir / SUMMARY).is_file() else "")
+             + (" (finished, reused)" if (cell_dir / SUMMARY).is_file() and cell_dir not in rerank else "")
              + f"; elapsed {format_seconds(time.perf_counter() - t_start)}" + (f", ETA ~{eta}" if eta else ""))
         cells[f"{method}/seed{seed}"] = entry = _run_cell(method, seed, cell_dir, dataset, cfg, runner, fp)
         if entry["status"] == "ok":
@@ -348,32 +393,29 @@ def _run_comparison(cfg: CompareConfig, runner: CellRunner, dataset: RecDataset,
             seconds_per_user=_mean([(s.get("inference") or {}).get("seconds_per_user") for s in summaries]),
             top1_distinct_share=_mean([(s.get("diagnostics") or {}).get("top1_distinct_share") for s in summaries]),
             **{f"item_{ITEM_METRIC}": _item_level(dirs, dataset)},
+            # the item protocol (eval.protocol=item): None unless every finished cell has item ranks
+            item_metrics={m: summarise_seeds([s["item_metrics"][m] for s in summaries]) for m in TABLE_METRICS}
+            if summaries and all("item_metrics" in s for s in summaries) else None,
         )
 
     ok = [m for m in cfg.methods if methods[m]["n_seeds"] > 0]
     ref = cfg.reference
-    significance: dict[str, Any] = {"metric": SIG_METRIC, "reference": ref, "vs": None,
-                                    "p_value": None, "t": None, "n": 0}
-    rel: dict[str, dict[str, float | None]] = {}
     others = [m for m in ok if m != ref]
-    if ref not in ok:
-        significance["skipped"] = f"reference method '{ref}' " + (
-            "has no finished seed" if ref in cfg.methods else "is not among the methods")
-    elif not others:
-        significance["skipped"] = "no other method finished"
-    else:
-        best = max(others, key=lambda m: methods[m][SIG_METRIC]["mean"])
-        test = paired_ttest_values(_seed_averaged_rows(done[ref], SIG_METRIC), _seed_averaged_rows(done[best], SIG_METRIC))
-        significance.update(vs=best, p_value=test["p_value"], t=test["t"], n=test["n"])
+    significance = _significance(cfg, methods, done, ok, others, item=False)
+    with_items = [m for m in ok if methods[m]["item_metrics"] is not None]
+    significance_item = _significance(cfg, methods, done, with_items, [m for m in with_items if m != ref], item=True)
+    rel: dict[str, dict[str, float | None]] = {}
     if ref in ok:  # no relative improvement over a zero baseline: it would print +0.00 or -100.00
-        rel = {m: {k: None if methods[m][k]["mean"] == 0 else relative_improvement(methods[ref][k]["mean"],
-                                                                                   methods[m][k]["mean"])
-                   for k in TABLE_METRICS}
-               for m in others}
+        for m in others:
+            rel[m] = {k: _rel(methods[ref][k], methods[m][k]) for k in TABLE_METRICS}
+            if m in with_items and ref in with_items:
+                rel[m][f"item_{ITEM_METRIC}"] = _rel(methods[ref]["item_metrics"][ITEM_METRIC],
+                                                     methods[m]["item_metrics"][ITEM_METRIC])
 
     summary = {
         "methods": methods,
         "significance": significance,
+        "significance_item": significance_item,
         "relative_improvement": rel,
         "budget": {**cfg.budget, **(budget or {}), "machine": _machine(), "cells": cells, "wall_seconds": time.perf_counter() - t_start,
                    "cell_wall_seconds": sum(c["wall_seconds"] or 0.0 for c in cells.values())},
@@ -381,6 +423,34 @@ def _run_comparison(cfg: CompareConfig, runner: CellRunner, dataset: RecDataset,
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", format_markdown(summary))
     return summary
+
+
+def _significance(cfg: CompareConfig, methods: dict[str, dict], done: dict[str, list[Path]], ok: list[str],
+                  others: list[str], item: bool) -> dict[str, Any]:
+    """Paired t-test of the reference against the best other method on per-row NDCG@10 (averaged
+    over seeds); ``item=True`` uses the item-level ranks (``item_metrics``) of both."""
+    ref = cfg.reference
+    out: dict[str, Any] = {"metric": f"item_{SIG_METRIC}" if item else SIG_METRIC, "reference": ref, "vs": None,
+                           "p_value": None, "t": None, "n": 0}
+    if ref not in ok:
+        out["skipped"] = f"reference method '{ref}' " + (
+            ("has no item-level ranks (eval.protocol=item)" if item else "has no finished seed")
+            if ref in cfg.methods else "is not among the methods")
+        return out
+    if not others:
+        out["skipped"] = "no other method finished" + (" with item-level ranks" if item else "")
+        return out
+    stat = (lambda m: methods[m]["item_metrics"][SIG_METRIC]["mean"]) if item else (lambda m: methods[m][SIG_METRIC]["mean"])
+    best = max(others, key=stat)
+    key = "item_rank" if item else "rank"
+    test = paired_ttest_values(_seed_averaged_rows(done[ref], SIG_METRIC, key),
+                               _seed_averaged_rows(done[best], SIG_METRIC, key))
+    out.update(vs=best, p_value=test["p_value"], t=test["t"], n=test["n"])
+    return out
+
+
+def _rel(ref: dict, other: dict) -> float | None:
+    return None if other["mean"] == 0 else relative_improvement(ref["mean"], other["mean"])
 
 
 def _item_level(cell_dirs: list[Path], dataset: RecDataset) -> dict[str, float] | None:
@@ -450,15 +520,23 @@ def format_markdown(summary: dict) -> str:
     ref = sig["reference"]
     rel = summary["relative_improvement"]
     item = f"item_{ITEM_METRIC}"
-    head = ["method", *[m.upper() for m in TABLE_METRICS], f"item {ITEM_METRIC.upper()}", "seeds", "rows",
+    # With item-level ranks (protocol=item) the item columns are that protocol's HR/NDCG@10; a summary
+    # without them (protocol=title, older runs) keeps its one 1/m-discounted column, as first published.
+    ranked = any(st.get("item_metrics") for st in summary["methods"].values())
+    item_cols = ITEM_TABLE_METRICS if ranked else (ITEM_METRIC,)
+    head = ["method", *[m.upper() for m in TABLE_METRICS], *[f"item {m.upper()}" for m in item_cols], "seeds", "rows",
             "s/user", "distinct top-1", f"{ref} vs. method (N@10)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
     for name, st in summary["methods"].items():
         imp = rel.get(name, {}).get(SIG_METRIC)
         spu, top1 = st.get("seconds_per_user"), st.get("top1_distinct_share")
         n = st["n_seeds"]
-        cells = [_fmt(st[m], n) for m in TABLE_METRICS] + [
-            "" if st.get(item) is None else _fmt(st[item], n), str(n), str(st["n_rows"]),
+        if ranked:
+            im = st.get("item_metrics")
+            icells = ["failed" if n == 0 else "n/a" if im is None else _fmt(im[m], n) for m in item_cols]
+        else:
+            icells = ["" if st.get(item) is None else _fmt(st[item], n)]
+        cells = [_fmt(st[m], n) for m in TABLE_METRICS] + icells + [str(n), str(st["n_rows"]),
             "" if spu is None else f"{spu:.4f}", "" if top1 is None else f"{top1:.1%}",
             "" if name not in rel else ("n/a" if imp is None else f"{imp:+.2f}%")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -473,12 +551,24 @@ def format_markdown(summary: dict) -> str:
         if sig["n"] < MIN_ROWS_FOR_TEST:
             lines.append(f"Caveat: only {sig['n']} rows (< {MIN_ROWS_FOR_TEST}); the t-test's normal approximation "
                          "is unreliable here, so treat p as indicative only.")
+    isig = summary.get("significance_item") or {}
+    if ranked and isig.get("vs"):
+        p = "n/a" if isig["p_value"] is None else f"{isig['p_value']:.3g}"
+        t = "n/a" if isig["t"] is None else f"{isig['t']:.3f}"
+        lines.append(f"Item level (eval.protocol=item), per-row item NDCG@10, {ref} vs. {isig['vs']}: "
+                     f"t = {t}, p = {p}, n = {isig['n']} rows.")
+    if ranked:
+        na = any(st["n_seeds"] and not st.get("item_metrics") for st in summary["methods"].values())
+        lines += ["", "Item columns: the rank of the target *item* (a title shared by m items is split over them; "
+                  "ID models rank items)" + ("; n/a: cells evaluated with the title protocol only." if na else ".")]
     if rel:
+        cols = [*TABLE_METRICS] + ([item] if any(item in v for v in rel.values()) else [])
         lines += ["", f"Relative improvement of {ref} over each method (%):", "",
-                  "| method | " + " | ".join(m.upper() for m in TABLE_METRICS) + " |",
-                  "|---|" + "---:|" * len(TABLE_METRICS)]
+                  "| method | " + " | ".join(m.upper() if m != item else f"item {ITEM_METRIC.upper()}" for m in cols) + " |",
+                  "|---|" + "---:|" * len(cols)]
         for name, imps in rel.items():
-            lines.append(f"| {name} | " + " | ".join("n/a" if v is None else f"{v:+.2f}" for v in imps.values()) + " |")
+            lines.append(f"| {name} | " + " | ".join("n/a" if imps.get(c) is None else f"{imps[c]:+.2f}" for c in cols)
+                         + " |")
     failed = {k: c for k, c in summary["budget"].get("cells", {}).items() if c["status"] == "failed"}
     if failed:
         lines += ["", "Failed cells (see cells/<method>/seed<seed>/error.txt):", ""]

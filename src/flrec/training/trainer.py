@@ -593,7 +593,7 @@ class Trainer:
         try:
             self._loop(state, log, bar)
             if self.valid_loader is not None and state.last_eval_step != state.step:
-                self._validate(state, log)
+                self._validate(state, log, bar)
             self._save_checkpoint(state)
         finally:
             bar.close()
@@ -651,9 +651,9 @@ class Trainer:
                 if state.step % cfg.log_every == 0 or state.step == self.total_steps:
                     row = meter.flush(acc, state)
                     log.write(row)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("step", "elapsed_s")})
+                    bar.set_postfix_str(bar_postfix(row, state.history), refresh=False)
                 if self.valid_loader is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
-                    self._validate(state, log)
+                    self._validate(state, log, bar)
                 if cfg.save_every and state.step % cfg.save_every == 0 and state.step < self.total_steps:
                     self._save_checkpoint(state)
                 if state.step >= self.total_steps or state.stopped_early:
@@ -675,8 +675,12 @@ class Trainer:
             )
         return out
 
-    def _validate(self, state: TrainState, log: _RunLog) -> None:
+    def _validate(self, state: TrainState, log: _RunLog, bar: tqdm | None = None) -> None:
+        if bar is not None:  # validation can take a while: say so instead of a frozen bar
+            bar.set_description_str("train (validating)")
         values = self.evaluate_all()
+        if bar is not None:
+            bar.set_description_str("train", refresh=False)
         loss = values.pop("selected")
         state.last_eval_step = state.step
         improved = _improves(loss, state.best_loss)
@@ -970,6 +974,22 @@ class _Meter:
         return row
 
 
+def bar_postfix(row: Mapping[str, Any], history: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The progress bar's few fields (loss, lr, rows/s, last validation loss); log.jsonl has them all.
+
+    Every logged term used to go into the bar (13 fields with FLR's regularisers), which wrapped."""
+    parts = [f"loss {row['loss']:.4g}"] if "loss" in row else []
+    if "rec" in row and row["rec"] != row.get("loss"):  # the recommendation loss beside the regularised total
+        parts.append(f"rec {row['rec']:.4g}")
+    if "lr" in row:
+        parts.append(f"lr {row['lr']:.1e}")
+    if "samples_per_s" in row:
+        parts.append(f"{row['samples_per_s']:.3g} rows/s")
+    if history:
+        parts.append(f"valid {history[-1]['valid_loss']:.4g}")
+    return ", ".join(parts)
+
+
 class _RunLog:
     """log.jsonl (line-buffered, flushed per row) + optional TensorBoard, main process only.
 
@@ -992,7 +1012,7 @@ class _RunLog:
                 if tensorboard is True:
                     raise ConfigError(
                         "config key 'tensorboard' is true but tensorboard is not installed; "
-                        "pip install tensorboard or set tensorboard=auto"
+                        "pip install 'flrec[tb]' (the tensorboard extra) or set tensorboard=auto"
                     ) from None
                 _note_tensorboard_off()
             else:
@@ -1023,6 +1043,6 @@ def _note_tensorboard_off() -> None:
     global _TB_NOTED
     if not _TB_NOTED:
         _TB_NOTED = True
-        print("note: TensorBoard logging is off (tensorboard is not installed; `pip install tensorboard` "
-              "turns it on, train.tensorboard=false silences this note); metrics are in log.jsonl",
-              file=sys.stderr)
+        print("note: TensorBoard logging is off (tensorboard is not installed; the optional extra "
+              "`pip install 'flrec[tb]'` turns it on, train.tensorboard=false silences this note); "
+              "metrics are in log.jsonl", file=sys.stderr)
