@@ -67,7 +67,8 @@ def gate_entropy(gates: torch.Tensor) -> tuple[float | None, float]:
     g = gates.detach().double()
     h = -(g * g.clamp(min=1e-300).log()).sum(-1).mean()
     k = gates.shape[1]
-    return (float(h / math.log(k)) if k > 1 else None), float(h)
+    # min(): a uniform gate's fp64 entropy can exceed ln K by an ulp
+    return (min(1.0, float(h / math.log(k))) if k > 1 else None), float(h)
 
 
 def user_attention(trace: FactorTrace, row: int, titles: list[str]) -> dict:
