@@ -415,7 +415,8 @@ def paper_findings(src: Sources, longtail_rep: dict | None, cost_rep: dict | Non
         base = "bigrec" if "bigrec" in m else None
         if "flr" in m and base:
             ratio = m["flr"]["seconds_per_user"] / m[base]["seconds_per_user"]
-            out.append(("FLR's inference cost ≈ no-thought (Fig. 9)", f"flr / {base} = {ratio:.2f}× s/user",
+            how = " (separately timed comparison cells)" if cost_rep.get("source") == "comparison" else ""
+            out.append(("FLR's inference cost ≈ no-thought (Fig. 9)", f"flr / {base} = {ratio:.2f}× s/user{how}",
                         verdict(ratio <= 1.25)))
         if "cot" in m and "flr" in m:
             ratio = m["cot"]["seconds_per_user"] / m["flr"]["seconds_per_user"]
