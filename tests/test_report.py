@@ -355,3 +355,33 @@ def test_every_figure_linked_from_committed_reports_exists():
         assert figs, rep
         for fig in figs:
             assert _png_ok(fig), f"{rep} links {fig}, which is missing or not a PNG"
+
+
+def test_analyze_disentangle_and_cost_cli_on_saved_tiny_models(synth, tmp_path, capsys):
+    from flrec.training.sft import SFTConfig, build_model
+
+    dirs = {}
+    for name, flr in (("flr", FLRConfig(num_factors=2, gate_hidden=8)), ("bigrec", FLRConfig(reasoner="none"))):
+        model, tok, _ = build_model(SFTConfig(backbone="tiny:llama", flr=flr, max_history=5), synth)
+        model.save_pretrained(tmp_path / name, tok)
+        dirs[name] = tmp_path / name
+    out = tmp_path / "analysis"
+    assert main(["analyze", "disentangle", "--model", str(dirs["flr"]), "--data", str(synth.root), "--limit", "6",
+                 "--examples", "1", "--out", str(out), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["rows"] == 6 and rep["num_factors"] == 2 and 0 <= rep["ds"] <= 1
+    assert _png_ok(out / "factor_cosine.png") and _png_ok(out / "attention_row0.png")
+    assert main(["analyze", "disentangle", "--model", str(dirs["flr"]), "--data", str(synth.root), "--limit", "6",
+                 "--out", str(out)]) == 2  # disentangle.json exists: not replaced without --overwrite
+    assert main(["analyze", "cost", "--data", str(synth.root), "--model", f"flr={dirs['flr']}",
+                 "--model", f"cot={dirs['bigrec']}", "--model", f"bigrec={dirs['bigrec']}", "--limit", "3",
+                 "--repeats", "1", "--batch-size", "3", "--rationale-tokens", "3", "--out", str(out), "--json"]) == 0
+    cost = json.loads(capsys.readouterr().out)
+    assert list(cost["methods"]) == ["bigrec", "flr", "cot"]  # the paper's order
+    toks = {m: st["generated_tokens_per_user"] for m, st in cost["methods"].items()}
+    assert toks["cot"] > toks["bigrec"]  # same model: the rationale adds tokens
+    assert main(["analyze", "cost", "--data", str(synth.root), "--model", "flr"]) == 2  # not METHOD=DIR
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "S_avg" in text and "| cot |" in text
+    assert all(_png_ok(p) for p in linked_figures(tmp_path / "report" / "report.md"))
