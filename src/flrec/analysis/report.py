@@ -102,12 +102,18 @@ def find_sources(inputs: Sequence[str | Path]) -> Sources:
         if p.is_file():
             found = _classify_file(p, src)
         else:
+            # An ablate folder's summary.json is the grid's, not a comparison of methods.
+            grid = any((p / name).is_file() for name in ("ablation.json", "k_sweep.json"))
             for child in sorted(p.iterdir()):
-                if child.is_file():
+                if child.is_file() and not (grid and child.name == "summary.json"):
                     found |= _classify_file(child, src)
-            for log in sorted(p.glob("logs/*/log.jsonl")) + sorted(p.glob("sft/log.jsonl")):
-                src.logs.append((log.parent.name if log.parent.name != "sft" else p.name, log))
-                found = True
+            for log in sorted(p.glob("logs/*/log.jsonl")):
+                src.logs.append((log.parent.name, log))
+            for log in sorted(p.glob("sft/log.jsonl")):
+                src.logs.append((p.name, log))
+            for log in sorted(p.glob("cells/*/seed*/sft/log.jsonl")):  # a comparison's LLM cells
+                src.logs.append((f"{log.parents[2].name}/{log.parents[1].name}", log))
+            found |= bool(src.logs)
         if not found:
             raise FlrecError(f"{p}: holds no result flrec report can read (summary.json, ablation.json, k_sweep.json, "
                              "longtail.json, cost.json, disentangle*.json, factor_variants.json or a run's log.jsonl)")
