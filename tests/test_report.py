@@ -350,6 +350,9 @@ def test_every_figure_linked_from_committed_reports_exists():
     reports = sorted(REPO.glob("results/**/report.md"))
     if not reports:
         pytest.skip("no committed report")
+    readme = (REPO / "README.md").read_text()
+    for rep in reports:  # the README links each committed report
+        assert f"({rep.relative_to(REPO).as_posix()})" in readme, rep
     for rep in reports:
         figs = linked_figures(rep)
         assert figs, rep

@@ -206,8 +206,9 @@ def _section_disentangle(r: _Report, src: Sources) -> None:
         r.p("Not measured: run `flrec analyze disentangle --model RUN_DIR --data DIR --out DIR`.")
         return
     if src.disentangle:
-        rows = ["| model | rows | K | S_avg (mean abs. off-diag. cosine) | A_max | DS | gate entropy / ln K |",
-                "|---|---:|---:|---:|---:|---:|---:|"]
+        rows = ["| model | rows | K | S_avg (mean abs. off-diag. cosine) | A_max | DS | gate entropy / ln K | "
+                "thought cosine | intent share − uniform | MI p |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for i, (path, d) in enumerate(src.disentangle):
             figs = write_figures(d, r.out / FIGURES, prefix=f"disentangle{i}_")
             label = Path(d.get("model", path.stem)).name or path.stem
@@ -220,8 +221,10 @@ def _section_disentangle(r: _Report, src: Sources) -> None:
                     break  # one example per model: one figure per question
             def f(x):
                 return "n/a" if x is None else f"{x:.3f}"
+            hl = d.get("health", {})  # intent statistics exist on the synthetic data only
             rows.append(f"| {label} | {d['rows']} | {d['num_factors']} | {f(d['s_avg'])} | {f(d['a_max'])} | "
-                        f"{f(d['ds'])} | {f(d['gate_entropy'])} |")
+                        f"{f(d['ds'])} | {f(d['gate_entropy'])} | {f(hl.get('thought_cross_row_cosine'))} | "
+                        f"{f(hl.get('target_intent_share_gain'))} | {f(hl.get('argmax_intent_mi_p'))} |")
         r.p("\n".join(rows))
     if src.factor_variants is not None:
         _, fv = src.factor_variants
