@@ -130,7 +130,7 @@ def write_figures(rep: dict, out_dir: str | Path, prefix: str = "") -> dict[str,
     names = [f"factor {i + 1}" for i in range(k)]
     s = "n/a" if rep["s_avg"] is None else f"{rep['s_avg']:.2f}"
     figs = {"factor_cosine": heatmap(out_dir / f"{prefix}factor_cosine.png", rep["factor_cosine_matrix"], names, names,
-                                     title=f"factor cosine over {rep['rows']} users (mean |off-diag| {s})",
+                                     title=f"factor cosine, {rep['rows']} users (mean |off-diag.| {s})",
                                      vmin=-1, vmax=1, cmap="coolwarm", colorbar_label="cosine")}
     for ex in rep["examples"]:
         if not ex["titles"]:
@@ -138,7 +138,7 @@ def write_figures(rep: dict, out_dir: str | Path, prefix: str = "") -> dict[str,
         rows = [f"factor {i + 1} (gate {g:.2f})" for i, g in enumerate(ex["gates"])]
         figs[f"attention_row{ex['row']}"] = heatmap(
             out_dir / f"{prefix}attention_row{ex['row']}.png", ex["attention"], rows, ex["titles"],
-            title=f"test row {ex['row']}: factor attention on history items (oldest left)", vmin=0,
+            title=f"row {ex['row']}: attention on history titles (oldest left)", vmin=0,
             colorbar_label="attention mass")
     return figs
 

@@ -101,19 +101,20 @@ def heatmap(path: str | Path, matrix, row_labels: Sequence[str], col_labels: Seq
     m = np.asarray(matrix, dtype=np.float64)
     if m.ndim != 2 or m.shape != (len(row_labels), len(col_labels)) or m.size == 0:
         raise FlrecError(f"heatmap {path}: matrix {m.shape} does not match {len(row_labels)} × {len(col_labels)} labels")
-    fig = _figure(max(4.0, 0.55 * m.shape[1] + 2.5), max(2.5, 0.45 * m.shape[0] + 1.8))
+    fig = _figure(max(5.0, 0.55 * m.shape[1] + 2.5), max(2.5, 0.45 * m.shape[0] + 1.8))
     ax = fig.subplots()
     im = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     short = [c if len(c) <= 28 else c[:27] + "…" for c in col_labels]
     ax.set_xticks(range(m.shape[1]), short, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(m.shape[0]), row_labels, fontsize=8)
     if annotate and m.size <= 120:
-        mid = (np.nanmin(m) + np.nanmax(m)) / 2
         for (i, j), v in np.ndenumerate(m):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < mid else "black")
+            r, g, b, _ = im.cmap(im.norm(v))  # light text on dark cells, whatever the colormap
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
     fig.colorbar(im, ax=ax, label=colorbar_label)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=9)
     return _save(fig, path)
 
 
