@@ -90,6 +90,19 @@ def _classify_file(path: Path, src: Sources) -> bool:
     return True
 
 
+def _grid_summary(folder: Path) -> Path | None:
+    """``folder/summary.json`` when it is an ablate folder's (its methods are a grid's variants), which
+    is not a comparison of methods; a results folder may hold both a comparison and grid files."""
+    summary = folder / "summary.json"
+    if not summary.is_file():
+        return None
+    methods = set(_load(summary).get("methods", {}))
+    for name in ("ablation.json", "k_sweep.json"):
+        if (folder / name).is_file() and methods == set(_load(folder / name).get("grid", {}).get("variants", {})):
+            return summary
+    return None
+
+
 def find_sources(inputs: Sequence[str | Path]) -> Sources:
     """Classify every input: a result file, a results/comparison/ablation folder, or a run dir."""
     src = Sources()
@@ -102,10 +115,9 @@ def find_sources(inputs: Sequence[str | Path]) -> Sources:
         if p.is_file():
             found = _classify_file(p, src)
         else:
-            # An ablate folder's summary.json is the grid's, not a comparison of methods.
-            grid = any((p / name).is_file() for name in ("ablation.json", "k_sweep.json"))
+            skip = _grid_summary(p)
             for child in sorted(p.iterdir()):
-                if child.is_file() and not (grid and child.name == "summary.json"):
+                if child.is_file() and child != skip:
                     found |= _classify_file(child, src)
             for log in sorted(p.glob("logs/*/log.jsonl")):
                 src.logs.append((log.parent.name, log))
