@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -170,10 +171,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ]
 
     decode_users(model, prefill_plain, batches[:1], trie, args.beam)  # warm-up (allocator, kernels)
-    ours, hf, t_ours, t_hf = [], [], 0.0, 0.0
+    unshared = partial(prefill_plain, share_prefix=False)
+    ours, hf, t_ours, t_hf, t_unshared, same_as_unshared = [], [], 0.0, 0.0, 0.0, True
     for b in batches:  # interleaved so load changes on the machine hit both decoders alike
         r, s = decode_users(model, prefill_plain, [b], trie, args.beam)
         ours, t_ours = ours + r, t_ours + s
+        r_u, s = decode_users(model, unshared, [b], trie, args.beam)
+        t_unshared += s
+        same_as_unshared &= [[t for t, _ in x] for x in r_u] == [[t for t, _ in x] for x in r]
         r, s = hf_users(model, tok, [b], trie, args.beam)
         hf, t_hf = hf + r, t_hf + s
     agree, gap = agreement(ours, hf, 10)
@@ -197,6 +202,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "users_per_second": round(n / t_ours, 3),
         "seconds_per_user_flrec": round(t_ours / n, 3),
         "seconds_per_user_hf": round(t_hf / n, 3),
+        # the same search with every prompt prefilled in full (no shared instruction prefix)
+        "users_per_second_unshared_prefix": round(n / t_unshared, 3),
+        "shared_prefix_speedup": round(t_unshared / t_ours, 3),
+        "shared_prefix_same_rankings": same_as_unshared,
     }
     if not args.no_flr:
         report.update(flr_latency(model, tok, prompts, titles, args))

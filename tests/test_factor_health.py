@@ -254,3 +254,21 @@ def test_centered_keys_remove_the_shared_component():
     r = FactorizedLatentReasoner(16, num_factors=2, gate_hidden=8, center=True).eval()
     r(hidden, mask)
     assert int(r.key_mean_batches) == 0 and r.key_mean.abs().sum() == 0  # frozen at inference
+
+
+def test_flr_lr_scale_gives_the_flr_parts_their_own_learning_rate():
+    from test_flr_model import make_model
+
+    from flrec.training.sft import SFTConfig, param_groups
+
+    model = make_model(reasoner="flr")
+    assert param_groups(model, 1e-4, 1.0) is None
+    groups = param_groups(model, 1e-4, 10.0)
+    flr_ids = {id(p) for n, p in model.named_parameters() if not n.startswith("backbone.")}
+    for g in groups:
+        in_flr = {id(p) in flr_ids for p in g["params"]}
+        assert len(in_flr) == 1  # a group never mixes backbone and FLR parameters
+        assert g.get("lr", 1e-4) == (1e-3 if in_flr.pop() else 1e-4)
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
+    with pytest.raises(ConfigError, match="flr_lr_scale"):
+        SFTConfig(flr_lr_scale=0)

@@ -169,7 +169,8 @@ def test_checkpoints_pruned_to_keep_last(tmp_path):
         cfg(tmp_path, "run", max_steps=9, save_every=2, keep_last=2, eval_every=4),
     ).train()
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
-    assert ckpts == ["best", "step-8", "step-9"]
+    assert ckpts == ["step-8", "step-9"]  # the best model lives once, in best/
+    assert (tmp_path / "run" / "best").is_dir()
     assert res.best_step in (4, 8, 9)
     assert (tmp_path / "run" / "checkpoints" / "step-9" / "trainer_state.json").is_file()
 

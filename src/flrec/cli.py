@@ -693,9 +693,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands that run a model on the CPU for minutes (see flrec.utils.threads).
+HEAVY_COMMANDS = {"train", "evaluate", "compare", "demo", "tune-decoding", "serve", "recommend", "analyze"}
+
+
+def _warn_if_sharing_cpu() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    from flrec.utils.threads import oversubscription_warning, register_cpu_job
+
+    try:
+        msg = oversubscription_warning(register_cpu_job())
+    except OSError:  # a read-only home: the check is advice, never a failure
+        return
+    if msg:
+        _note(msg)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.cmd in HEAVY_COMMANDS:
+            _warn_if_sharing_cpu()
         args.fn(args)
     except FlrecError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -111,7 +111,9 @@ class LLMRecommender(Recommender):
         ps.setdefault("domain", sft.domain or domain or (dataset.domain if dataset else "item"))
         ps.setdefault("max_history", sft.max_history)
         ps.setdefault("max_prompt_tokens", sft.max_prompt_tokens)
-        self.config.sft = sft.replace(**ps)  # a saved recommender then rebuilds identical prompts
+        ps.setdefault("template", sft.prompt_template)
+        # a saved recommender then rebuilds identical prompts
+        self.config.sft = sft.replace(**{("prompt_template" if k == "template" else k): v for k, v in ps.items()})
         self.model, self.tokenizer = model, tokenizer
         self.builder = PromptBuilder(tokenizer, use_thought=model.config.uses_thought, **ps)
         self._trie = None

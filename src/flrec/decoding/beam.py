@@ -32,24 +32,38 @@ from flrec.decoding.scoring import cf_log_probs, token_scores
 from flrec.decoding.state import PrefillState
 from flrec.decoding.trie import TitleTrie
 from flrec.errors import FlrecError
-from flrec.models.compat import lm_forward, new_cache, out_cache
+from flrec.models.compat import expand_cache, lm_forward, new_cache, out_cache
+from flrec.models.sharing import hoist_shared_prefix
 
 NEG_INF = float("-inf")
 
 
 @torch.inference_mode()
 def prefill_plain(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, share_prefix: bool = True
 ) -> PrefillState:
-    """Read left-padded prompts once into a fresh KV cache; logits only for the last position."""
+    """Read left-padded prompts once into a fresh KV cache; logits only for the last position.
+
+    ``share_prefix``: the leading tokens common to every row (the instruction) run once, as batch 1,
+    and their cache is broadcast (:mod:`flrec.models.sharing`; exact, the returned mask is in the
+    hoisted layout that matches the cache).
+    """
     attention_mask = attention_mask.to(input_ids.device)
+    n = 0
+    if share_prefix:
+        input_ids, attention_mask, _, n = hoist_shared_prefix(input_ids, attention_mask)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    cache = new_cache(model)
+    if n:
+        lm_forward(model, cache=cache, input_ids=input_ids[:1, :n], attention_mask=attention_mask[:1, :n],
+                   position_ids=position_ids[:1, :n], use_cache=True, logits_to_keep=1)
+        expand_cache(cache, input_ids.shape[0])
     out = lm_forward(
         model,
-        cache=new_cache(model),
-        input_ids=input_ids,
+        cache=cache,
+        input_ids=input_ids[:, n:],
         attention_mask=attention_mask,
-        position_ids=position_ids,
+        position_ids=position_ids[:, n:],
         use_cache=True,
         logits_to_keep=1,
     )

@@ -95,3 +95,17 @@ def _crop_sliding(layer, keep: int) -> None:
     layer.keys = layer.keys[..., end - need : end, :]
     layer.values = layer.values[..., end - need : end, :]
     layer.cumulative_length = keep
+
+
+def expand_cache(cache, batch: int) -> None:
+    """Broadcast a batch-1 cache to ``batch`` rows (in place) as views: no copy, and autograd sums the
+    rows' gradients back into the one shared entry (what shared-prefix encoding relies on)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:  # pragma: no cover - transformers < 4.56 layout
+        cache.batch_repeat_interleave(batch)
+        return
+    for layer in layers:
+        if getattr(layer, "keys", None) is None or not layer.keys.numel():
+            continue
+        layer.keys = layer.keys.expand(batch, *layer.keys.shape[1:])
+        layer.values = layer.values.expand(batch, *layer.values.shape[1:])

@@ -4,6 +4,10 @@ Batch layout (see :func:`flrec.data.prompts.collate_left_padded`): prompts are L
 ``<|Thought|>`` token sits in the last prompt column ``P−1`` of every row; targets are RIGHT-padded
 after it. Position ids always come from the attention mask, so padding never shifts a row.
 
+**Why a batch's prompts are encoded once, together.** The instruction that opens every prompt is the
+same for every row; :mod:`flrec.models.sharing` moves it into the first columns and
+:meth:`FLRRecommender._encode` runs it once per batch (``share_prefix``, exact).
+
 **Why refinement is cheap.** Under causal attention the prompt positions before the thought never
 see it, so their hidden states are identical in every refinement step. We therefore encode the
 prefix once into a KV cache; each of the N steps re-runs only the thought position against that
@@ -26,10 +30,12 @@ from torch import nn
 from flrec.config import ConfigBase, option
 from flrec.decoding.state import PrefillState
 from flrec.errors import ConfigError, FlrecError
-from flrec.models.compat import cache_kwarg, crop_cache, new_cache
+from flrec.models.compat import cache_kwarg, crop_cache, expand_cache, new_cache
 from flrec.models.flr import EmbeddingScale, FactorizedLatentReasoner, ReasonerOutput, positions_from_mask  # noqa: F401
+from flrec.models.freeze import frozen_bottom_no_grad, parse_top, set_top_trainable
 from flrec.models.losses import FLRObjective
 from flrec.models.reasoners import build_reasoner
+from flrec.models.sharing import hoist_shared_prefix, shared_head_len
 
 CONFIG_NAME = "flr_config.json"
 STATE_NAME = "flr_state.safetensors"
@@ -180,6 +186,10 @@ class FLRRecommender(nn.Module):
         self.backbone, self.config, self.backbone_spec = backbone, config, backbone_spec
         self.thought_token_id = thought_token_id
         self.trainable_mode = "full"
+        # Encode the prompt head shared by all rows once per batch (exact; see flrec.models.sharing).
+        # A runtime switch, not part of the model: benchmarks and the parity tests turn it off.
+        self.share_prefix = True
+        self.frozen_blocks = 0  # bottom blocks run without autograd on the prompt (trainable=top:N)
         # How prompts were built in training (domain word, history length, token budget); saved with
         # the model so ranking and serving rebuild exactly the prompts the model was trained on.
         self.prompt_settings: dict = {}
@@ -225,6 +235,28 @@ class FLRRecommender(nn.Module):
         out = dec(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=cache is not None, **kw)
         return out.last_hidden_state
 
+    def _encode(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+        """Hidden states of prompt tokens ``ids`` (B, L) with ``mask`` (B, L), filling ``cache``.
+
+        Leading columns identical in every row (the hoisted instruction head) run once as batch 1 and
+        their cache is broadcast. With ``trainable=top:N`` the frozen bottom blocks run without
+        autograd here: a prompt token's states there depend on no trained parameter.
+        """
+        n = shared_head_len(ids, mask) if self.share_prefix else 0
+        with frozen_bottom_no_grad(self._decoder(), self.frozen_blocks):
+            if n == 0:
+                return self._run(self._embed(ids), mask, positions, cache)
+            head = self._run(self._embed(ids[:1, :n]), mask[:1, :n], positions[:1, :n], cache)
+            expand_cache(cache, ids.shape[0])
+            rest = self._run(self._embed(ids[:, n:]), mask, positions[:, n:], cache)
+        return torch.cat([head.expand(ids.shape[0], -1, -1), rest], dim=1)
+
+    def layout(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, prompt_items: torch.Tensor | None = None):
+        """The batch in the layout the model computes in: the shared head hoisted (``share_prefix``)."""
+        if not self.share_prefix:
+            return prompt_ids, prompt_mask, prompt_items
+        return hoist_shared_prefix(prompt_ids, prompt_mask, prompt_items)[:3]
+
     def _check_thought(self, prompt_ids: torch.Tensor) -> None:
         if not bool((prompt_ids[:, -1] == self.thought_token_id).all()):
             raise FlrecError("every prompt must end with <|Thought|> in its last (left-padded) column; "
@@ -253,7 +285,7 @@ class FLRRecommender(nn.Module):
         self._check_layout(prompt_ids, prompt_items)
         p = prompt_ids.shape[1]
         cache = new_cache(self._causal_lm())
-        h_prefix = self._run(self._embed(prompt_ids[:, :-1]), prompt_mask[:, :-1], positions[:, : p - 1], cache)
+        h_prefix = self._encode(prompt_ids[:, :-1], prompt_mask[:, :-1], positions[:, : p - 1], cache)
         e = self.thought_init.to(h_prefix.dtype).expand(prompt_ids.shape[0], -1)
         detach_aux = self._detach_aux()
         steps: list[ReasonerOutput] = []
@@ -272,12 +304,15 @@ class FLRRecommender(nn.Module):
     def forward(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, target_ids: torch.Tensor,
                 target_mask: torch.Tensor, prompt_items: torch.Tensor | None = None, **_: object) -> dict:
         """Teacher-forced loss on the target tokens only (title, closing quote, newline, EOS)."""
+        prompt_ids, prompt_mask, prompt_items = self.layout(prompt_ids, prompt_mask, prompt_items)
         mask = torch.cat([prompt_mask, target_mask], dim=1)
         positions = positions_from_mask(mask)
         p = prompt_ids.shape[1]
         if not self.config.uses_thought:
-            hidden = self._run(self._embed(torch.cat([prompt_ids, target_ids], 1)), mask, positions)
-            pred = hidden[:, p - 1 : -1]  # position t predicts token t+1
+            cache = new_cache(self._causal_lm())
+            h_prompt = self._encode(prompt_ids, prompt_mask, positions[:, :p], cache)
+            h_target = self._run(self._embed(target_ids), mask, positions[:, p:], cache)
+            pred = torch.cat([h_prompt[:, -1:], h_target[:, :-1]], dim=1)  # position t predicts token t+1
             steps: list[ReasonerOutput] = []
             aux_steps: list[ReasonerOutput] = []
         else:
@@ -330,7 +365,11 @@ class FLRRecommender(nn.Module):
     @torch.no_grad()
     def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                 prompt_items: torch.Tensor | None = None) -> PrefillState:
-        """Refine, then feed the final thought: the cache holds prefix + thought, ready to decode."""
+        """Refine, then feed the final thought: the cache holds prefix + thought, ready to decode.
+
+        The state's ``attention_mask`` is in the model's layout (:meth:`layout`), matching its cache.
+        """
+        prompt_ids, prompt_mask, prompt_items = self.layout(prompt_ids, prompt_mask, prompt_items)
         positions = positions_from_mask(prompt_mask)
         cache = new_cache(self._causal_lm())
         if self.config.uses_thought:
@@ -338,17 +377,20 @@ class FLRRecommender(nn.Module):
             p = prompt_ids.shape[1]
             hidden = self._run(e[:, None], prompt_mask, positions[:, p - 1 : p], cache)
         else:
-            hidden = self._run(self._embed(prompt_ids), prompt_mask, positions, cache)
+            hidden = self._encode(prompt_ids, prompt_mask, positions, cache)
         logits = self._lm_head(hidden[:, -1]).float()
         return PrefillState(cache=cache, next_logits=logits, attention_mask=prompt_mask,
                             next_position=positions[:, -1] + 1)
 
     # --------------------------------------------------------------------------------- training mode
-    def set_trainable(self, mode: Literal["full", "lora", "frozen"], lora_r: int = 8, lora_alpha: int = 16,
+    def set_trainable(self, mode: str, lora_r: int = 8, lora_alpha: int = 16,
                       lora_targets: tuple[str, ...] = ("q_proj", "v_proj")) -> None:
-        """full: everything trains (the paper's SFT); lora: peft adapters + FLR; frozen: FLR parts only."""
-        if mode not in ("full", "lora", "frozen"):
-            raise ConfigError(f"trainable mode '{mode}' unknown; use full, lora or frozen")
+        """full: everything trains (the paper's SFT); lora: peft adapters + FLR; frozen: FLR parts only;
+        top:N: the top N blocks + final norm + FLR (the bottom runs without autograd on the prompt)."""
+        top = parse_top(mode)
+        if mode not in ("full", "lora", "frozen") and top is None:
+            raise ConfigError(f"trainable mode '{mode}' unknown; use full, lora, frozen or top:N")
+        self.frozen_blocks = 0
         if mode == "lora":
             from peft import LoraConfig, get_peft_model
 
@@ -356,6 +398,8 @@ class FLRRecommender(nn.Module):
                                                                      target_modules=list(lora_targets)))
         elif mode == "frozen":
             self.backbone.requires_grad_(False)
+        elif top is not None:
+            self.frozen_blocks = set_top_trainable(self._decoder(), self._causal_lm(), top)
         else:
             self.backbone.requires_grad_(True)
         self.trainable_mode = mode
@@ -375,7 +419,7 @@ class FLRRecommender(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         if self.trainable_mode == "lora":
             self.backbone.save_pretrained(path / "adapter")
-        elif self.trainable_mode == "full":
+        elif self.trainable_mode == "full" or parse_top(self.trainable_mode):
             self._causal_lm().save_pretrained(path / "backbone")
             if tokenizer is not None:  # a self-contained HF directory, loadable on its own
                 tokenizer.save_pretrained(path / "backbone")

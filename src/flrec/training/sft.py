@@ -36,7 +36,8 @@ class SFTConfig(ConfigBase):
     domain: str | None = option(None, help="item word used in the prompt (default: the dataset's, e.g. 'CD')")
     run_dir: str = option("runs/sft", help="run directory (checkpoints, log.jsonl, best/ = the trained model)")
     seed: int = option(0, help="seed for the row subsample, model init and training")
-    trainable: Literal["full", "lora", "frozen"] = option("full", help="full fine-tune (paper), LoRA, or frozen backbone")
+    trainable: str = option("full", help="full fine-tune (paper), lora, frozen backbone, or top:N (only the top N "
+                            "blocks + final norm + FLR train; the bottom runs without autograd on the prompt)")
     lora_r: int = option(8, help="LoRA rank (trainable=lora)")
     lora_alpha: int = option(16, help="LoRA alpha (trainable=lora)")
     lora_targets: list[str] = option(factory=lambda: ["q_proj", "v_proj"], help="module names LoRA adapts")
@@ -44,14 +45,26 @@ class SFTConfig(ConfigBase):
         "float32", help="weight dtype; keep float32 and use train.mixed_precision=bf16 for autocast training")
     max_prompt_tokens: int = option(512, help="prompts longer than this drop whole oldest titles")
     max_history: int = option(10, help="history titles per prompt (newest kept)")
+    prompt_template: Literal["alpaca", "compact"] = option(
+        "alpaca", help="alpaca = the paper's (LatentR3's) instruction prompt; compact = a one-line instruction "
+        "(~45 fewer tokens per row; a speed/quality trade-off, README 'Training on a CPU')")
     train_limit: int | None = option(None, help="train on a random subset of this many rows (None = all)")
     valid_limit: int | None = option(512, help="validation-loss rows (random subset; None = all)")
+    flr_lr_scale: float = option(1.0, help="learning-rate multiplier for the FLR parts (reasoner, thought "
+                                 "embedding, scale, loss weights): they start from random init, the backbone "
+                                 "is pretrained")
     flr: FLRConfig = option(factory=FLRConfig, help="the latent-reasoning module and its losses")
     train: TrainConfig = option(factory=TrainConfig, help="optimisation, schedule, checkpoints (run_dir overrides output_dir)")
 
     def __post_init__(self) -> None:
+        from flrec.models.freeze import parse_top
+
+        if self.trainable not in ("full", "lora", "frozen") and parse_top(self.trainable) is None:
+            raise ConfigError(f"trainable: unknown mode '{self.trainable}'; use full, lora, frozen or top:N (e.g. top:15)")
         if self.max_prompt_tokens < 16:
             raise ConfigError("max_prompt_tokens must be >= 16 (a prompt needs its instruction and one title)")
+        if not self.flr_lr_scale > 0:
+            raise ConfigError(f"flr_lr_scale must be > 0, got {self.flr_lr_scale}")
         for key in ("train_limit", "valid_limit"):
             v = getattr(self, key)
             if v is not None and v < 1:
@@ -89,7 +102,7 @@ def build_model(cfg: SFTConfig, dataset: RecDataset):
     model = FLRRecommender(backbone, cfg.flr, thought, backbone_spec=cfg.backbone)
     model.set_trainable(cfg.trainable, cfg.lora_r, cfg.lora_alpha, tuple(cfg.lora_targets))
     model.prompt_settings = {"domain": cfg.domain or dataset.domain, "max_prompt_tokens": cfg.max_prompt_tokens,
-                             "max_history": cfg.max_history}
+                             "max_history": cfg.max_history, "template": cfg.prompt_template}
     builder = PromptBuilder(tokenizer, use_thought=cfg.flr.uses_thought, **model.prompt_settings)
     return model, tokenizer, builder
 
@@ -100,6 +113,24 @@ def sft_fingerprint(cfg: SFTConfig, dataset: RecDataset) -> dict:
     ignore = ("run_dir", "data", *(f"train.{k}" for k in TRAIN_COSMETIC))
     return make_fingerprint(config_identity(cfg, ignore), data={"hash": dataset_hash(dataset, ("train", "valid"))},
                             backbone=model_identity(cfg.backbone))
+
+
+def param_groups(model: FLRRecommender, lr: float, flr_lr_scale: float) -> list[dict] | None:
+    """AdamW groups: the FLR parts at ``lr * flr_lr_scale``; no weight decay on vectors (None = defaults)."""
+    if flr_lr_scale == 1.0:
+        return None
+    groups = []
+    for is_flr in (False, True):
+        params = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.") != is_flr]
+        extra = {"lr": lr * flr_lr_scale} if is_flr else {}
+        groups += [{"params": [p for p in params if p.dim() >= 2], **extra},
+                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, **extra}]
+    return groups
+
+
+def example_lengths(examples) -> list[int]:
+    """Prompt + target tokens per encoded example (what a padded batch's width follows)."""
+    return [len(e.prompt_ids) + len(e.target_ids) for e in examples]
 
 
 def run_sft(cfg: SFTConfig, dataset: RecDataset | None = None) -> dict:
@@ -117,11 +148,12 @@ def run_sft(cfg: SFTConfig, dataset: RecDataset | None = None) -> dict:
         m.save_pretrained(path, tokenizer)
 
     trainer = Trainer(model, train_ex, valid_ex, partial(collate_left_padded, pad_id=tokenizer.pad_token_id),
-                      cfg.train, save_fn=save_fn, run_config=cfg, stage="sft",
-                      fingerprint=sft_fingerprint(cfg, dataset))
+                      cfg.train, param_groups=param_groups(model, cfg.train.lr, cfg.flr_lr_scale), save_fn=save_fn, run_config=cfg, stage="sft",
+                      fingerprint=sft_fingerprint(cfg, dataset), lengths=example_lengths(train_ex))
     result = trainer.train()
     # train_rows = rows available; rows_seen = examples actually consumed (steps x batch, with repeats).
     return {"run_dir": cfg.run_dir, "model_dir": str(result.best_dir), "best_step": result.best_step,
             "best_valid_loss": result.best_valid_loss, "steps": result.steps_done,
             "stopped_early": result.stopped_early, "rows_seen": result.samples_seen, "train_rows": len(train_ex),
-            "valid_rows": len(valid_ex or []), "mixed_precision": result.mixed_precision, "reused": result.reused}
+            "valid_rows": len(valid_ex or []), "mixed_precision": result.mixed_precision, "reused": result.reused,
+            "disk_bytes": result.disk_bytes, "padding_fraction": round(trainer.padding_fraction(), 4)}
