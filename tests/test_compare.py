@@ -114,7 +114,7 @@ def test_compare_summary_shape_resume_and_failures(tmp_path: Path):
     assert set(summary) == {"methods", "significance", "significance_item", "relative_improvement", "budget"}
     for name, st in summary["methods"].items():
         assert set(st) == {"hr@5", "hr@10", "ndcg@5", "ndcg@10", "n_seeds", "n_rows", "seconds_per_user",
-                           "top1_distinct_share", "item_ndcg@10", "item_metrics"}, name
+                           "top1_distinct_share", "item_ndcg@10", "item_metrics", "popularity"}, name
     for name in (REF, "pop", OTHER):
         st = summary["methods"][name]
         assert st["n_seeds"] == 2 and st["n_rows"] == 20
@@ -126,7 +126,7 @@ def test_compare_summary_shape_resume_and_failures(tmp_path: Path):
         assert summary["methods"][name] == {"hr@5": None, "hr@10": None, "ndcg@5": None, "ndcg@10": None,
                                             "n_seeds": 0, "n_rows": 0, "seconds_per_user": None,
                                             "top1_distinct_share": None, "item_ndcg@10": None,
-                                            "item_metrics": None}
+                                            "item_metrics": None, "popularity": None}
     assert "boom" in (out / "cells" / BROKEN / "seed1" / "error.txt").read_text()
     cells = summary["budget"]["cells"]
     assert cells[f"{BROKEN}/seed1"]["status"] == "failed" and "boom" in cells[f"{BROKEN}/seed1"]["error"]

@@ -25,6 +25,8 @@ CONFIGS = {
     "eval": "flrec.evaluation.runner:EvalConfig",
     "tune-decoding": "flrec.decoding.tune:TuneConfig",
     "compare": "flrec.evaluation.compare:CompareConfig",
+    "ablate": "flrec.evaluation.ablation:AblateConfig",
+    "cot": "flrec.baselines.cot:CoTRecConfig",
     "synth": "flrec.data.synth:SynthConfig",
     "amazon": "flrec.data.amazon:AmazonPrepConfig",
     "llm": "flrec.baselines.llm:LLMRecConfig",
@@ -301,6 +303,85 @@ def cmd_analyze_factors(a) -> None:
     print(json.dumps(rep) if a.json else format_report(rep))
 
 
+def cmd_ablate(a) -> None:
+    from flrec.evaluation.ablation import AblateConfig, format_grid, run_ablation
+
+    overrides = list(a.overrides)
+    for key, val in (("data", a.data), ("grid", a.grid), ("seeds", a.seeds), ("limit", a.limit), ("out", a.out),
+                     ("ks", a.ks), ("method_config", a.method_config)):
+        if val is not None:
+            overrides.append(f"{key}={val}")
+    if a.force:
+        overrides.append("overwrite=true")
+    result = run_ablation(AblateConfig.load(a.config, overrides))
+    print(json.dumps(result, indent=2, default=str) if a.json else format_grid(result))
+
+
+def cmd_report(a) -> None:
+    from flrec.analysis.report import build_report
+
+    path = build_report(a.inputs, a.out, title=a.title, overwrite=a.overwrite)
+    print(path)
+
+
+def _write_json_out(out: str | None, name: str, rep: dict, overwrite: bool) -> None:
+    if out is None:
+        return
+    from flrec.utils.io import atomic_write_json
+
+    path = Path(out) / name
+    if path.exists() and not overwrite:
+        raise FlrecError(f"{path} exists; pass --overwrite to replace it, or another --out")
+    atomic_write_json(path, rep)
+    _note(f"wrote {path}")
+
+
+def cmd_analyze_longtail(a) -> None:
+    from flrec.analysis.longtail import format_longtail, longtail
+
+    rep = longtail(a.compare_dir, reference=a.reference)
+    _write_json_out(a.out, "longtail.json", rep, a.overwrite)
+    print(json.dumps(rep) if a.json else format_longtail(rep))
+
+
+def cmd_analyze_disentangle(a) -> None:
+    from flrec.analysis.disentangle import disentanglement, format_disentanglement, write_figures
+    from flrec.training.sft import load_dataset
+
+    rep = disentanglement(a.model, load_dataset(a.data), split=a.split, limit=a.limit or None,
+                          batch_size=a.batch_size, examples=a.examples)
+    _write_json_out(a.out, "disentangle.json", rep, a.overwrite)
+    if a.out is not None:
+        for path in write_figures(rep, a.out).values():
+            _note(f"wrote {path}")
+    print(json.dumps(rep) if a.json else format_disentanglement(rep))
+
+
+def cmd_analyze_cost(a) -> None:
+    from flrec.analysis.cost import format_cost, inference_cost
+    from flrec.training.sft import load_dataset
+
+    models = {}
+    for spec in a.model:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise FlrecError(f"--model {spec!r}: expected METHOD=RUN_DIR, e.g. flr=runs/cds-flr")
+        models[name] = path
+    rep = inference_cost(models, load_dataset(a.data), split=a.split, limit=a.limit, batch_size=a.batch_size,
+                         repeats=a.repeats, beam=a.beam, cot_beam=a.cot_beam, rationale_tokens=a.rationale_tokens)
+    _write_json_out(a.out, "cost.json", rep, a.overwrite)
+    print(json.dumps(rep) if a.json else format_cost(rep))
+
+
+def cmd_analyze_curves(a) -> None:
+    from flrec.analysis.curves import plot_learning_curves
+
+    out = Path(a.out)
+    if out.exists() and not a.overwrite:
+        raise FlrecError(f"{out} exists; pass --overwrite to replace it")
+    print(plot_learning_curves(a.run, out))
+
+
 def cmd_config(a) -> None:
     print(_config_class(a.stage).describe())
 
@@ -574,6 +655,71 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--permutations", type=int, default=1000, help="permutations for the MI p-value")
     s.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
     s.set_defaults(fn=cmd_analyze_factors)
+
+    s = asub.add_parser("longtail", help="popular vs. unpopular targets per method of a comparison (paper Fig. 7)",
+                        formatter_class=fmt)
+    s.add_argument("compare_dir", help="a folder written by flrec compare (summary.json, cells/)")
+    s.add_argument("--reference", help="method whose improvement is reported (default: the comparison's reference)")
+    s.add_argument("--out", help="also write longtail.json into this folder (read by flrec report)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing longtail.json")
+    s.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+    s.set_defaults(fn=cmd_analyze_longtail)
+    s = asub.add_parser("disentangle", help="factor cosine matrix, attention heatmaps, DS, gate entropy (Figs. 4, 6)",
+                        formatter_class=fmt)
+    s.add_argument("--model", required=True, help="an SFT run dir (holding best/) or a model dir")
+    s.add_argument("--data", required=True, help="D3 dataset dir or embedded:synth")
+    s.add_argument("--split", default="test", help="split whose rows are analysed")
+    s.add_argument("--limit", type=int, default=200, help="first N rows of the split (0 = all)")
+    s.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (results do not depend on it)")
+    s.add_argument("--examples", type=int, default=2, help="users whose attention heatmap is kept")
+    s.add_argument("--out", help="write disentangle.json and the heatmap PNGs into this folder")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing disentangle.json")
+    s.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+    s.set_defaults(fn=cmd_analyze_disentangle)
+    s = asub.add_parser("cost", help="seconds per user of several trained LLM methods, same rows, one run (Fig. 9)",
+                        formatter_class=fmt)
+    s.add_argument("--data", required=True, help="D3 dataset dir or embedded:synth")
+    s.add_argument("--model", action="append", required=True, metavar="METHOD=RUN_DIR",
+                   help="repeatable: bigrec=RUN, latentr3=RUN, flr=RUN, cot=RUN (cot: a no-thought model, e.g. bigrec's)")
+    s.add_argument("--split", default="test", help="split whose rows are timed")
+    s.add_argument("--limit", type=int, default=100, help="users timed (the paper: 100)")
+    s.add_argument("--batch-size", type=int, default=4, help="users per recommend() call (the paper: 4)")
+    s.add_argument("--repeats", type=int, default=3, help="repetitions averaged (the paper: 3)")
+    s.add_argument("--beam", type=int, default=10, help="beam width")
+    s.add_argument("--cot-beam", type=int, help="beam of the cot method (the paper: 1; default: --beam)")
+    s.add_argument("--rationale-tokens", type=int, default=32, help="cot: most rationale tokens per user")
+    s.add_argument("--out", help="write cost.json into this folder (read by flrec report)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing cost.json")
+    s.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+    s.set_defaults(fn=cmd_analyze_cost)
+    s = asub.add_parser("curves", help="learning curves of a training run (log.jsonl) as one PNG", formatter_class=fmt)
+    s.add_argument("run", help="an SFT run dir, a compare cell, or a log.jsonl file")
+    s.add_argument("--out", required=True, help="the PNG to write")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
+    s.set_defaults(fn=cmd_analyze_curves)
+
+    s = with_config(sub.add_parser("ablate", help="FLR ablations (Table 3) or K sweep (Fig. 8) with the compare runner",
+                                   formatter_class=fmt))
+    s.add_argument("--data", help="D3 dataset folder (default: the config's data)")
+    s.add_argument("--grid", choices=["regularisers", "k"], help="regularisers: all 8 subsets of {orth, div, sparse}; "
+                   "k: num_factors in --ks (default: the config's grid, regularisers)")
+    s.add_argument("--method-config", help="the FLR method's config YAML (e.g. configs/baselines/llm-cds-cpu.yaml)")
+    s.add_argument("--ks", help="grid k: comma-separated K values (default 1,2,3,4)")
+    s.add_argument("--seeds", help="comma-separated, e.g. 1,2,3 (default: the config's seeds, 1,2,3)")
+    s.add_argument("--limit", type=int, help="evaluate only the first N rows of the split (default: all rows)")
+    s.add_argument("--out", help="output dir (default runs/ablate-<grid>); holds ablation.json or k_sweep.json")
+    s.add_argument("--force", action="store_true", help="recompute cells whose settings changed")
+    s.add_argument("--json", action="store_true", help="print the result JSON instead of the table")
+    s.set_defaults(fn=cmd_ablate)
+
+    s = sub.add_parser("report", help="the paper's analyses as report.md + PNG figures from result folders",
+                       formatter_class=fmt)
+    s.add_argument("inputs", nargs="+", metavar="RUN_OR_RESULTS_DIR",
+                   help="compare/ablate output folders, results/<data>, run dirs (log.jsonl) or result JSON files")
+    s.add_argument("--out", required=True, help="report folder (report.md + figures/)")
+    s.add_argument("--title", help="the report's title (default: flrec report)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing report.md (and its figures/)")
+    s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("config", help="list a config's keys, defaults and help (stages and baselines)")
     s.add_argument("stage", choices=sorted(CONFIGS), help="which config: " + ", ".join(sorted(CONFIGS)))

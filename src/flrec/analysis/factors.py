@@ -138,6 +138,7 @@ class FactorTrace:
     item_attn: torch.Tensor  # (R, K, H)
     in_history: torch.Tensor  # (R, H) bool
     slot_items: list[list[int]]  # per row, the catalogue item of each slot (oldest kept first)
+    factors: torch.Tensor | None = None  # (R, K, D) factor vectors F = A V (disentanglement analysis)
 
 
 @torch.no_grad()
@@ -149,7 +150,7 @@ def collect(model, builder, rows, catalogue, batch_size: int = 16) -> FactorTrac
     if not model.config.uses_thought:
         raise FlrecError("this model has no thought (reasoner=none); factor diagnostics need flr/latentr3/softprompt")
     model.eval()
-    zs, gs, attns, hist, slots = [], [], [], [], []
+    zs, gs, attns, hist, slots, fs = [], [], [], [], [], []
     h_max = builder.max_history
     pad_id = builder.tokenizer.pad_token_id
     for start in range(0, len(rows), batch_size):
@@ -165,10 +166,11 @@ def collect(model, builder, rows, catalogue, batch_size: int = 16) -> FactorTrac
         for row, n in zip(chunk, n_kept, strict=True):
             slots.append(list(row.history[len(row.history) - n :]))
         zs.append(out.z.float())
+        fs.append(out.factors.float())
         gs.append(out.gates.float())
         attns.append(item_attn)
         hist.append(torch.arange(h_max)[None, :] < torch.tensor(n_kept)[:, None])
-    return FactorTrace(torch.cat(zs), torch.cat(gs), torch.cat(attns), torch.cat(hist), slots)
+    return FactorTrace(torch.cat(zs), torch.cat(gs), torch.cat(attns), torch.cat(hist), slots, torch.cat(fs))
 
 
 # ------------------------------------------------------------------------------ planted intents

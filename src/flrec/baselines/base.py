@@ -48,7 +48,7 @@ def get_recommender(name: str) -> type[Recommender]:
 def _import_builtin() -> None:
     import importlib
 
-    for mod in ("pop", "sequential", "alpharec", "llm", "grpo"):
+    for mod in ("pop", "sequential", "alpharec", "llm", "grpo", "cot"):
         try:
             importlib.import_module(f"flrec.baselines.{mod}")
         except ModuleNotFoundError as e:  # a module not built yet is simply not registered

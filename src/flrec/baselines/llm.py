@@ -232,7 +232,7 @@ class LLMRecommender(Recommender):
                 extra["gamma"] = dec.gamma
             examples = self.builder.encode_rows(chunk, self.catalogue)
             batch = collate_left_padded(examples, self.tokenizer.pad_token_id)
-            state = self.model.prefill(batch["prompt_ids"], batch["prompt_mask"], batch.get("prompt_items"))
+            state = self._prefill(batch)
             ranked = constrained_beam_search(self.model.backbone, state, self._trie, beam_size=self.config.beam,
                                              length_penalty=lp, scoring=dec.scoring,
                                              edge_weight=self._edge_weights(dec), **extra)
@@ -241,6 +241,10 @@ class LLMRecommender(Recommender):
                 probs.append(None if q is None else q[r])
                 self.last_generated_tokens += sum(self._title_len[i] for i, _ in hyps)
         return cands, probs
+
+    def _prefill(self, batch: dict[str, torch.Tensor]):
+        """The decoding state after reading the prompt (a subclass may generate more first, e.g. ``cot``)."""
+        return self.model.prefill(batch["prompt_ids"], batch["prompt_mask"], batch.get("prompt_items"))
 
     def finalise(self, rows: Sequence[Interaction], cands: Candidates, probs: Sequence[torch.Tensor | None],
                  decoding: DecodingConfig | None = None, length_penalty: float | None = None, k: int = 20

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import sys
 import time
@@ -43,6 +44,7 @@ from typing import Any, Literal
 
 import yaml
 
+from flrec.analysis.longtail import average_groups
 from flrec.baselines.base import available_recommenders, get_recommender
 from flrec.config import ConfigBase, option, save_run_metadata
 from flrec.data.schema import SPLITS, RecDataset
@@ -85,6 +87,7 @@ ITEM_TABLE_METRICS: tuple[str, ...] = ("hr@10", "ndcg@10")  # item-protocol colu
 ITEM_METRIC = "ndcg@10"  # also reported with shared-title hits discounted (analysis.item_level_row_metric)
 _CELL_KEYS = ("split", "limit", "beam")  # what a cell from an older flrec (no fingerprint.json) must match
 CELL_FINGERPRINT = "cell_fingerprint.json"  # beside the evaluation's own fingerprint.json in the cell folder
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # variant names become cell folders
 MIN_ROWS_FOR_TEST = 30  # below this many rows the t-test's p-value is printed with a caveat
 # Method-config keys that cannot change a cell's result (anywhere in the nested config). Not
 # "batch_size": for the ID models it is the *training* batch.
@@ -123,12 +126,21 @@ class CompareConfig(ConfigBase):
         "LLM methods; the table then shows the 1/m-discounted item NDCG@10)")
     overwrite: bool = option(False, help="recompute cells whose settings changed since they ran (CLI: --force); "
                              "without it such cells are refused; unchanged finished cells are always reused")
+    variants: dict[str, str] = option(
+        factory=dict, help="named variants of registered methods, {name: method} (e.g. {flr-k2: flr}): a variant "
+        "runs its method with its own method_configs entry and is listed under its name (flrec ablate uses this)")
 
     def __post_init__(self) -> None:
         if not self.methods:
             raise ConfigError("config key 'methods': empty; name at least one method, e.g. methods=pop,sasrec")
         known = available_recommenders()
-        unknown = [m for m in self.methods if m not in known]
+        for name, base in self.variants.items():
+            if base not in known:
+                raise ConfigError(f"config key 'variants.{name}': unknown method {base!r}; available: {', '.join(known)}")
+            if name in known or not _SAFE_NAME.fullmatch(name):
+                raise ConfigError(f"config key 'variants': name {name!r} must differ from every registered method and "
+                                  "use only letters, digits and . _ + - (it becomes a folder name)")
+        unknown = [m for m in self.methods if self.base_method(m) not in known]
         if unknown:  # checked before any work: a typo must not cost a finished cell, nor become a path
             raise ConfigError(f"config key 'methods': unknown method {unknown[0]!r}; available: {', '.join(known)}")
         for key in ("methods", "seeds"):
@@ -148,6 +160,10 @@ class CompareConfig(ConfigBase):
         if self.split not in SPLITS:
             raise ConfigError(f"config key 'split': {self.split!r} is not one of {list(SPLITS)}")
         self.eval_config()  # validates limit, batch_size and beam early
+
+    def base_method(self, name: str) -> str:
+        """The registered method behind ``name`` (itself unless ``name`` is a variant)."""
+        return self.variants.get(name, name)
 
     def seeds_of(self, method: str) -> list[int]:
         """The seeds ``method`` runs: ``method_seeds[method]`` if given, else ``seeds``."""
@@ -219,15 +235,17 @@ def _default_loader(data: str) -> RecDataset:
 def cell_fingerprint(method: str, seed: int, cfg: CompareConfig, data_hash: str) -> dict:
     """What one cell's result depends on: method, seed, resolved method config, rows and data."""
     mc = cfg.method_config(method)
-    config_cls = getattr(get_recommender(method), "config_cls", None)
+    config_cls = getattr(get_recommender(cfg.base_method(method)), "config_cls", None)
     resolved: dict[str, Any] = dict(mc)
     if config_cls is not None:
         with_seed = {**mc, "seed": seed} if "seed" in {f.name for f in fields(config_cls)} else mc
         resolved = config_cls.from_dict(with_seed, source=f"method_configs.{method}").to_dict()
     conf = {k: v for k, v in config_identity(resolved).items() if not _COSMETIC_LEAVES & set(k.split("."))}
     ev = cfg.eval_config()
-    return make_fingerprint({"method": method, "seed": seed, "split": ev.split, "limit": ev.limit, "beam": ev.beam},
-                            config=conf, data={"hash": data_hash})
+    base = {"method": method, "seed": seed, "split": ev.split, "limit": ev.limit, "beam": ev.beam}
+    if cfg.base_method(method) != method:
+        base["variant_of"] = cfg.base_method(method)
+    return make_fingerprint(base, config=conf, data={"hash": data_hash})
 
 
 def _check_cell(cell_dir: Path, fp: dict, cfg: CompareConfig) -> str:
@@ -269,7 +287,8 @@ def _run_cell(method: str, seed: int, cell_dir: Path, dataset: RecDataset, cfg: 
     (cell_dir / "error.txt").unlink(missing_ok=True)
     t0 = time.perf_counter()
     try:
-        runner(method, seed, dataset, cell_dir, cfg.method_config(method), cfg.eval_config())
+        # A variant's cell runs its registered method (the folder and table keep the variant's name).
+        runner(cfg.base_method(method), seed, dataset, cell_dir, cfg.method_config(method), cfg.eval_config())
         summary = json.loads((cell_dir / SUMMARY).read_text())
     except Exception as e:  # one broken method must not lose the other cells
         wall = time.perf_counter() - t0
@@ -392,6 +411,8 @@ def _run_comparison(cfg: CompareConfig, runner: CellRunner, dataset: RecDataset,
             # cost and the generic-title diagnostic, averaged over seeds (None where a cell lacks them)
             seconds_per_user=_mean([(s.get("inference") or {}).get("seconds_per_user") for s in summaries]),
             top1_distinct_share=_mean([(s.get("diagnostics") or {}).get("top1_distinct_share") for s in summaries]),
+            # popular / unpopular target groups (the long-tail analysis, flrec.analysis.longtail), seed means
+            popularity=average_groups(summaries) if summaries else None,
             **{f"item_{ITEM_METRIC}": _item_level(dirs, dataset)},
             # the item protocol (eval.protocol=item): None unless every finished cell has item ranks
             item_metrics={m: summarise_seeds([s["item_metrics"][m] for s in summaries]) for m in TABLE_METRICS}
