@@ -102,5 +102,6 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows:
     print(format_report(factors))
     print(f"(the same as JSON: flrec analyze factors --model {out / 'sft'} --data {cfg.data} --limit {eval_rows} --json)")
     print(f"\nrun directory: {out.resolve()}  (total {time.time() - t0:.0f} s)")
-    print("Not in this demo yet: FLR-GRPO (stage 2) and the multi-method `flrec compare` table (see README).")
+    print(f"Next: stage 2 (FLR-GRPO) from this model: flrec train grpo --from {out / 'sft'} --config configs/grpo.yaml; "
+          "the multi-method table: flrec compare (see README).")
     return summaries
