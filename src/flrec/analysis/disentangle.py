@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from flrec.analysis.factors import FactorTrace, PlantedIntents, collect, summarize
+from flrec.analysis.factors import FactorTrace, PlantedIntents, summarize, trace_split
 from flrec.errors import FlrecError
 
 
@@ -101,21 +101,7 @@ def summarize_disentanglement(trace: FactorTrace, catalogue_titles: list[str], r
 def disentanglement(model_dir: str | Path, dataset, split: str = "test", limit: int | None = 200,
                     batch_size: int = 16, examples: int = 2, n_perm: int = 200) -> dict:
     """Load a trained FLR model and report its disentanglement on ``split`` (first ``limit`` rows)."""
-    from flrec.data.prompts import PromptBuilder
-    from flrec.models.recommender import FLRRecommender
-    from flrec.serving.load import resolve_model_dir
-
-    if split not in dataset.splits:
-        raise FlrecError(f"split '{split}' not in the dataset (has {sorted(dataset.splits)})")
-    rows = dataset[split][:limit] if limit else dataset[split]
-    if not rows:
-        raise FlrecError(f"split '{split}' has no rows to analyse")
-    model, tok = FLRRecommender.from_pretrained(resolve_model_dir(model_dir))
-    ps = dict(model.prompt_settings)
-    ps.setdefault("domain", dataset.domain)
-    trace = collect(model, PromptBuilder(tok, use_thought=True, **ps), rows, dataset.catalogue, batch_size)
-    truth = Path(dataset.root) / "intents.json" if getattr(dataset, "root", None) else None
-    intents = PlantedIntents(truth) if truth is not None and truth.is_file() else None
+    model, rows, trace, intents = trace_split(model_dir, dataset, split, limit, batch_size)
     rep = summarize_disentanglement(trace, list(dataset.catalogue.titles), rows, intents, examples, n_perm)
     rep.update(model=str(model_dir), split=split, reasoner=model.config.reasoner)
     return rep

@@ -231,9 +231,12 @@ def summarize(trace: FactorTrace, rows=None, intents: PlantedIntents | None = No
     return out
 
 
-def factor_diagnostics(model_dir: str | Path, dataset, split: str = "test", limit: int | None = 200,
-                       batch_size: int = 16, n_perm: int = 1000) -> dict:
-    """Load a trained model and report its factor health on ``split`` (first ``limit`` rows)."""
+def trace_split(model_dir: str | Path, dataset, split: str = "test", limit: int | None = 200,
+                batch_size: int = 16):
+    """Load a trained model and trace ``split``'s first ``limit`` rows through it.
+
+    Returns ``(model, rows, trace, intents)``; ``intents`` is None unless the data has ``intents.json``.
+    """
     from flrec.data.prompts import PromptBuilder
     from flrec.models.recommender import FLRRecommender
     from flrec.serving.load import resolve_model_dir
@@ -246,10 +249,16 @@ def factor_diagnostics(model_dir: str | Path, dataset, split: str = "test", limi
     model, tok = FLRRecommender.from_pretrained(resolve_model_dir(model_dir))
     ps = dict(model.prompt_settings)
     ps.setdefault("domain", dataset.domain)
-    builder = PromptBuilder(tok, use_thought=True, **ps)
-    trace = collect(model, builder, rows, dataset.catalogue, batch_size)
+    trace = collect(model, PromptBuilder(tok, use_thought=True, **ps), rows, dataset.catalogue, batch_size)
     truth_file = Path(dataset.root) / "intents.json" if getattr(dataset, "root", None) else None
     intents = PlantedIntents(truth_file) if truth_file is not None and truth_file.is_file() else None
+    return model, rows, trace, intents
+
+
+def factor_diagnostics(model_dir: str | Path, dataset, split: str = "test", limit: int | None = 200,
+                       batch_size: int = 16, n_perm: int = 1000) -> dict:
+    """Load a trained model and report its factor health on ``split`` (first ``limit`` rows)."""
+    model, rows, trace, intents = trace_split(model_dir, dataset, split, limit, batch_size)
     report = summarize(trace, rows, intents, n_perm=n_perm)
     report.update(model=str(model_dir), split=split, reasoner=model.config.reasoner, keys=model.config.keys)
     return report
