@@ -21,3 +21,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _no_embedded_backbone(request, monkeypatch):
+    """Unit tests run on tiny random models: loading the 135M embedded backbone (minutes per SFT on 2 cores,
+    hours in a README command) fails the test, except in tests marked ``embedded_backbone``."""
+    if request.node.get_closest_marker("embedded_backbone"):
+        return
+    from flrec.models import backbone
+
+    def refuse(name: str):
+        pytest.fail(f"this test loads embedded:{name}; unit tests use tiny:llama (or mark it embedded_backbone)")
+
+    monkeypatch.setattr(backbone, "_embedded_gguf", refuse)

@@ -148,7 +148,54 @@ def tiny_variant(argv: list[str], work: Path) -> list[str]:
         out += ["--limit", EVAL_ROWS]
     if out[0] == "prompt" and "--backbone" not in out:
         out += ["--backbone", "tiny:llama"]  # the default is the 135M embedded backbone
-    return out
+    if out[0] == "ablate":  # every cell an SFT + ranking: the tiny method config, a few rows, two K values
+        out = _replace_value(out, "--method-config", str(_tiny_method_config(work)))
+        out = _replace_value(out, "--limit", EVAL_ROWS)
+        if "--grid" in out and out[out.index("--grid") + 1] == "k" and "--ks" not in out:
+            out += ["--ks", "1,2"]
+    if out[0] == "report":  # the committed comparison summary stands in for a CDs comparison not run here
+        for i, a in enumerate(out[1:], 1):
+            committed, mine = ROOT / a / "summary.json", work / a / "summary.json"
+            if out[i - 1] != "--out" and committed.is_file() and not mine.exists():
+                mine.parent.mkdir(parents=True, exist_ok=True)
+                mine.write_bytes(committed.read_bytes())
+    # a compare cell's model folder (from a CDs comparison that is not run here) -> the run trained above
+    return [re.sub(r"runs/compare-[\w-]+/cells/\w+/seed\d+/model/model", "runs/cds-flr", a) for a in out]
+
+
+def _replace_value(argv: list[str], option: str, value: str) -> list[str]:
+    """``argv`` with the value after ``option`` (when present) replaced by ``value``."""
+    if option not in argv:
+        return argv
+    i = argv.index(option) + 1
+    return [*argv[:i], value, *argv[i + 1:]]
+
+
+def _tiny_method_config(work: Path) -> Path:
+    """An LLM method config (compare's ``method_configs`` schema) with the tiny SFT of :data:`TINY_SFT`."""
+    path = work / "tiny-method.yaml"
+    path.write_text("sft:\n" + "".join(f"  {o}\n" for o in _nested_yaml(TINY_SFT)) + "beam: 2\nbatch_size: 4\n")
+    return path
+
+
+def _nested_yaml(overrides: list[str]) -> list[str]:
+    """``a.b=v`` overrides as the lines of a YAML mapping (two-space indents)."""
+    tree: dict = {}
+    for o in overrides:
+        key, _, value = o.partition("=")
+        *parents, leaf = key.split(".")
+        node = tree
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = value
+
+    def lines(node: dict, depth: int) -> list[str]:
+        out = []
+        for k, v in node.items():
+            out += [f"{'  ' * depth}{k}:", *lines(v, depth + 1)] if isinstance(v, dict) else [f"{'  ' * depth}{k}: {v}"]
+        return out
+
+    return lines(tree, 0)
 
 
 def run_flrec(argv: list[str], capsys) -> str:
