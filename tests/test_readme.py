@@ -45,6 +45,10 @@ MAKEFILE = (ROOT / "Makefile").read_text()
 TINY_SFT = ["backbone=tiny:llama", "train_limit=16", "valid_limit=8", "flr.gate_hidden=16", "train.max_steps=2",
             "train.epochs=null", "train.micro_batch_size=4", "train.grad_accum_steps=1", "train.mixed_precision='no'",
             "train.progress=false", "train.eval_every=2", "train.save_every=2"]
+# A tiny FLR-GRPO stage on that run: 2 steps, 2 prompts x 2 samples, a few rows.
+TINY_GRPO = ["train_limit=4", "valid_limit=2", "group_size=2", "prompts_per_step=2", "prompts_per_micro_batch=2",
+             "train.max_steps=2", "train.mixed_precision='no'", "train.progress=false", "train.eval_every=2",
+             "train.save_every=2", "run_dir=runs/grpo"]
 EVAL_ROWS = "4"
 CDS = "../shared/data/amazon/CDs"
 
@@ -126,6 +130,7 @@ def sandbox(tmp_path_factory):
     assert main(["data", "synth", "--out", str(data)]) == 0  # the embedded synthetic data, defaults
     work = root / "work"
     work.mkdir()
+    (work / "configs").symlink_to(ROOT / "configs")  # the README's relative config paths, as in a clone
     train = next(line for b in code_blocks("bash") for line in shell_lines(b) if line.startswith("flrec train sft"))
     with contextlib.chdir(work), _argv(["flrec", *split_command(train, False)]):
         assert main(tiny_variant(split_command(train, False), work)) == 0
@@ -144,13 +149,17 @@ def tiny_variant(argv: list[str], work: Path) -> list[str]:
         out.append(a)
     if out[:2] == ["train", "sft"]:
         out += TINY_SFT
-    if out[0] in ("evaluate", "analyze", "tune-decoding") and "--limit" not in out and "--merge" not in out:
+    if out[:2] == ["train", "grpo"]:
+        out += TINY_GRPO
+    limited = out[0] in ("evaluate", "tune-decoding") or out[:2] in (["analyze", a] for a in ("factors", "disentangle", "cost"))
+    if limited and "--limit" not in out and "--merge" not in out:
         out += ["--limit", EVAL_ROWS]
     if out[0] == "prompt" and "--backbone" not in out:
         out += ["--backbone", "tiny:llama"]  # the default is the 135M embedded backbone
     if out[0] == "ablate":  # every cell an SFT + ranking: the tiny method config, a few rows, two K values
         out = _replace_value(out, "--method-config", str(_tiny_method_config(work)))
-        out = _replace_value(out, "--limit", EVAL_ROWS)
+        out = _replace_value(out, "--limit", EVAL_ROWS) if "--limit" in out else [*out, "--limit", EVAL_ROWS]
+        out = out if "--seeds" in out else [*out, "--seeds", "0"]
         if "--grid" in out and out[out.index("--grid") + 1] == "k" and "--ks" not in out:
             out += ["--ks", "1,2"]
     if out[0] == "report":  # the committed comparison summary stands in for a CDs comparison not run here
@@ -364,8 +373,12 @@ def _fill_table(argv: list[str], row: int, t: Path) -> list[str]:
         if a == "DIR":
             export_dir = prev == "--model" or (prev == "--out" and argv[0] == "export")  # recommend reads it
             a = str(t / "export") if export_dir else str(t / f"out{row}") if prev == "--out" else data
-        elif a in ("RUN_DIR", "RUN"):
+        elif a in ("RUN_DIR", "RUN", "RUN_OR_RESULTS_DIR..."):
             a = run
+        elif a.endswith("=RUN"):  # analyze cost --model METHOD=RUN
+            a = a.removesuffix("RUN") + run
+        elif a == "COMPARE_DIR":
+            a = str(t / "compare")  # the compare row's output (that row runs first)
         elif a == "F":
             a = str(t / {"--interactions": "interactions.csv", "--items": "items.csv"}.get(prev, "users.jsonl"))
         elif a == "G":
@@ -397,7 +410,8 @@ def test_readme_command_tables_run(sandbox, capsys, monkeypatch):
     rows = table_rows()
     assert any("tune-decoding" in c for cs, _ in rows for c in cs)
     # tune-decoding writes decoding.json into the model, which later evaluations would then use: last
-    rows.sort(key=lambda r: any("tune-decoding" in c for c in r[0]))
+    # analyze longtail reads the compare row's output: after it
+    rows.sort(key=lambda r: (any("tune-decoding" in c for c in r[0]), any("COMPARE_DIR" in c for c in r[0])))
     for i, (cmds, _py) in enumerate(rows):
         for cmd in cmds:
             base = split_command(cmd, optional=False)
@@ -433,7 +447,8 @@ def _resolve(name: str):
         except ModuleNotFoundError:
             return getattr(_resolve(mod), attr)
     for mod in ("flrec.data.d3", "flrec.data.synth", "flrec.training.sft", "flrec.evaluation.runner",
-                "flrec.evaluation.compare", "flrec.serving", "flrec.serving.app", "flrec.decoding.tune"):
+                "flrec.evaluation.compare", "flrec.serving", "flrec.serving.app", "flrec.decoding.tune",
+                "flrec.training.grpo", "flrec.evaluation.ablation"):
         m = importlib.import_module(mod)
         if hasattr(m, name):
             return getattr(m, name)
@@ -485,10 +500,13 @@ def test_readme_python_examples_run(sandbox, monkeypatch):
     ds = load_dataset(data)
     ds.splits["test"] = ds.splits["test"][:4]  # tiny: a few rows
     exported = export("runs/cds-flr", t / "export")
+    compared = t / "compare"  # COMPARE_DIR: a tiny comparison of the ID methods
+    assert main(["compare", "--data", data, "--methods", ID_METHODS, "--limit", EVAL_ROWS, "--out", str(compared),
+                 "method_configs={sasrec: {max_epochs: 1, progress: false}}"]) == 0
     examples = [code for _, py in table_rows() for code in py if "(" in code]
     assert len(examples) >= 15
     ns: dict = {"ds": ds, "RUN_DIR": "runs/cds-flr", "RUN": "runs/cds-flr", "RAW_DIR": t / "ml-100k",
-                "F": t / "users.jsonl", "G": t / "answers.jsonl", "OUT": t / "merged", "out": t / "eval",
+                "F": t / "users.jsonl", "COMPARE_DIR": compared, "png": t / "curves.png", "G": t / "answers.jsonl", "OUT": t / "merged", "out": t / "eval",
                 "path": ROOT / "configs/compare/cds-cpu.yaml", "cfg": ServeConfig(), "titles": _TITLES[:2],
                 "flrec": importlib.import_module("flrec")}
     ran = []
@@ -508,6 +526,7 @@ def test_readme_python_examples_run(sandbox, monkeypatch):
             check_elided(code.replace("()", "(...)"), ns)
             continue
         code = code.replace("history=[...]", "history=titles")
+        code = code.replace('["from_run=RUN_DIR"]', f'["from_run=runs/cds-flr", *{TINY_GRPO!r}, "run_dir=runs/grpo-py"]')
         if _has_ellipsis(ast.parse(code)):
             check_elided(code, ns)
             continue
