@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from flrec.config import ConfigBase, option, save_run_metadata
-from flrec.errors import ConfigError, FlrecError
+from flrec.errors import ConfigError, FlrecError, disk_full_error
 from flrec.utils.io import atomic_save, atomic_write_json, atomic_write_text, dir_lock, read_jsonl_tolerant
 from flrec.utils.runid import (
     FINGERPRINT,
@@ -570,7 +570,13 @@ class Trainer:
             finished = self._claim_output_dir()
             if finished is not None:
                 return finished
-            result = self._train()
+            try:
+                result = self._train()
+            except Exception as e:  # a full disk: a one-line error naming the run, not a writer's traceback
+                full = disk_full_error(e, self.output_dir)
+                if full is None:
+                    raise
+                raise full from e
             if acc.is_main_process:
                 # best/ now holds the model: the best-weights scratch copy would be a second one.
                 shutil.rmtree(self.output_dir / "checkpoints" / "best", ignore_errors=True)
