@@ -1,0 +1,31 @@
+"""Issue 17, defects 3-4 gaps: degenerate module settings are refused; float16 weights train on a CPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from test_sft import sft_cfg, tiny_data  # noqa: F401  (fixture)
+
+from flrec.errors import ConfigError
+from flrec.models.recommender import FLRConfig
+from flrec.training.sft import SFTConfig, run_sft
+
+
+@pytest.mark.parametrize(
+    "override, expect",
+    [("flr.gate_hidden=0", "gate_hidden must be >= 1"), ("flr.fixed_weights={orth: -1}", "fixed_weights.*>= 0"),
+     ("flr.fixed_weights={div: .nan}", "div"), ("flr.num_factors=0", "num_factors")],
+)  # fmt: skip
+def test_degenerate_flr_settings_are_one_line_config_errors(override, expect):
+    with pytest.raises(ConfigError, match=expect) as e:
+        SFTConfig.load(None, [override])
+    assert "\n" not in str(e.value)
+    assert FLRConfig(gate_hidden=1, fixed_weights={"orth": 0.0}).gate_hidden == 1  # the edges are allowed
+
+
+def test_float16_weights_train_on_cpu_to_a_finite_model(tmp_path, tiny_data):  # noqa: F811
+    res = run_sft(sft_cfg(tmp_path, dtype="float16", train={"max_steps": 2, "eval_every": 2, "save_every": 2}),
+                  tiny_data)
+    assert res["best_step"] == 2 and math.isfinite(res["best_valid_loss"])
+    assert (tmp_path / "run" / "best").is_dir()
