@@ -29,3 +29,23 @@ def test_float16_weights_train_on_cpu_to_a_finite_model(tmp_path, tiny_data):  #
                   tiny_data)
     assert res["best_step"] == 2 and math.isfinite(res["best_valid_loss"])
     assert (tmp_path / "run" / "best").is_dir()
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_the_embedded_dataset_cache_folder_follows_the_umask(tmp_path, monkeypatch, mask):
+    import os
+    import stat
+
+    import flrec.data.embedded as embedded
+    import flrec.data.synth as synth
+
+    small = synth.SynthConfig(n_items=40, n_users=20, seq_len_min=4, seq_len_max=6, min_intent_items=2, n_intents=4)
+    monkeypatch.setattr(synth, "SynthConfig", lambda: small)  # the cache layout, not the default's size
+    monkeypatch.setenv("FLREC_CACHE", str(tmp_path / "cache"))
+    old = os.umask(mask)
+    try:
+        dest = embedded.embedded_dataset_dir("synth")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o777 & ~mask  # mkdtemp's 0700 hid a shared cache
+    assert stat.S_IMODE((dest / "train.csv").stat().st_mode) == 0o666 & ~mask

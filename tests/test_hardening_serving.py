@@ -53,3 +53,17 @@ def test_http_exclude_seen_drops_history_items(pop):
         assert len(got) == 4 and not set(got) & set(top)
         bad = client.post("/recommend", json={"item_ids": top, "exclude_seen": "maybe"})
         assert bad.status_code == 422
+
+
+def test_export_folder_follows_the_umask(pop, tmp_path):
+    import os
+    import stat
+
+    out, _, _ = pop
+    old = os.umask(0o027)
+    try:
+        again = export(out.parent / "compare-pop-hardening" / "cells" / "pop" / "seed1", tmp_path / "exp")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(again.stat().st_mode) == 0o750
+    assert stat.S_IMODE((again / "catalogue.json").stat().st_mode) == 0o640
