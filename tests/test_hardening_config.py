@@ -49,3 +49,15 @@ def test_the_embedded_dataset_cache_folder_follows_the_umask(tmp_path, monkeypat
         os.umask(old)
     assert stat.S_IMODE(dest.stat().st_mode) == 0o777 & ~mask  # mkdtemp's 0700 hid a shared cache
     assert stat.S_IMODE((dest / "train.csv").stat().st_mode) == 0o666 & ~mask
+
+
+def test_training_code_never_asks_for_device_map_auto():
+    """Issue 17 (Build): device_map="auto" spreads layers over devices for inference; under DDP/FSDP every
+    process must hold its own full replica, so the training path never requests it."""
+    import re
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src" / "flrec"
+    pattern = re.compile(r"device_map\s*=\s*['\"]auto['\"]")
+    hits = [str(p) for p in src.rglob("*.py") if pattern.search(p.read_text(encoding="utf-8"))]
+    assert not hits, hits
