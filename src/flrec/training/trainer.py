@@ -624,7 +624,9 @@ class Trainer:
                 if state.batch_in_epoch
                 else self.train_loader
             )
+            batches_this_pass = 0
             for batch in loader:
+                batches_this_pass += 1
                 inputs = self.prepare_batch(batch, state)
                 with acc.accumulate(self.model):
                     out = self.compute_loss(inputs)
@@ -664,6 +666,11 @@ class Trainer:
                     self._save_checkpoint(state)
                 if state.step >= self.total_steps or state.stopped_early:
                     break
+            if batches_this_pass == 0:  # another pass would yield nothing too: stop instead of spinning
+                raise FlrecError(
+                    f"no training rows: the training data loader of process {acc.process_index} yielded no batch "
+                    f"(step {state.step} of {self.total_steps}); add rows to the train split"
+                )
 
     def _notify_step(self, step: int) -> None:
         """Tell the model how many optimizer steps are done (``model.on_train_step(step)``, if it has one):
