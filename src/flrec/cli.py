@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from flrec.errors import FlrecError
+from flrec.errors import FlrecError, disk_full_error
 
 CONFIGS = {
     "sft": "flrec.training.sft:SFTConfig",
@@ -759,6 +759,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as e:  # out of space surfaces from many writers (torch, safetensors, open)
+        full = disk_full_error(e)
+        if full is None:
+            raise
+        print(f"error: {full}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -27,3 +27,28 @@ class DataError(FlrecError):
 
 class ConfigError(FlrecError):
     """A config key or value is wrong; the message names the key and the fix."""
+
+
+def disk_full_error(exc: BaseException, where: object = None) -> FlrecError | None:
+    """A one-line :class:`FlrecError` when ``exc`` is a write that failed for lack of space, else None.
+
+    Out of space surfaces three ways: an ``OSError`` (ENOSPC/EDQUOT), safetensors' ``SafetensorError``
+    quoting "os error 28", and torch's zip writer, which loses the errno and raises
+    ``RuntimeError: [enforce fail at inline_container.cc…] unexpected pos …`` (a short write)."""
+    import errno
+
+    text = str(exc)
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1))) or (
+        type(exc).__name__ == "SafetensorError" and ("os error 28" in text or "No space left" in text)
+    ):
+        what = "out of disk space while writing"
+    elif isinstance(exc, RuntimeError) and "inline_container" in text and "enforce fail" in text:
+        what = "a file write failed, most likely out of disk space"  # torch does not say why
+    else:
+        return None
+    target = f"{where}: " if where is not None else ""
+    detail = " ".join(text.split())[:160] or type(exc).__name__
+    return FlrecError(
+        f"{target}{what} ({detail}); free space (or write to another disk) and rerun the same command: "
+        "finished files are kept, and training and evaluation resume where they stopped"
+    )

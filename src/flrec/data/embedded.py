@@ -17,6 +17,7 @@ def embedded_dataset_dir(name: str = "synth") -> Path:
     """Directory of the embedded dataset ``name`` (only ``synth``), generating it on first use."""
     from flrec.data.synth import SynthConfig, generate_synthetic
     from flrec.errors import FlrecError
+    from flrec.utils.io import umask_dir_mode
 
     if name != "synth":
         raise FlrecError(f"unknown embedded dataset '{name}'; the only one is embedded:synth")
@@ -27,6 +28,7 @@ def embedded_dataset_dir(name: str = "synth") -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=dest.parent))
     try:
+        tmp.chmod(umask_dir_mode())  # mkdtemp's 0700 would hide a shared $FLREC_CACHE from the team
         generate_synthetic(cfg, tmp)
         if dest.exists():  # a concurrent run finished first
             shutil.rmtree(tmp)

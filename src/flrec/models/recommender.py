@@ -494,8 +494,13 @@ class FLRRecommender(nn.Module):
         if mode == "lora":
             from peft import LoraConfig, get_peft_model
 
-            self.backbone = get_peft_model(self.backbone, LoraConfig(r=lora_r, lora_alpha=lora_alpha,
-                                                                     target_modules=list(lora_targets)))
+            self._check_lora_targets(lora_targets)
+            try:
+                self.backbone = get_peft_model(self.backbone, LoraConfig(r=lora_r, lora_alpha=lora_alpha,
+                                                                         target_modules=list(lora_targets)))
+            except ValueError as e:  # peft's own refusals (r, unsupported layer types) are multi-line
+                raise ConfigError(f"lora_r={lora_r}, lora_targets={list(lora_targets)}: "
+                                  f"{' '.join(str(e).split())}") from None
         elif mode == "frozen":
             self.backbone.requires_grad_(False)
         elif top is not None:
@@ -503,6 +508,19 @@ class FLRRecommender(nn.Module):
         else:
             self.backbone.requires_grad_(True)
         self.trainable_mode = mode
+
+    def _check_lora_targets(self, targets: tuple[str, ...]) -> None:
+        """Each LoRA target must name a linear layer of the backbone (peft matches name suffixes);
+        otherwise a one-line error listing the names that would work."""
+        linear = [n for n, m in self.backbone.named_modules() if isinstance(m, nn.Linear)]
+        available = sorted({n.rsplit(".", 1)[-1] for n in linear})
+        if not targets:
+            raise ConfigError(f"lora_targets is empty; name the layers LoRA adapts, e.g. "
+                              f"lora_targets=[q_proj,v_proj] (this backbone's linear layers: {', '.join(available)})")
+        for t in targets:
+            if not any(n == t or n.endswith(f".{t}") for n in linear):
+                raise ConfigError(f"lora_targets: '{t}' names no linear layer of the backbone; "
+                                  f"use some of: {', '.join(available)}")
 
     def flr_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything except the backbone."""

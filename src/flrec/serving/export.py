@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from flrec.errors import FlrecError
+from flrec.utils.io import umask_dir_mode
 
 MANIFEST = "flrec_export.json"
 FORMAT_VERSION = 1
@@ -247,7 +248,7 @@ def export(source: str | Path, out: str | Path, *, data: str | None = None, over
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        tmp.chmod(0o755)
+        tmp.chmod(umask_dir_mode())  # mkdtemp's 0700 otherwise; an export is shared like any folder
         rec.save(tmp / "recommender")
         items = [{"item_id": i, "title": t, "train_count": None if counts is None else counts[i]}
                  for i, t in enumerate(catalogue.titles)]

@@ -61,6 +61,12 @@ class SFTConfig(ConfigBase):
 
         if self.trainable not in ("full", "lora", "frozen") and parse_top(self.trainable) is None:
             raise ConfigError(f"trainable: unknown mode '{self.trainable}'; use full, lora, frozen or top:N (e.g. top:15)")
+        if self.lora_r < 1 or self.lora_alpha <= 0:
+            raise ConfigError(f"lora_r and lora_alpha must be >= 1 (LoRA rank and scale), got lora_r={self.lora_r}, "
+                              f"lora_alpha={self.lora_alpha}; e.g. lora_r=8 lora_alpha=16")
+        if not self.lora_targets or not all(isinstance(t, str) and t.strip() for t in self.lora_targets):
+            raise ConfigError(f"lora_targets must name at least one layer, got {self.lora_targets}; "
+                              "e.g. lora_targets=[q_proj,v_proj]")
         if self.max_prompt_tokens < 16:
             raise ConfigError("max_prompt_tokens must be >= 16 (a prompt needs its instruction and one title)")
         if not self.flr_lr_scale > 0:

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from flrec.config import ConfigBase, option, save_run_metadata
-from flrec.errors import ConfigError, FlrecError
+from flrec.errors import ConfigError, FlrecError, disk_full_error
 from flrec.utils.io import atomic_save, atomic_write_json, atomic_write_text, dir_lock, read_jsonl_tolerant
 from flrec.utils.runid import (
     FINGERPRINT,
@@ -570,7 +570,13 @@ class Trainer:
             finished = self._claim_output_dir()
             if finished is not None:
                 return finished
-            result = self._train()
+            try:
+                result = self._train()
+            except Exception as e:  # a full disk: a one-line error naming the run, not a writer's traceback
+                full = disk_full_error(e, self.output_dir)
+                if full is None:
+                    raise
+                raise full from e
             if acc.is_main_process:
                 # best/ now holds the model: the best-weights scratch copy would be a second one.
                 shutil.rmtree(self.output_dir / "checkpoints" / "best", ignore_errors=True)
@@ -618,7 +624,9 @@ class Trainer:
                 if state.batch_in_epoch
                 else self.train_loader
             )
+            batches_this_pass = 0
             for batch in loader:
+                batches_this_pass += 1
                 inputs = self.prepare_batch(batch, state)
                 with acc.accumulate(self.model):
                     out = self.compute_loss(inputs)
@@ -658,6 +666,11 @@ class Trainer:
                     self._save_checkpoint(state)
                 if state.step >= self.total_steps or state.stopped_early:
                     break
+            if batches_this_pass == 0:  # another pass would yield nothing too: stop instead of spinning
+                raise FlrecError(
+                    f"no training rows: the training data loader of process {acc.process_index} yielded no batch "
+                    f"(step {state.step} of {self.total_steps}); add rows to the train split"
+                )
 
     def _notify_step(self, step: int) -> None:
         """Tell the model how many optimizer steps are done (``model.on_train_step(step)``, if it has one):

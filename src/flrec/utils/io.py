@@ -26,6 +26,11 @@ def _umask() -> int:
     return mask
 
 
+def umask_dir_mode() -> int:
+    """The mode ``mkdir`` would give a new directory (0777 minus the umask); ``mkdtemp`` gives 0700."""
+    return 0o777 & ~_umask()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` only on success.
