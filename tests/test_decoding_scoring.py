@@ -19,9 +19,9 @@ import torch
 from flrec.decoding.beam import constrained_beam_search
 from flrec.decoding.prior import TitlePrior, score_titles
 from flrec.decoding.scoring import DecodingConfig, edge_weights
-from flrec.decoding.state import PrefillState
 from flrec.decoding.trie import TitleTrie
 from flrec.errors import ConfigError
+from flrec.models.state import PrefillState
 
 VOCAB = {"<pad>": 0, "<eos>": 1, "a": 2, "b": 3, "c": 4, "d": 5, "x": 6, "y": 7}
 V = len(VOCAB)

@@ -18,9 +18,9 @@ import torch
 from flrec.baselines.base import register_recommender
 from flrec.baselines.llm import LLMRecConfig, LLMRecommender
 from flrec.config import option
-from flrec.decoding.state import PrefillState
 from flrec.errors import ConfigError
 from flrec.models.compat import lm_forward, out_cache
+from flrec.models.state import PrefillState
 
 
 @dataclass

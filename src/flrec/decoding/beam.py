@@ -29,11 +29,11 @@ from __future__ import annotations
 import torch
 
 from flrec.decoding.scoring import cf_log_probs, token_scores
-from flrec.decoding.state import PrefillState
 from flrec.decoding.trie import TitleTrie
 from flrec.errors import FlrecError
 from flrec.models.compat import expand_cache, lm_forward, new_cache, out_cache
 from flrec.models.sharing import hoist_shared_prefix
+from flrec.models.state import PrefillState
 
 NEG_INF = float("-inf")
 

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from flrec.config import ConfigBase, option
-from flrec.decoding.state import PrefillState
 from flrec.errors import ConfigError, FlrecError
 from flrec.models.compat import cache_kwarg, crop_cache, expand_cache, fork_cache, new_cache
 from flrec.models.flr import EmbeddingScale, FactorizedLatentReasoner, ReasonerOutput, positions_from_mask  # noqa: F401
@@ -36,6 +35,7 @@ from flrec.models.freeze import frozen_bottom_no_grad, parse_top, set_top_traina
 from flrec.models.losses import FLRObjective
 from flrec.models.reasoners import build_reasoner
 from flrec.models.sharing import hoist_shared_prefix, shared_head_len
+from flrec.models.state import PrefillState
 
 CONFIG_NAME = "flr_config.json"
 STATE_NAME = "flr_state.safetensors"

@@ -1,4 +1,4 @@
-"""What a model hands to the beam search after reading the prompt (shared contract).
+"""What a model hands to the beam search after reading the prompt (shared contract, owned by models).
 
 Plain LMs produce it with one prompt forward; FLR produces it after its N refinement steps (the
 prefix and the final thought are in the cache). The beam search only ever calls
