@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from flrec.baselines import get_recommender
-from flrec.baselines.sequential import id_metrics, target_ranks, targets_of
 from flrec.data.convert import prepare_movielens
 from flrec.data.d3 import read_d3
 from flrec.data.schema import RecDataset
 from flrec.evaluation.metrics import metrics_from_ranks, target_rank
+from flrec.recommenders import get_recommender
+from flrec.recommenders.sequential import id_metrics, target_ranks, targets_of
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "baselines"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "recommenders"
 KS = (5, 10)
 
 

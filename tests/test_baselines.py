@@ -8,13 +8,13 @@ import random
 import pytest
 import torch
 
-from flrec.baselines import get_recommender
-from flrec.baselines.pop import Pop
-from flrec.baselines.sequential import pad_histories
 from flrec.data.protocol import chronological_split, sliding_window_rows
 from flrec.data.schema import Catalogue, Interaction, RecDataset
 from flrec.errors import ConfigError, DataError, FlrecError
 from flrec.evaluation.metrics import metrics_from_ranks, target_rank
+from flrec.recommenders import get_recommender
+from flrec.recommenders.pop import Pop
+from flrec.recommenders.sequential import pad_histories
 
 N_ITEMS = 40
 SMALL = {"hidden_size": 32, "lr": 5e-3, "max_epochs": 30, "patience": 5, "progress": False, "batch_size": 128}
@@ -139,7 +139,7 @@ def test_alpharec_learns_planted_pattern(data: RecDataset, tmp_path) -> None:
 
 
 def test_alpharec_graph_and_missing_package(monkeypatch) -> None:
-    from flrec.baselines import alpharec
+    from flrec.recommenders import alpharec
 
     rows = [Interaction("u", [5, 0], 1), Interaction("u", [1], 2), Interaction("v", [1], 1), Interaction("w", [2], 2)]
     edges, weights = alpharec.transition_graph(rows, 4)

@@ -12,13 +12,13 @@ import pytest
 import torch
 from scipy import stats
 
-from flrec.baselines import base
-from flrec.baselines.base import Recommender
 from flrec.config import ConfigBase, option
 from flrec.data.schema import Catalogue, Interaction, RecDataset
 from flrec.errors import ConfigError
 from flrec.evaluation.compare import CompareConfig, format_markdown, run_comparison
 from flrec.evaluation.runner import load_ranks
+from flrec.recommenders import base
+from flrec.recommenders.base import Recommender
 
 REF, OTHER, BROKEN, MISSING = "test_ref", "test_other", "test_broken", "test_not_registered"
 CALLS: dict[str, int] = {}
@@ -94,7 +94,7 @@ def fakes(monkeypatch):
     CALLS.clear()
     for cls in (Oracle, Other, Broken):
         monkeypatch.setitem(base._REGISTRY, cls.name, cls)
-    if "pop" not in base.available_recommenders():  # flrec.baselines.pop not written yet: stand in for it
+    if "pop" not in base.available_recommenders():  # flrec.recommenders.pop not written yet: stand in for it
         monkeypatch.setitem(base._REGISTRY, "pop", type("FakePop", (Other,), {"name": "pop"}))
 
 

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from flrec.baselines.base import Recommender
 from flrec.data.schema import Catalogue, Interaction, RecDataset
 from flrec.errors import FlrecError
 from flrec.evaluation.analysis import expand_titles_to_items, item_popularity_weights, per_row_metric
 from flrec.evaluation.runner import EvalConfig, evaluate
+from flrec.recommenders.base import Recommender
 
 # items: 0 "A", 1 "B", 2 "B", 3 "C", 4 "D"; train targets: item 1 twice, item 3 once
 CAT = Catalogue(["A", "B", "B", "C", "D"])
@@ -123,7 +123,7 @@ def test_tune_selection_and_title_floor_by_hand(tmp_path, monkeypatch):
     from dataclasses import dataclass
 
     import flrec.decoding.tune as tune
-    from flrec.baselines.llm import DECODING_FILE
+    from flrec.recommenders.llm import DECODING_FILE
 
     @dataclass
     class Cfg:

@@ -10,12 +10,12 @@ import math
 import pytest
 import torch
 
-from flrec.baselines.base import Recommender, get_recommender
-from flrec.baselines.llm import DECODING_FILE, LLMRecConfig
 from flrec.data.schema import Catalogue, RecDataset
 from flrec.data.synth import SynthConfig, generate_synthetic
 from flrec.decoding.scoring import DecodingConfig
 from flrec.errors import ConfigError, FlrecError
+from flrec.recommenders.base import Recommender, get_recommender
+from flrec.recommenders.llm import DECODING_FILE, LLMRecConfig
 
 SYNTH = SynthConfig(n_items=40, n_users=40, seq_len_min=4, seq_len_max=8, min_intent_items=2, n_intents=6)
 
@@ -237,7 +237,7 @@ def test_flr_plus_sasrec_fits_saves_and_loads(ds, tmp_path):
     for a, b in zip(again.recommend(rows, k=10), got, strict=True):
         assert [t for t, _ in a] == [t for t, _ in b]
     # reusing the trained parts (as a comparison would reuse its flr and sasrec cells): no training
-    import flrec.baselines.llm as llm_mod
+    import flrec.recommenders.llm as llm_mod
 
     reuse = cfg.replace(llm_dir=str(tmp_path / "saved"), assistant_dir=str(tmp_path / "saved" / "assistant"))
     orig_sft = llm_mod.run_sft

@@ -12,7 +12,6 @@ import pytest
 import torch
 from scipy import stats
 
-from flrec.baselines.base import Recommender
 from flrec.data.schema import Catalogue, Interaction, RecDataset
 from flrec.errors import ConfigError, DataError, FlrecError
 from flrec.evaluation.analysis import (
@@ -25,6 +24,7 @@ from flrec.evaluation.analysis import (
 )
 from flrec.evaluation.metrics import metrics_from_ranks, target_rank
 from flrec.evaluation.runner import EvalConfig, evaluate, evaluate_rankings, load_ranks
+from flrec.recommenders.base import Recommender
 
 # ----------------------------------------------------------------------------- fixtures
 

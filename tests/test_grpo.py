@@ -332,8 +332,8 @@ def test_grpo_config_fix_it_errors(sft_run):
 
 @pytest.mark.parametrize("method", ["flr_grpo", "lr_grpo"])
 def test_compare_methods_fit_from_the_same_sft_start_and_rank(method, sft_run, tiny_data, tmp_path):
-    from flrec.baselines.base import get_recommender
     from flrec.evaluation.compare import CompareConfig
+    from flrec.recommenders.base import get_recommender
 
     CompareConfig(methods=["flr", "flr_grpo", "lr_grpo"])  # known to flrec compare
     cls = get_recommender(method)
@@ -367,12 +367,12 @@ def test_shipped_grpo_config_loads():
 def test_shipped_grpo_comparison_configs_load():
     from pathlib import Path
 
-    from flrec.baselines.grpo import GRPORecConfig
     from flrec.evaluation.compare import CompareConfig
+    from flrec.recommenders.grpo import GRPORecConfig
 
     root = Path(__file__).resolve().parents[1] / "configs"
     cmp = CompareConfig.load(root / "compare" / "cds-grpo-cpu.yaml")
     assert cmp.methods.index("flr") < cmp.methods.index("flr_grpo")  # the start is trained first
-    rec = GRPORecConfig.load(root / "baselines" / "grpo-cds-cpu.yaml")
+    rec = GRPORecConfig.load(root / "recommenders" / "grpo-cds-cpu.yaml")
     assert "{seed}" in rec.sft_dir and rec.sft_dir.startswith(cmp.out)
     assert rec.grpo_config("x").train.max_steps % rec.grpo_config("x").num_iterations == 0

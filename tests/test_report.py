@@ -24,7 +24,6 @@ from flrec.analysis.factors import PlantedIntents, collect
 from flrec.analysis.longtail import longtail
 from flrec.analysis.plots import heatmap
 from flrec.analysis.report import build_report, linked_figures
-from flrec.baselines.base import Recommender
 from flrec.cli import main
 from flrec.data.prompts import PromptBuilder
 from flrec.data.synth import SynthConfig, generate_synthetic
@@ -35,6 +34,7 @@ from flrec.evaluation.compare import CompareConfig, run_comparison
 from flrec.evaluation.runner import evaluate
 from flrec.models.backbone import add_thought_token, build_tiny
 from flrec.models.recommender import FLRConfig, FLRRecommender
+from flrec.recommenders.base import Recommender
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 REPO = Path(__file__).resolve().parents[1]
@@ -244,7 +244,7 @@ def test_measure_inference_cost_shapes(synth):
 
 
 def test_cot_writes_a_bounded_rationale_then_a_constrained_title(synth):
-    from flrec.baselines.cot import CoTRec, CoTRecConfig
+    from flrec.recommenders.cot import CoTRec, CoTRecConfig
     from flrec.training.sft import SFTConfig, build_model
 
     sft = SFTConfig(backbone="tiny:llama", flr=FLRConfig(reasoner="none"), max_history=5)

@@ -14,11 +14,11 @@ import pytest
 import torch
 from test_sft import sft_cfg  # the SFT tests' tiny-run config (tiny:llama, small FLR)
 
-from flrec.baselines.base import get_recommender
 from flrec.cli import main
 from flrec.data.synth import SynthConfig, generate_synthetic
 from flrec.errors import FlrecError
 from flrec.evaluation.runner import EvalConfig, evaluate
+from flrec.recommenders.base import get_recommender
 from flrec.serving import Query, RequestError, export, load_llm_recommender, load_recommender
 from flrec.training.sft import run_sft
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flrec.baselines.base import get_recommender as get_rec
-from flrec.baselines.llm import LLMRecConfig
 from flrec.data.synth import SynthConfig, generate_synthetic
 from flrec.errors import ConfigError
 from flrec.models.recommender import FLRRecommender
+from flrec.recommenders.base import get_recommender as get_rec
+from flrec.recommenders.llm import LLMRecConfig
 from flrec.training.sft import SFTConfig, run_sft
 
 

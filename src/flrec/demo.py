@@ -35,11 +35,11 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows:
              config: str | Path | None = None) -> dict:
     """Run the main job on the embedded defaults; returns ``{method: summary}``."""
     from flrec.analysis.factors import factor_diagnostics, format_report
-    from flrec.baselines.llm import resolve_inference_dtype
-    from flrec.baselines.pop import Pop
     from flrec.data.prompts import PromptBuilder
     from flrec.data.stats import dataset_stats, format_stats
     from flrec.evaluation.runner import EvalConfig, evaluate
+    from flrec.recommenders.llm import resolve_inference_dtype
+    from flrec.recommenders.pop import Pop
     from flrec.serving.load import load_llm_recommender
     from flrec.training.sft import SFTConfig, load_dataset, run_sft
     from flrec.utils.io import atomic_write_json, atomic_write_text

@@ -45,7 +45,6 @@ from typing import Any, Literal
 import yaml
 
 from flrec.analysis.longtail import average_groups
-from flrec.baselines.base import available_recommenders, get_recommender
 from flrec.config import ConfigBase, option, save_run_metadata
 from flrec.data.schema import SPLITS, RecDataset
 from flrec.errors import ConfigError
@@ -66,6 +65,7 @@ from flrec.evaluation.runner import (
     format_seconds,
     load_ranks,
 )
+from flrec.recommenders.base import available_recommenders, get_recommender
 from flrec.utils.io import atomic_write_json, atomic_write_text, dir_lock
 from flrec.utils.runid import (
     FINGERPRINT,

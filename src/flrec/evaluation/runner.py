@@ -1,4 +1,4 @@
-"""Evaluate a :class:`~flrec.baselines.base.Recommender` on a split: per-row records, metrics,
+"""Evaluate a :class:`~flrec.recommenders.base.Recommender` on a split: per-row records, metrics,
 decoding-bias diagnostics, popularity groups, inference cost; resumable.
 
 **Hit protocol (title level).** Every method returns distinct catalogue titles, best first. A row's
@@ -42,12 +42,12 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from flrec.baselines.base import Ranked, Recommender
 from flrec.config import ConfigBase, option, save_run_metadata
 from flrec.data.schema import SPLITS, Interaction, RecDataset
 from flrec.errors import ConfigError, DataError, FlrecError
 from flrec.evaluation.analysis import POPULAR_FRACTION, add_item_ranks, item_level_summary, popular_items
 from flrec.evaluation.metrics import metrics_from_ranks, target_rank
+from flrec.recommenders.base import Ranked, Recommender
 from flrec.utils.io import atomic_write_json, atomic_write_jsonl, dir_lock, read_jsonl_tolerant
 from flrec.utils.runid import (
     FINGERPRINT,

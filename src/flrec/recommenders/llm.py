@@ -29,11 +29,11 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from flrec.baselines.base import Ranked, Recommender, get_recommender, register_recommender
 from flrec.config import ConfigBase, option
 from flrec.data.schema import Catalogue, Interaction, RecDataset
 from flrec.decoding.scoring import DecodingConfig
 from flrec.errors import ConfigError, FlrecError
+from flrec.recommenders.base import Ranked, Recommender, get_recommender, register_recommender
 from flrec.training.sft import DTYPES, SFTConfig, build_model, run_sft
 
 DECODING_FILE = "decoding.json"  # tuned decoding of a model directory (flrec tune-decoding)

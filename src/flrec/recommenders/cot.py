@@ -15,12 +15,12 @@ from typing import ClassVar
 
 import torch
 
-from flrec.baselines.base import register_recommender
-from flrec.baselines.llm import LLMRecConfig, LLMRecommender
 from flrec.config import option
 from flrec.errors import ConfigError
 from flrec.models.compat import lm_forward, out_cache
 from flrec.models.state import PrefillState
+from flrec.recommenders.base import register_recommender
+from flrec.recommenders.llm import LLMRecConfig, LLMRecommender
 
 
 @dataclass

@@ -50,9 +50,9 @@ def _import_builtin() -> None:
 
     for mod in ("pop", "sequential", "alpharec", "llm", "grpo", "cot"):
         try:
-            importlib.import_module(f"flrec.baselines.{mod}")
+            importlib.import_module(f"flrec.recommenders.{mod}")
         except ModuleNotFoundError as e:  # a module not built yet is simply not registered
-            if e.name != f"flrec.baselines.{mod}":
+            if e.name != f"flrec.recommenders.{mod}":
                 raise
 
 

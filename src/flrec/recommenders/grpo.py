@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from flrec.baselines.base import register_recommender
-from flrec.baselines.llm import FLRRec, LLMRecConfig, _load_model
 from flrec.config import option
 from flrec.data.schema import RecDataset
 from flrec.errors import ConfigError
+from flrec.recommenders.base import register_recommender
+from flrec.recommenders.llm import FLRRec, LLMRecConfig, _load_model
 from flrec.training.grpo import GRPOConfig, run_grpo
 
 
