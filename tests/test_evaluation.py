@@ -98,6 +98,17 @@ def test_metrics_hand_computed():
     assert target_rank(["a", "b", "c"], "c") == 3 and target_rank(["a"], "z") is None
 
 
+def test_rank_tensor_metrics_match_the_python_ones():
+    # The ID models' per-epoch validation uses the tensor form: same formulas as metrics_from_ranks.
+    from flrec.evaluation.metrics import metrics_from_rank_tensor
+
+    ranks = [1, 3, 7, 10, 12, 2, 40]
+    ks = (1, 3, 5, 10, 20)
+    tensor = metrics_from_rank_tensor(torch.tensor(ranks), ks)
+    assert tensor == pytest.approx(metrics_from_ranks(ranks, ks), rel=1e-12)
+    assert set(tensor) == {f"{m}@{k}" for m in ("hr", "ndcg") for k in ks}
+
+
 # ----------------------------------------------------------------------------- evaluate_rankings
 
 

@@ -302,7 +302,7 @@ def test_grpo_resume_equals_uninterrupted(grpo_run, sft_run, tiny_data, tmp_path
 def test_cli_train_grpo(grpo_run, sft_run, tmp_path, capsys, monkeypatch, tiny_data):
     from flrec import cli
 
-    monkeypatch.setattr("flrec.training.sft.load_dataset", lambda spec: tiny_data)
+    monkeypatch.setattr("flrec.data.load.load_dataset", lambda spec: tiny_data)
     out = tmp_path / "cli"
     rc = cli.main(["train", "grpo", "--from", str(sft_run), "--json", f"run_dir={out}", "group_size=2",
                    "prompts_per_step=2", "train_limit=4", "valid_limit=2", "train.max_steps=2",

@@ -336,7 +336,7 @@ _TITLES: list[str] = []
 def _fill_titles(line: str) -> str:
     """The placeholders "Title A"/"Title B" become two catalogue titles of the sandbox data."""
     if not _TITLES:
-        from flrec.training.sft import load_dataset
+        from flrec.data.load import load_dataset
 
         _TITLES.extend(load_dataset(str(Path.cwd().parent / "shared/data/amazon/CDs")).catalogue.titles[:2])
     return line.replace("Title A", _TITLES[0]).replace("Title B", _TITLES[1])
@@ -488,9 +488,9 @@ def check_elided(code: str, ns: dict) -> None:
 
 
 def test_readme_python_examples_run(sandbox, monkeypatch):
+    from flrec.data.load import load_dataset
     from flrec.serving import export
     from flrec.serving.app import ServeConfig
-    from flrec.training.sft import load_dataset
 
     monkeypatch.chdir(sandbox)
     t = sandbox / "python"

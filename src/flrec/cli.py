@@ -142,9 +142,9 @@ def cmd_data_amazon(a) -> None:
 
 # ------------------------------------------------------------------------------------- model tools
 def cmd_prompt(a) -> None:
+    from flrec.data.load import load_dataset
     from flrec.data.prompts import PromptBuilder
     from flrec.models.backbone import add_thought_token, load_backbone
-    from flrec.training.sft import load_dataset
 
     ds = load_dataset(a.data)
     model, tok = load_backbone(a.backbone)
@@ -195,8 +195,8 @@ def cmd_train_grpo(a) -> None:
 
 
 def cmd_evaluate(a) -> None:
+    from flrec.data.load import load_dataset
     from flrec.evaluation.runner import EvalConfig, evaluate, merge_shards
-    from flrec.training.sft import load_dataset
 
     if a.merge:
         if not a.out:
@@ -240,8 +240,8 @@ def cmd_evaluate(a) -> None:
 def cmd_tune_decoding(a) -> None:
     import logging
 
+    from flrec.data.load import load_dataset
     from flrec.decoding.tune import TuneConfig, tune_model_dir
-    from flrec.training.sft import load_dataset
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = list(a.overrides)
@@ -296,7 +296,7 @@ def cmd_demo(a) -> None:
 
 def cmd_analyze_factors(a) -> None:
     from flrec.analysis.factors import factor_diagnostics, format_report
-    from flrec.training.sft import load_dataset
+    from flrec.data.load import load_dataset
 
     rep = factor_diagnostics(a.model, load_dataset(a.data), split=a.split, limit=a.limit,
                              batch_size=a.batch_size, n_perm=a.permutations)
@@ -346,7 +346,7 @@ def cmd_analyze_longtail(a) -> None:
 
 def cmd_analyze_disentangle(a) -> None:
     from flrec.analysis.disentangle import disentanglement, format_disentanglement, write_figures
-    from flrec.training.sft import load_dataset
+    from flrec.data.load import load_dataset
 
     rep = disentanglement(a.model, load_dataset(a.data), split=a.split, limit=a.limit or None,
                           batch_size=a.batch_size, examples=a.examples)
@@ -359,7 +359,7 @@ def cmd_analyze_disentangle(a) -> None:
 
 def cmd_analyze_cost(a) -> None:
     from flrec.analysis.cost import format_cost, inference_cost
-    from flrec.training.sft import load_dataset
+    from flrec.data.load import load_dataset
 
     models = {}
     for spec in a.model:

@@ -35,7 +35,7 @@ from flrec.config import ConfigBase, option
 from flrec.data.schema import RecDataset
 from flrec.decoding.scoring import SCORINGS, DecodingConfig
 from flrec.errors import ConfigError, FlrecError
-from flrec.evaluation.metrics import metrics_from_ranks, target_rank
+from flrec.evaluation.metrics import TUNE_KS, metrics_from_ranks, target_rank
 from flrec.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def tune_decoding(recommender, dataset: RecDataset, cfg: TuneConfig, model_dir: 
 
     gammas = cfg.gammas if assisted else [1.0]
     searches = [(s, lp, g) for g in gammas for s in cfg.scorings for lp in cfg.length_penalties]
-    ks = sorted({1, 5, 10, k})
+    ks = sorted({*TUNE_KS, k})
     for scoring, lp, gamma in tqdm(searches, desc="tune-decoding", unit="search", disable=None):
         dec = cfg.base.replace(scoring=scoring, gamma=gamma, pmi_alpha=0.0)
         todo = [a for a in cfg.alphas if _point_key(_point(dec.replace(pmi_alpha=a), lp)) not in points]

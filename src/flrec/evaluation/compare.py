@@ -55,6 +55,7 @@ from flrec.evaluation.analysis import (
     relative_improvement,
     summarise_seeds,
 )
+from flrec.evaluation.metrics import EVAL_KS
 from flrec.evaluation.runner import (
     PARTIAL,
     PROGRESS,
@@ -172,7 +173,7 @@ class CompareConfig(ConfigBase):
     def eval_config(self) -> EvalConfig:
         # The table needs @5 and @10, so EvalConfig's check asks for beam >= 10.
         return EvalConfig(split=self.split, limit=self.limit, batch_size=self.batch_size, beam=self.beam,
-                          ks=[1, 3, 5, 10], protocol=self.protocol)
+                          ks=list(EVAL_KS), protocol=self.protocol)
 
     def method_config(self, method: str) -> dict[str, Any]:
         """The override dict for ``method`` (a YAML path is read here)."""
@@ -227,7 +228,7 @@ def default_fit_and_eval(
 
 
 def _default_loader(data: str) -> RecDataset:
-    from flrec.training.sft import load_dataset  # lazy: D3 folder or embedded:synth
+    from flrec.data.load import load_dataset  # lazy: D3 folder or embedded:synth
 
     return load_dataset(data)
 

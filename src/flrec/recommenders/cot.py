@@ -18,6 +18,7 @@ import torch
 from flrec.config import option
 from flrec.errors import ConfigError
 from flrec.models.compat import lm_forward, out_cache
+from flrec.models.flr import positions_from_mask
 from flrec.models.state import PrefillState
 from flrec.recommenders.base import register_recommender
 from flrec.recommenders.llm import LLMRecConfig, LLMRecommender
@@ -64,7 +65,7 @@ class CoTRec(LLMRecommender):
     def _feed(self, state: PrefillState, ids: torch.Tensor, step_mask: torch.Tensor) -> PrefillState:
         """Append ``ids`` (B, T) to the cache; ``step_mask`` (B, T) is 0 where a row only pads."""
         mask = torch.cat([state.attention_mask, step_mask.to(state.attention_mask.dtype)], 1)
-        pos = state.next_position[:, None] + (step_mask.long().cumsum(1) - 1).clamp(min=0)
+        pos = state.next_position[:, None] + positions_from_mask(step_mask)
         out = lm_forward(self.model.backbone, cache=state.cache, input_ids=ids, attention_mask=mask,
                          position_ids=pos, use_cache=True, logits_to_keep=1)
         return PrefillState(cache=out_cache(out), next_logits=out.logits[:, -1].float(), attention_mask=mask,

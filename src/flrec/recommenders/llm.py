@@ -34,7 +34,8 @@ from flrec.data.schema import Catalogue, Interaction, RecDataset
 from flrec.decoding.scoring import DecodingConfig
 from flrec.errors import ConfigError, FlrecError
 from flrec.recommenders.base import Ranked, Recommender, get_recommender, register_recommender
-from flrec.training.sft import DTYPES, SFTConfig, build_model, run_sft
+from flrec.training.sft import SFTConfig, build_model, run_sft
+from flrec.utils.dtypes import DTYPES
 
 DECODING_FILE = "decoding.json"  # tuned decoding of a model directory (flrec tune-decoding)
 ASSISTED_DECODING_FILE = "decoding+assistant.json"  # the same, tuned with an ID-model assistant

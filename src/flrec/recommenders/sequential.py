@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from flrec.config import ConfigBase, option, save_run_metadata
 from flrec.data.schema import Catalogue, Interaction, RecDataset
 from flrec.errors import ConfigError, DataError, FlrecError
+from flrec.evaluation.metrics import metrics_from_rank_tensor
 from flrec.recommenders.base import Recommender, register_recommender
 from flrec.utils.io import atomic_save, atomic_write_json
 from flrec.utils.seed import seed_everything
@@ -152,17 +153,6 @@ def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:
     return (scores > scores.gather(1, targets[:, None])).sum(1) + 1
 
 
-def id_metrics(ranks: Tensor, ks: Sequence[int] = (5, 10)) -> dict[str, float]:
-    """HR@K / NDCG@K from item-ID ranks (same formulas as :mod:`flrec.evaluation.metrics`)."""
-    out: dict[str, float] = {}
-    r = ranks.double()
-    for k in ks:
-        hit = r <= k
-        out[f"hr@{k}"] = hit.double().mean().item()
-        out[f"ndcg@{k}"] = torch.where(hit, 1.0 / torch.log2(r + 1), 0.0).mean().item()
-    return out
-
-
 @torch.no_grad()
 def predict(net: nn.Module, seqs: Tensor, batch_size: int, device: torch.device) -> Tensor:
     """Logits ``(len(seqs), n_items)`` computed in eval mode batch by batch, returned on the CPU."""
@@ -215,7 +205,7 @@ def train_ranker(
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
-        metrics = id_metrics(rank_targets(net, vx, vy, cfg.eval_batch_size, device))
+        metrics = metrics_from_rank_tensor(rank_targets(net, vx, vy, cfg.eval_batch_size, device))
         entry = {"epoch": epoch, "loss": total / len(x), **{f"valid_{k}": v for k, v in metrics.items()},
                  "seconds": round(time.perf_counter() - t0, 3)}
         log.append(entry)

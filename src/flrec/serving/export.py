@@ -105,7 +105,7 @@ def _cli_run_data(dirs: list[Path]) -> str | None:
 
 
 def _load_data(spec: str, where: str):
-    from flrec.training.sft import load_dataset
+    from flrec.data.load import load_dataset
 
     try:
         return load_dataset(spec)
@@ -188,7 +188,7 @@ def _try_data(spec: str | None):
     if not spec:
         return None
     try:
-        from flrec.training.sft import load_dataset
+        from flrec.data.load import load_dataset
 
         return load_dataset(spec)
     except FlrecError:
