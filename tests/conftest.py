@@ -29,9 +29,9 @@ def _no_embedded_backbone(request, monkeypatch):
     hours in a README command) fails the test, except in tests marked ``embedded_backbone``."""
     if request.node.get_closest_marker("embedded_backbone"):
         return
-    from flrec.models import backbone
+    from flrec.models import gguf
 
     def refuse(name: str):
         pytest.fail(f"this test loads embedded:{name}; unit tests use tiny:llama (or mark it embedded_backbone)")
 
-    monkeypatch.setattr(backbone, "_embedded_gguf", refuse)
+    monkeypatch.setattr(gguf, "embedded_gguf", refuse)  # load_backbone calls it as gguf.embedded_gguf

@@ -11,7 +11,8 @@ import transformers
 
 from flrec.data.prompts import THOUGHT_TOKEN
 from flrec.errors import FlrecError
-from flrec.models.backbone import add_thought_token, build_tiny, load_backbone
+from flrec.models.backbone import add_thought_token, load_backbone
+from flrec.models.testing import build_tiny
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

@@ -155,7 +155,7 @@ def test_llm_recommenders_leave_the_callers_config_alone():
     # one of them must not rewrite the config object the caller passes to the next.
     from types import SimpleNamespace
 
-    from flrec.models.backbone import tiny_tokenizer
+    from flrec.models.testing import tiny_tokenizer
     from flrec.recommenders.llm import LLMRecConfig
 
     cfg = LLMRecConfig.from_dict({"sft": {"flr": {"num_factors": 3}, "max_history": 7}})

@@ -24,7 +24,7 @@ from flrec.analysis.factors import (
 from flrec.data.prompts import PromptBuilder
 from flrec.data.synth import SynthConfig, generate_synthetic
 from flrec.errors import ConfigError
-from flrec.models.backbone import add_thought_token, build_tiny
+from flrec.models.backbone import add_thought_token
 from flrec.models.flr import FactorizedLatentReasoner, item_keys
 from flrec.models.losses import (
     REGULARISERS,
@@ -34,6 +34,7 @@ from flrec.models.losses import (
     thought_similarity_loss,
 )
 from flrec.models.recommender import FLRConfig, FLRRecommender
+from flrec.models.testing import build_tiny
 from flrec.training import TrainConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

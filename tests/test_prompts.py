@@ -14,7 +14,8 @@ from flrec.data.prompts import (
 )
 from flrec.data.schema import Catalogue, Interaction
 from flrec.errors import FlrecError
-from flrec.models.backbone import add_thought_token, build_tiny, tiny_tokenizer
+from flrec.models.backbone import add_thought_token
+from flrec.models.testing import build_tiny, tiny_tokenizer
 
 TITLES = ["Abbey Road", "Kind of Blue", "Blue Train", "Rumours (Remastered)", "OK Computer"]
 

@@ -32,8 +32,9 @@ from flrec.evaluation.ablation import AblateConfig, build_grid, format_grid, run
 from flrec.evaluation.analysis import popular_items
 from flrec.evaluation.compare import CompareConfig, run_comparison
 from flrec.evaluation.runner import evaluate
-from flrec.models.backbone import add_thought_token, build_tiny
+from flrec.models.backbone import add_thought_token
 from flrec.models.recommender import FLRConfig, FLRRecommender
+from flrec.models.testing import build_tiny
 from flrec.recommenders.base import Recommender
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
