@@ -23,6 +23,16 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module")
+def tiny_data():
+    """A small synthetic dataset (40 items, 40 users) for tiny-model SFT/GRPO runs; one per test module
+    (a module may edit it)."""
+    from flrec.data.synth import SynthConfig, generate_synthetic
+
+    return generate_synthetic(SynthConfig(n_items=40, n_users=40, seq_len_min=4, seq_len_max=8, min_intent_items=2,
+                                          n_intents=6))
+
+
 @pytest.fixture(autouse=True)
 def _no_embedded_backbone(request, monkeypatch):
     """Unit tests run on tiny random models: loading the 135M embedded backbone (minutes per SFT on 2 cores,

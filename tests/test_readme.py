@@ -345,11 +345,11 @@ def _fill_titles(line: str) -> str:
 # ------------------------------------------------------------------------------------ command tables
 # Table rows that are not run here, and the test that runs their job instead.
 NOT_RUN = {
-    "data prepare-amazon": "tests/test_data_amazon.py",  # needs raw Amazon review/meta dumps
+    "data prepare-amazon": "tests/data/test_data_amazon.py",  # needs raw Amazon review/meta dumps
     "demo": "tests/test_demo.py",  # the 135M embedded backbone; its job runs there on tiny:llama
-    "serve": "tests/test_serving.py",  # a blocking server; the HTTP app is tested there (and curl above)
+    "serve": "tests/serving/test_serving.py",  # a blocking server; the HTTP app is tested there (and curl above)
 }
-ID_METHODS = "sasrec,pop"  # tiny variant of compare: the LLM methods are each an SFT (tests/test_compare_quick.py)
+ID_METHODS = "sasrec,pop"  # tiny variant of compare: the LLM methods are each an SFT (tests/evaluation/test_compare_quick.py)
 
 
 def _write_own_data(d: Path) -> None:

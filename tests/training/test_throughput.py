@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from test_sft import sft_cfg, tiny_data  # noqa: F401 (fixture)
+from tiny_runs import sft_cfg
 
 from flrec.data.prompts import PromptBuilder
 from flrec.models.recommender import FLRRecommender
@@ -27,7 +27,7 @@ def test_length_grouping_is_a_seeded_permutation_with_less_padding():
     assert after < before / 4, (before, after)
 
 
-def test_compact_template_is_shorter_and_saved_with_the_model(tmp_path, tiny_data):  # noqa: F811
+def test_compact_template_is_shorter_and_saved_with_the_model(tmp_path, tiny_data):
     cfg = sft_cfg(tmp_path, prompt_template="compact", trainable="top:1",
                   train={"max_steps": 3, "eval_every": 3, "save_every": 1, "group_by_length": True})
     res = run_sft(cfg, tiny_data)

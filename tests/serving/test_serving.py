@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_sft import sft_cfg  # the SFT tests' tiny-run config (tiny:llama, small FLR)
+from tiny_runs import sft_cfg  # the SFT tests' tiny-run config (tiny:llama, small FLR)
 
 from flrec.cli import main
 from flrec.data.synth import SynthConfig, generate_synthetic

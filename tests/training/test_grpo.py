@@ -9,7 +9,6 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from flrec.data.synth import SynthConfig, generate_synthetic
 from flrec.errors import ConfigError
 from flrec.models.recommender import FLRConfig, FLRRecommender
 from flrec.training.grpo import GRPOConfig, build_grpo_trainer, read_log, run_grpo
@@ -141,12 +140,6 @@ def test_shared_prompt_rollouts_equal_unshared_in_values_and_gradients():
 
 
 # ------------------------------------------------------------------------------------ training
-@pytest.fixture(scope="module")
-def tiny_data():
-    return generate_synthetic(SynthConfig(n_items=40, n_users=40, seq_len_min=4, seq_len_max=8, min_intent_items=2,
-                                          n_intents=6))
-
-
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, tiny_data):
     run = tmp_path_factory.mktemp("sft") / "run"
@@ -358,7 +351,7 @@ def test_compare_methods_fit_from_the_same_sft_start_and_rank(method, sft_run, t
 def test_shipped_grpo_config_loads():
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "grpo.yaml"
+    path = Path(__file__).resolve().parents[2] / "configs" / "grpo.yaml"
     cfg = GRPOConfig.load(path, ["from_run=runs/demo/sft"])
     assert cfg.num_iterations > 1 and cfg.group_size == 8 and cfg.train.max_steps % cfg.num_iterations == 0
     assert (cfg.train.micro_batch_size, cfg.train.grad_accum_steps) == (4, 2)
@@ -370,7 +363,7 @@ def test_shipped_grpo_comparison_configs_load():
     from flrec.evaluation.compare import CompareConfig
     from flrec.recommenders.grpo import GRPORecConfig
 
-    root = Path(__file__).resolve().parents[1] / "configs"
+    root = Path(__file__).resolve().parents[2] / "configs"
     cmp = CompareConfig.load(root / "compare" / "cds-grpo-cpu.yaml")
     assert cmp.methods.index("flr") < cmp.methods.index("flr_grpo")  # the start is trained first
     rec = GRPORecConfig.load(root / "recommenders" / "grpo-cds-cpu.yaml")

@@ -5,33 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_runs import sft_cfg
 
-from flrec.data.synth import SynthConfig, generate_synthetic
 from flrec.errors import ConfigError
 from flrec.models.recommender import FLRRecommender
 from flrec.recommenders.base import get_recommender as get_rec
 from flrec.recommenders.llm import LLMRecConfig
 from flrec.training.sft import SFTConfig, run_sft
-
-
-@pytest.fixture(scope="module")
-def tiny_data():
-    ds = generate_synthetic(SynthConfig(n_items=40, n_users=40, seq_len_min=4, seq_len_max=8, min_intent_items=2,
-                                        n_intents=6))
-    return ds
-
-
-def sft_cfg(tmp_path, **over) -> SFTConfig:
-    base = {"backbone": "tiny:llama", "run_dir": str(tmp_path / "run"), "train_limit": 48, "valid_limit": 16,
-            "flr": {"num_factors": 3, "gate_hidden": 16},
-            "train": {"max_steps": 6, "micro_batch_size": 8, "lr": 3e-3, "eval_every": 3, "save_every": 3,
-                      "mixed_precision": "no", "progress": False, "log_every": 1}}
-    for k, v in over.items():
-        if isinstance(v, dict):
-            base.setdefault(k, {}).update(v)
-        else:
-            base[k] = v
-    return SFTConfig.from_dict(base)
 
 
 def test_sft_trains_and_saves_a_loadable_model(tmp_path, tiny_data):

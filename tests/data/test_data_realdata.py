@@ -12,7 +12,7 @@ from flrec.data.convert import prepare_movielens
 from flrec.data.d3 import read_d3
 from flrec.data.stats import dataset_stats
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 pytestmark = pytest.mark.realdata
 
 

@@ -38,7 +38,7 @@ from flrec.models.testing import build_tiny
 from flrec.recommenders.base import Recommender
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

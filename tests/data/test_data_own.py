@@ -13,7 +13,7 @@ from flrec.data.d3 import read_d3
 from flrec.data.stats import dataset_stats, format_stats
 from flrec.errors import DataError
 
-SHARED_ML = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "movielens" / "ml-100k"
+SHARED_ML = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "movielens" / "ml-100k"
 COLS = dict(user_col="user", item_col="item", time_col="time", item_id_col="sku", title_col="title")
 # u1..u4 have 4 events each over i0..i5; u5 has one event; "X1"/"X2" are not in the item file.
 EVENTS = [(f"u{u}", f"i{(u + k) % 6}", 10 * u + k) for u in range(1, 5) for k in range(4)]
