@@ -46,6 +46,11 @@ VARIANTS: dict[str, list[str]] = {
     # L_sparse pushes every gate one-hot from step one; without it the gate may stay soft while routing learns
     "items+center-sparse": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false",
                             "flr.center_keys=true", "flr.aux_losses=orth,div,thought_sim,routing"],
+    # static prototypes cannot follow each user's main intent (24 intents, K=4): queries read the thought state
+    "items+center+thought": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false",
+                             "flr.center_keys=true", CROSS, "flr.query=thought"],
+    "items+center+thought+lr10": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false",
+                                  "flr.center_keys=true", CROSS, "flr.query=thought", "flr_lr_scale=10"],
     "softprompt": ["flr.reasoner=softprompt"],  # the control: one learned constant thought
     "latentr3": ["flr.reasoner=latentr3"],
     "bigrec": ["flr.reasoner=none"],
@@ -77,7 +82,8 @@ def run_variant(name: str, overrides: list[str], args) -> dict:
             rec[split] = {k: d.get(k) for k in (
                 "thought_cross_row_cosine", "gate_usage_entropy_ratio", "argmax_histogram", "active_factors",
                 "history_attention_share", "target_intent_share", "target_intent_share_uniform",
-                "target_intent_rows", "target_intent_share_gain", "argmax_intent_mi", "argmax_intent_mi_p")}
+                "target_intent_rows", "target_intent_share_gain", "argmax_intent_mi", "argmax_intent_mi_p",
+                "target_intent_share_references", "target_intent_share_gain_oracle")}
     done.write_text(json.dumps(rec))
     return rec
 

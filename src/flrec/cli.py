@@ -639,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="embedded data -> FLR SFT -> evaluation -> results table")
     s.add_argument("--out", default="runs/demo")
     s.add_argument("--steps", type=int, default=None, help="SFT steps (default from configs/demo.yaml)")
-    s.add_argument("--eval-rows", type=int, default=None, help="test rows to evaluate (default 100)")
+    s.add_argument("--eval-rows", type=int, default=None, help="test rows to evaluate (default 64)")
     s.set_defaults(fn=cmd_demo)
 
     analyze = sub.add_parser("analyze", help="analyses of a trained model")

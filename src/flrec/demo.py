@@ -31,7 +31,7 @@ def results_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows: int | None = 100,
+def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows: int | None = 64,
              config: str | Path | None = None) -> dict:
     """Run the main job on the embedded defaults; returns ``{method: summary}``."""
     from flrec.analysis.factors import factor_diagnostics, format_report
@@ -54,7 +54,7 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows:
         raise FlrecError(f"demo config {config} not found; run `flrec demo` from the flrec repository or pass config=")
     overrides = [f"run_dir={out / 'sft'}"] + ([f"train.max_steps={steps}"] if steps else [])
     cfg = SFTConfig.load(config, overrides)
-    eval_rows = 100 if eval_rows is None else eval_rows
+    eval_rows = 64 if eval_rows is None else eval_rows
 
     _banner("1/4 embedded dataset (flrec data synth)")
     ds = load_dataset(cfg.data)

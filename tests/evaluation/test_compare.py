@@ -111,7 +111,8 @@ def test_compare_summary_shape_resume_and_failures(tmp_path: Path):
     out = Path(cfg.out)
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
 
-    assert set(summary) == {"methods", "significance", "significance_item", "relative_improvement", "budget"}
+    assert set(summary) == {"methods", "significance", "significance_item", "significance_all", "relative_improvement",
+                            "budget"}
     for name, st in summary["methods"].items():
         assert set(st) == {"hr@5", "hr@10", "ndcg@5", "ndcg@10", "n_seeds", "n_rows", "seconds_per_user",
                            "top1_distinct_share", "item_ndcg@10", "item_metrics", "popularity"}, name
@@ -157,6 +158,13 @@ def test_compare_summary_shape_resume_and_failures(tmp_path: Path):
 
     ref = stats.ttest_rel(per_row(REF), per_row(best))
     assert sig["p_value"] == pytest.approx(ref.pvalue) and sig["t"] == pytest.approx(ref.statistic)
+    # significance_all: the reference against every other method, the same test
+    assert set(summary["significance_all"]) == {"pop", OTHER}
+    for name in ("pop", OTHER):
+        each = stats.ttest_rel(per_row(REF), per_row(name))
+        got = summary["significance_all"][name]
+        assert got["n"] == 20 and got["t"] == pytest.approx(each.statistic)
+        assert got["p_value"] == pytest.approx(each.pvalue, nan_ok=True)
     assert set(summary["relative_improvement"]) == {"pop", OTHER}
     r, b = summary["methods"][REF]["hr@10"]["mean"], summary["methods"][OTHER]["hr@10"]["mean"]
     assert summary["relative_improvement"][OTHER]["hr@10"] == pytest.approx((r - b) / b * 100)

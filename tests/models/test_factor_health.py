@@ -200,6 +200,10 @@ def test_diagnostics_independent_of_batch_size_and_intents_checked(synth):
               "target_intent_share_uniform"):
         assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
     assert 0 <= a["target_intent_share"] <= 1 and a["thought_cross_row_cosine"] < 1
+    refs = a["target_intent_share_references"]  # fixed attention rules on the same rows
+    assert refs["uniform"] == pytest.approx(a["target_intent_share_uniform"])
+    assert all(0 <= v <= 1 for v in refs.values())
+    assert a["target_intent_share_gain_oracle"] == pytest.approx(refs["dominant_oracle"] - refs["uniform"])
 
 
 # ------------------------------------------------------------------------------ selection

@@ -119,17 +119,45 @@ def test_factors_start_distinct():
 
 
 # ------------------------------------------------------------------------------------- recommender
+def test_thought_query_starts_as_the_paper_then_reads_the_thought():
+    torch.manual_seed(0)
+    paper = FactorizedLatentReasoner(16, num_factors=3, gate_hidden=8, keys="items").double()
+    cond = FactorizedLatentReasoner(16, num_factors=3, gate_hidden=8, keys="items", query="thought").double()
+    missing, unexpected = cond.load_state_dict(paper.state_dict(), strict=False)
+    assert missing == ["w_c.weight"] and not unexpected
+    h = torch.randn(2, 7, 16, dtype=torch.float64)
+    mask, items = torch.ones(2, 7), torch.tensor([[-1, 0, 0, 1, 1, 2, -1]] * 2)
+    torch.testing.assert_close(cond(h, mask, items).z, paper(h, mask, items).z)  # W_c = 0 at init
+    h2 = h.clone()
+    h2[:, -1] += torch.randn(2, 16, dtype=torch.float64)  # another thought state, the same history
+    with torch.no_grad():
+        cond.w_c.weight.normal_(std=0.5)
+
+    def history_ratios(r, x):  # attention between history items, the thought key left out
+        a = r(x, mask, items).attn[..., :3]
+        return a / a.sum(-1, keepdim=True)
+
+    # static prototypes: where the factors look among the items does not depend on the thought
+    torch.testing.assert_close(history_ratios(paper, h), history_ratios(paper, h2))
+    assert (history_ratios(cond, h) - history_ratios(cond, h2)).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
-@pytest.mark.parametrize("reasoner,keys", [("flr", "tokens"), ("flr", "history"), ("flr", "items"),
-                                           ("latentr3", "tokens"), ("softprompt", "tokens")])
-def test_cached_refinement_equals_naive_values_and_gradients(kind, reasoner, keys):
+@pytest.mark.parametrize("reasoner,keys,query", [("flr", "tokens", "prototypes"), ("flr", "history", "prototypes"),
+                                                 ("flr", "items", "prototypes"), ("flr", "items", "thought"),
+                                                 ("latentr3", "tokens", "prototypes"),
+                                                 ("softprompt", "tokens", "prototypes")])
+def test_cached_refinement_equals_naive_values_and_gradients(kind, reasoner, keys, query):
     """Prefix cache + one-token steps == N+1 full passes.
 
     Float64 model; logits agree to 1e-9. transformers computes RMSNorm and RoPE in fp32 even in a
     float64 model, so gradients (summed in a different order) agree to 1e-6 of their scale.
     """
-    model = make_model(kind, reasoner=reasoner, num_factors=3, keys=keys,
+    model = make_model(kind, reasoner=reasoner, num_factors=3, keys=keys, query=query,
                        aux_losses=None if reasoner == "flr" else [])
+    if query == "thought":  # W_c starts at zero (= the paper): give it weights so its path is checked
+        with torch.no_grad():
+            model.reasoner.w_c.weight.normal_(std=0.1)
     batch = make_batch()
     fast = model(**batch)
     fast["loss"].backward()

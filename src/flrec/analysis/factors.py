@@ -19,7 +19,10 @@ none (instruction text, separators, the thought).
   and ``M_rk(j)`` the part on items of intent j (a factor with no history mass contributes 0).
   ``target_intent_share_uniform`` is the same with uniform attention over the history items, i.e.
   mean_r n_r(j) / n_r: the chance level. The difference asks whether the thought looks at the part
-  of the history that predicts what comes next.
+  of the history that predicts what comes next. ``target_intent_share_references`` are the shares of
+  fixed attention rules on the same rows (:func:`reference_intent_shares`), and
+  ``target_intent_share_gain_oracle`` the gain of the one that knows the user's dominant intent: the
+  scale against which the model's gain is read.
 * ``argmax_intent_mi``: mutual information (nats) between each row's argmax factor and its dominant
   planted intent (the largest weight of the user's intent mix at the target step), with a
   permutation p-value (the intents shuffled over rows).
@@ -101,6 +104,48 @@ def target_intent_share(item_attn: torch.Tensor, gates: torch.Tensor, in_intent:
     share = (gates * per_factor).sum(-1)
     uniform = in_intent.sum(-1) / in_history.sum(-1).clamp(min=1)
     return float(share[use].mean()), float(uniform[use].double().mean()), int(use.sum())
+
+
+def reference_intent_shares(slot_items: Sequence[Sequence[int]], truth: Sequence[tuple[int | None, int]],
+                            member: np.ndarray) -> dict[str, float | None]:
+    """``target_intent_share`` of fixed attention rules on the same rows as the model's (a yardstick).
+
+    ``slot_items`` per row the history items in the prompt (oldest first), ``truth`` per row
+    ``(target intent or None, dominant intent)`` (:meth:`PlantedIntents.row_truth`), ``member[j, i]``
+    item i is of intent j. Rows are those :func:`target_intent_share` uses. Each rule spreads its
+    attention uniformly over a set of history items:
+
+    * ``uniform``: all of them (the chance level, = ``target_intent_share_uniform``);
+    * ``last_item``: the newest one only;
+    * ``history_majority``: those of the intent with most items in the history (observable; ties go
+      to the lower intent id; all items when no history item is of any intent);
+    * ``dominant_oracle``: those of the user's dominant planted intent at the target step (ground
+      truth no model sees; all items when none is of it). The target's intent is drawn from the
+      user's mix, so no attention rule can know it: this oracle's gain over ``uniform`` is roughly
+      the most a model can gain.
+
+    >>> member = np.array([[1, 1, 0, 0], [0, 0, 1, 1]], dtype=bool)  # intent 0: items 0, 1; intent 1: 2, 3
+    >>> refs = reference_intent_shares([[0, 2, 3], [0, 1, 2]], [(1, 1), (0, 1)], member)
+    >>> {k: round(v, 3) for k, v in refs.items()}
+    {'uniform': 0.667, 'last_item': 0.5, 'history_majority': 1.0, 'dominant_oracle': 0.5}
+    """
+    rules: dict[str, list[float]] = {"uniform": [], "last_item": [], "history_majority": [], "dominant_oracle": []}
+    for items, (target, dominant) in zip(slot_items, truth, strict=True):
+        if target is None or not len(items):
+            continue
+        m = member[:, list(items)]  # (J, n): history slot n is of intent j
+        hit = m[target].astype(float)
+        if not hit.any():
+            continue
+        every = np.ones(len(items))
+        counts = m.sum(1)
+        chosen = {"uniform": every, "last_item": np.eye(len(items))[-1],
+                  "history_majority": m[int(np.argmax(counts))] if counts.max() else every,
+                  "dominant_oracle": m[dominant] if m[dominant].any() else every}
+        for name, w in chosen.items():
+            w = np.asarray(w, dtype=float)
+            rules[name].append(float((w * hit).sum() / w.sum()))
+    return {name: float(np.mean(v)) if v else None for name, v in rules.items()}
 
 
 def mutual_information(a: Sequence[int], b: Sequence[int]) -> float:
@@ -224,8 +269,10 @@ def summarize(trace: FactorTrace, rows=None, intents: PlantedIntents | None = No
             if target_intent is not None:
                 in_intent[i, : len(items)] = torch.from_numpy(intents.member[target_intent, items])
         share, uniform, used = target_intent_share(trace.item_attn, trace.gates, in_intent, trace.in_history)
+        refs = reference_intent_shares(trace.slot_items, truth, intents.member)
         out.update(target_intent_share=share, target_intent_share_uniform=uniform, target_intent_rows=used,
-                   target_intent_share_gain=share - uniform if used else None)
+                   target_intent_share_gain=share - uniform if used else None, target_intent_share_references=refs,
+                   target_intent_share_gain_oracle=refs["dominant_oracle"] - refs["uniform"] if used else None)
         mi, p = permutation_mi(trace.gates.argmax(-1).tolist(), [d for _, d in truth], n_perm=n_perm)
         out.update(argmax_intent_mi=mi, argmax_intent_mi_p=p)
     return out

@@ -4,8 +4,8 @@ Layout under ``out``::
 
     cells/<method>/seed<seed>/   cell_fingerprint.json, fit outputs, model/, ranks.jsonl, summary.json
                                  (cell done) or error.txt
-    summary.json                 {"methods", "significance", "significance_item", "relative_improvement",
-                                  "budget"}
+    summary.json                 {"methods", "significance", "significance_item", "significance_all",
+                                  "relative_improvement", "budget"}
     summary.md                   the Markdown table (:func:`format_markdown`)
 
 Every cell stores ``fingerprint.json`` (method, seed, the resolved method config without keys that
@@ -15,7 +15,8 @@ existing cell is checked: a changed cell is refused with the differing keys name
 is logged to its ``error.txt`` and reported as failed without stopping the other cells. Method names
 are checked against the registry first (an unknown name is an error, and never becomes a path). Significance follows the
 paper: a paired t-test of the reference method against the best other method (by mean NDCG@10)
-on per-row NDCG@10, each row's value averaged over seeds first.
+on per-row NDCG@10, each row's value averaged over seeds first; ``significance_all`` holds the same
+test of the reference against every other method (``{method: {"t", "p_value", "n"}}``).
 
 **Both protocols in every table.** With ``protocol=item`` (the default) every cell is evaluated with
 ``eval.protocol=item``: besides the paper's title-level ranks, each row gets the rank of the target
@@ -426,6 +427,7 @@ def _run_comparison(cfg: CompareConfig, runner: CellRunner, dataset: RecDataset,
     significance = _significance(cfg, methods, done, ok, others, item=False)
     with_items = [m for m in ok if methods[m]["item_metrics"] is not None]
     significance_item = _significance(cfg, methods, done, with_items, [m for m in with_items if m != ref], item=True)
+    significance_all = _significance_all(ref, ok, done)
     rel: dict[str, dict[str, float | None]] = {}
     if ref in ok:  # no relative improvement over a zero baseline: it would print +0.00 or -100.00
         for m in others:
@@ -438,6 +440,7 @@ def _run_comparison(cfg: CompareConfig, runner: CellRunner, dataset: RecDataset,
         "methods": methods,
         "significance": significance,
         "significance_item": significance_item,
+        "significance_all": significance_all,
         "relative_improvement": rel,
         "budget": {**cfg.budget, **(budget or {}), "machine": _machine(), "cells": cells, "wall_seconds": time.perf_counter() - t_start,
                    "cell_wall_seconds": sum(c["wall_seconds"] or 0.0 for c in cells.values())},
@@ -468,6 +471,20 @@ def _significance(cfg: CompareConfig, methods: dict[str, dict], done: dict[str, 
     test = paired_ttest_values(_seed_averaged_rows(done[ref], SIG_METRIC, key),
                                _seed_averaged_rows(done[best], SIG_METRIC, key))
     out.update(vs=best, p_value=test["p_value"], t=test["t"], n=test["n"])
+    return out
+
+
+def _significance_all(ref: str, ok: list[str], done: dict[str, list[Path]]) -> dict[str, dict[str, Any]]:
+    """The reference paired against *every* other finished method on per-row NDCG@10 (seed-averaged):
+    ``{method: {"t", "p_value", "n"}}``; empty when the reference has no finished seed."""
+    if ref not in ok:
+        return {}
+    mine = _seed_averaged_rows(done[ref], SIG_METRIC, "rank")
+    out = {}
+    for m in ok:
+        if m != ref:
+            test = paired_ttest_values(mine, _seed_averaged_rows(done[m], SIG_METRIC, "rank"))
+            out[m] = {"t": test["t"], "p_value": test["p_value"], "n": test["n"]}
     return out
 
 
@@ -573,6 +590,11 @@ def format_markdown(summary: dict) -> str:
         if sig["n"] < MIN_ROWS_FOR_TEST:
             lines.append(f"Caveat: only {sig['n']} rows (< {MIN_ROWS_FOR_TEST}); the t-test's normal approximation "
                          "is unreliable here, so treat p as indicative only.")
+    every = summary.get("significance_all") or {}
+    if len(every) > 1:  # the headline test above is against the best other method; here against each
+        lines.append(f"{ref} paired against every method (per-row {SIG_METRIC.upper()}): " + "; ".join(
+            f"{m} t = {'n/a' if v['t'] is None else format(v['t'], '.3f')}, "
+            f"p = {'n/a' if v['p_value'] is None else format(v['p_value'], '.3g')}" for m, v in every.items()) + ".")
     isig = summary.get("significance_item") or {}
     if ranked and isig.get("vs"):
         p = "n/a" if isig["p_value"] is None else f"{isig['p_value']:.3g}"

@@ -37,6 +37,7 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.T
 
 KEY_MODES = ("tokens", "history", "items")
 POSITION_MODES = ("absolute", "relative", "none")
+QUERY_MODES = ("prototypes", "thought")
 
 
 @dataclass
@@ -91,22 +92,32 @@ class FactorizedLatentReasoner(nn.Module):
     BatchNorm's, frozen at inference) before the key/value projections: last-layer states share a
     large user-independent component, which otherwise dominates every factor and makes the thought
     nearly the same vector for every user.
+
+    ``query``: ``prototypes`` — the K queries are the learned prototypes alone (the paper); the same K
+    queries for every user, so a factor can prefer fixed *kinds* of keys but never "the items this
+    user buys most": with 24 planted intents and K = 4 no static query can follow each user's main
+    one. ``thought`` — each query is its prototype plus a learned projection of the thought's own
+    last-layer state (``q_k = W_q(Q_k + W_c h_thought)``), which under causal attention has read the
+    whole history, and at step n the thought written at step n-1: the factors can then look for
+    what this user's history is about, and refinement changes where they look. ``W_c`` starts at
+    zero, so training starts from the paper's model.
     The whole module computes in fp32 (also under bf16 autocast or with bf16 weights): its attention
     maps and gates feed the regularisers and diagnostics, and a bf16 gate above ~0.998 is exactly 1.
     """
 
     def __init__(self, hidden_size: int, num_factors: int = 4, gate_hidden: int = 256, rope_base: float = 10000.0,
                  keys: str = "tokens", positions: str = "absolute", temperature: float = 1.0,
-                 center: bool = False, center_momentum: float = 0.05):
+                 center: bool = False, center_momentum: float = 0.05, query: str = "prototypes"):
         super().__init__()
         if hidden_size % 2:
             raise ValueError("hidden_size must be even for RoPE")
-        if keys not in KEY_MODES or positions not in POSITION_MODES:
-            raise ValueError(f"keys must be one of {KEY_MODES} and positions one of {POSITION_MODES}")
+        if keys not in KEY_MODES or positions not in POSITION_MODES or query not in QUERY_MODES:
+            raise ValueError(f"keys must be one of {KEY_MODES}, positions one of {POSITION_MODES} and query one "
+                             f"of {QUERY_MODES}")
         d, k = hidden_size, num_factors
         self.hidden_size, self.num_factors, self.rope_base = d, k, rope_base
         self.keys, self.positions, self.temperature = keys, positions, float(temperature)
-        self.center, self.center_momentum = center, center_momentum
+        self.center, self.center_momentum, self.query = center, center_momentum, query
         if center:
             self.register_buffer("key_mean", torch.zeros(d))
             self.register_buffer("key_mean_batches", torch.zeros((), dtype=torch.long))
@@ -114,6 +125,8 @@ class FactorizedLatentReasoner(nn.Module):
         self.w_q = nn.Linear(d, d)
         self.w_k = nn.Linear(d, d)
         self.w_v = nn.Linear(d, d)
+        if query == "thought":
+            self.w_c = nn.Linear(d, d, bias=False)
         self.gate = nn.Sequential(nn.Linear(k * d, gate_hidden), nn.GELU(), nn.Linear(gate_hidden, k))
         self.reset_parameters()
 
@@ -136,6 +149,8 @@ class FactorizedLatentReasoner(nn.Module):
         nn.init.zeros_(self.gate[0].bias)
         nn.init.zeros_(self.gate[2].weight)
         nn.init.zeros_(self.gate[2].bias)
+        if self.query == "thought":
+            nn.init.zeros_(self.w_c.weight)  # start as the paper's static prototypes
 
     def _select_keys(self, hidden: torch.Tensor, mask: torch.Tensor, items: torch.Tensor | None):
         """Keys/values source (B, Lk, D), key mask, key items and key positions for ``self.keys``."""
@@ -171,12 +186,15 @@ class FactorizedLatentReasoner(nn.Module):
             src, key_mask, key_items, pos = self._select_keys(hidden, mask, items)
             if self.center:
                 src = (src - self._running_key_mean(src, key_mask).to(acc)).masked_fill(~key_mask[..., None], 0.0)
-            q = _linear(self.prototypes.to(acc), self.w_q)  # (K, D)
+            queries = self.prototypes.to(acc)[None]  # (1, K, D)
+            if self.query == "thought":  # the thought key (last in every key mode) conditions the queries
+                queries = queries + _linear(src[:, -1], self.w_c)[:, None, :]  # (B, K, D)
+            q = _linear(queries, self.w_q)
             k = _linear(src, self.w_k)
             if self.positions != "none":
                 k = apply_rope(k, pos, self.rope_base)
             v = _linear(src, self.w_v)
-            scores = torch.einsum("kd,bld->bkl", q, k) / (math.sqrt(self.hidden_size) * self.temperature)
+            scores = torch.einsum("bkd,bld->bkl", q.expand(k.shape[0], -1, -1), k) / (math.sqrt(self.hidden_size) * self.temperature)
             scores = scores.masked_fill(~key_mask[:, None, :], torch.finfo(scores.dtype).min)
             attn = scores.softmax(dim=-1)  # (B, K, Lk)
             factors = attn @ v  # (B, K, D)
@@ -205,7 +223,8 @@ class FactorizedLatentReasoner(nn.Module):
 
 def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """``layer(x)`` in ``x``'s (>= fp32) dtype whatever the layer's (ranking may cast the model to bf16)."""
-    return torch.nn.functional.linear(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype))
+    bias = None if layer.bias is None else layer.bias.to(x.dtype)
+    return torch.nn.functional.linear(x, layer.weight.to(x.dtype), bias)
 
 
 def _mlp(x: torch.Tensor, seq: nn.Sequential) -> torch.Tensor:

@@ -87,7 +87,8 @@ def build_reasoner(config, hidden_size: int) -> nn.Module:
     if config.reasoner == "flr":
         return FactorizedLatentReasoner(hidden_size, config.num_factors, config.gate_hidden, config.rope,
                                         keys=config.keys, positions=config.key_positions,
-                                        temperature=config.attn_temperature, center=config.center_keys)
+                                        temperature=config.attn_temperature, center=config.center_keys,
+                                        query=config.query)
     if config.reasoner == "latentr3":
         return LatentR3Reasoner(hidden_size, config.rope)
     if config.reasoner == "softprompt":

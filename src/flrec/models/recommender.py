@@ -123,6 +123,10 @@ class FLRConfig(ConfigBase):
         "relative", "RoPE positions of the keys: absolute = real-token/item index (the paper), relative = distance "
         "to the thought (recency), none = no rotation")
     attn_temperature: float = option(1.0, "tau: factor attention scores are divided by tau (> 1 flattens attention)")
+    query: Literal["prototypes", "thought"] = option(
+        "prototypes", "the factors' queries: prototypes = K learned static prototypes (the paper; the same for every "
+        "user); thought = prototype + a learned projection of the thought's last-layer state, which has read the "
+        "history (starts as the paper: the projection is initialised to zero)")
     center_keys: bool = option(True, "subtract a running mean of the key states (EMA over training batches) before "
                                "projecting: removes the user-independent component shared by all last-layer states")
     rope_base: float | None = option(None, "RoPE base for the keys (null = the reasoner's: flr 10000, latentr3 1000)")
