@@ -21,14 +21,15 @@ def _banner(text: str) -> None:
 
 def results_table(rows: dict[str, dict]) -> str:
     """Markdown table of ``{method: evaluation summary}``."""
-    head = "| method | " + " | ".join(m.upper() for m in METRICS) + " | s/user | rows |"
-    lines = [head, "|" + "---|" * (len(METRICS) + 3)]
+    from flrec.analysis.tables import markdown_table
+
+    body = []
     for name, s in rows.items():
         m = s["metrics"]
         spu = (s.get("inference") or {}).get("seconds_per_user")
         cost = f"{spu:.3f}" if spu is not None else "-"
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in METRICS) + f" | {cost} | {s['n_rows']} |")
-    return "\n".join(lines)
+        body.append([name, *(f"{m[k]:.4f}" for k in METRICS), cost, str(s["n_rows"])])
+    return "\n".join(markdown_table(["method", *(m.upper() for m in METRICS), "s/user", "rows"], body))
 
 
 def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows: int | None = 64,

@@ -46,6 +46,7 @@ from typing import Any, Literal
 import yaml
 
 from flrec.analysis.longtail import average_groups
+from flrec.analysis.tables import markdown_table
 from flrec.config import ConfigBase, option, save_run_metadata
 from flrec.data.schema import SPLITS, RecDataset
 from flrec.errors import ConfigError
@@ -565,7 +566,7 @@ def format_markdown(summary: dict) -> str:
     item_cols = ITEM_TABLE_METRICS if ranked else (ITEM_METRIC,)
     head = ["method", *[m.upper() for m in TABLE_METRICS], *[f"item {m.upper()}" for m in item_cols], "seeds", "rows",
             "s/user", "distinct top-1", f"{ref} vs. method (N@10)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
+    body = []
     for name, st in summary["methods"].items():
         imp = rel.get(name, {}).get(SIG_METRIC)
         spu, top1 = st.get("seconds_per_user"), st.get("top1_distinct_share")
@@ -578,8 +579,8 @@ def format_markdown(summary: dict) -> str:
         cells = [_fmt(st[m], n) for m in TABLE_METRICS] + icells + [str(n), str(st["n_rows"]),
             "" if spu is None else f"{spu:.4f}", "" if top1 is None else f"{top1:.1%}",
             "" if name not in rel else ("n/a" if imp is None else f"{imp:+.2f}%")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("")
+        body.append([name, *cells])
+    lines = [*markdown_table(head, body, numeric=True), ""]
     if sig.get("skipped"):
         lines.append(f"Significance test skipped: {sig['skipped']}.")
     else:
