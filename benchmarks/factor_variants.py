@@ -100,8 +100,9 @@ def markdown_table(records: list[dict]) -> str:
         return "–" if v is None else fmt.format(v)
 
     lines = ["| variant | valid rec loss | thought cos (valid / test) | gate usage (valid / test) | argmax factor "
-             "(test rows) | target-intent share − uniform (valid / test) |",
-             "|---|---:|---:|---:|---|---:|"]
+             "(test rows) | target-intent share − uniform (valid / test) | MI(argmax factor; dominant intent), "
+             "permutation p (valid / test) |",
+             "|---|---:|---:|---:|---|---:|---:|"]
     for r in records:
         hist = (r.get("test") or {}).get("argmax_histogram")
         hs = "–" if hist is None else ", ".join(f"{k}: {v}" for k, v in hist.items() if v)
@@ -109,7 +110,8 @@ def markdown_table(records: list[dict]) -> str:
             f"| {r['variant']} | {r['valid_rec_loss']:.4f} | {g(r, 'valid', 'thought_cross_row_cosine')} / "
             f"{g(r, 'test', 'thought_cross_row_cosine')} | {g(r, 'valid', 'gate_usage_entropy_ratio')} / "
             f"{g(r, 'test', 'gate_usage_entropy_ratio')} | {hs} | {g(r, 'valid', 'target_intent_share_gain', '{:+.3f}')}"
-            f" / {g(r, 'test', 'target_intent_share_gain', '{:+.3f}')} |")
+            f" / {g(r, 'test', 'target_intent_share_gain', '{:+.3f}')} | {g(r, 'valid', 'argmax_intent_mi_p')} / "
+            f"{g(r, 'test', 'argmax_intent_mi_p')} |")
     return "\n".join(lines)
 
 

@@ -31,4 +31,4 @@ def test_markdown_table_renders_missing_statistics_as_dashes():
     rec = {"variant": "softprompt", "valid_rec_loss": 0.5, "valid": {"thought_cross_row_cosine": 1.0},
            "test": {"thought_cross_row_cosine": 1.0, "argmax_histogram": {"0": 3, "1": 0}}}
     row = _script().markdown_table([rec]).splitlines()[-1]
-    assert row == "| softprompt | 0.5000 | 1.000 / 1.000 | – / – | 0: 3 | – / – |"
+    assert row == "| softprompt | 0.5000 | 1.000 / 1.000 | – / – | 0: 3 | – / – | – / – |"
