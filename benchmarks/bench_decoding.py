@@ -29,8 +29,8 @@ import torch
 
 from flrec.data.prompts import PromptBuilder
 from flrec.decoding.beam import constrained_beam_search, hf_reference_search, prefill_plain
-from flrec.decoding.state import PrefillState
 from flrec.decoding.trie import TitleTrie
+from flrec.models.state import PrefillState
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # left-padded (input_ids, attention_mask)
 Ranking = list[tuple[int, float]]

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 
+from flrec.data.load import load_dataset
 from flrec.training.grpo import GRPOConfig, read_log, run_grpo
-from flrec.training.sft import SFTConfig, load_dataset, run_sft
+from flrec.training.sft import SFTConfig, run_sft
 
 
 def seconds_per_step(run_dir: Path, first: int, last: int) -> float:

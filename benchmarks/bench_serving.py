@@ -42,7 +42,7 @@ def _free_port() -> int:
 
 def _histories(model, data: str | None, n: int, length: int, seed: int) -> list[list[int]]:
     if data:
-        from flrec.training.sft import load_dataset
+        from flrec.data.load import load_dataset
 
         ds = load_dataset(data)
         if ds.catalogue.titles != model.catalogue.titles:

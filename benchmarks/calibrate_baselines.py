@@ -21,15 +21,15 @@ from pathlib import Path
 
 import torch
 
-from flrec.baselines import get_recommender
-from flrec.baselines.sequential import id_metrics, target_ranks, targets_of
 from flrec.data.convert import prepare_movielens
 from flrec.data.d3 import read_d3
 from flrec.data.schema import RecDataset
-from flrec.evaluation.metrics import metrics_from_ranks, target_rank
+from flrec.evaluation.metrics import ID_VALID_KS, metrics_from_rank_tensor, metrics_from_ranks, target_rank
+from flrec.recommenders import get_recommender
+from flrec.recommenders.sequential import target_ranks, targets_of
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "baselines"
-KS = (5, 10)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "recommenders"
+KS = ID_VALID_KS
 
 
 def load_dataset(path: Path, workdir: Path) -> RecDataset:
@@ -52,7 +52,7 @@ def calibrate(dataset: RecDataset, method: str, overrides: list[str], run_dir: P
     titles = dataset.catalogue.titles
     title_ranks = [target_rank([t for t, _ in r], titles[row.target]) for row, r in zip(test, rec.recommend(test, k=10), strict=True)]
     return {
-        "id": id_metrics(ranks, KS),
+        "id": metrics_from_rank_tensor(ranks, KS),
         "title": metrics_from_ranks(title_ranks, KS),
         "epochs": len(getattr(rec, "history", [])),
         "train_seconds": round(train_s, 1),

@@ -59,7 +59,8 @@ VARIANTS: dict[str, list[str]] = {
 
 def run_variant(name: str, overrides: list[str], args) -> dict:
     from flrec.analysis.factors import factor_diagnostics
-    from flrec.training.sft import SFTConfig, load_dataset, run_sft
+    from flrec.data.load import load_dataset
+    from flrec.training.sft import SFTConfig, run_sft
 
     run_dir = Path(args.out) / name
     done = run_dir / "variant.json"

@@ -23,15 +23,25 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module")
+def tiny_data():
+    """A small synthetic dataset (40 items, 40 users) for tiny-model SFT/GRPO runs; one per test module
+    (a module may edit it)."""
+    from flrec.data.synth import SynthConfig, generate_synthetic
+
+    return generate_synthetic(SynthConfig(n_items=40, n_users=40, seq_len_min=4, seq_len_max=8, min_intent_items=2,
+                                          n_intents=6))
+
+
 @pytest.fixture(autouse=True)
 def _no_embedded_backbone(request, monkeypatch):
     """Unit tests run on tiny random models: loading the 135M embedded backbone (minutes per SFT on 2 cores,
     hours in a README command) fails the test, except in tests marked ``embedded_backbone``."""
     if request.node.get_closest_marker("embedded_backbone"):
         return
-    from flrec.models import backbone
+    from flrec.models import gguf
 
     def refuse(name: str):
         pytest.fail(f"this test loads embedded:{name}; unit tests use tiny:llama (or mark it embedded_backbone)")
 
-    monkeypatch.setattr(backbone, "_embedded_gguf", refuse)
+    monkeypatch.setattr(gguf, "embedded_gguf", refuse)  # load_backbone calls it as gguf.embedded_gguf

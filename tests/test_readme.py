@@ -336,7 +336,7 @@ _TITLES: list[str] = []
 def _fill_titles(line: str) -> str:
     """The placeholders "Title A"/"Title B" become two catalogue titles of the sandbox data."""
     if not _TITLES:
-        from flrec.training.sft import load_dataset
+        from flrec.data.load import load_dataset
 
         _TITLES.extend(load_dataset(str(Path.cwd().parent / "shared/data/amazon/CDs")).catalogue.titles[:2])
     return line.replace("Title A", _TITLES[0]).replace("Title B", _TITLES[1])
@@ -345,11 +345,11 @@ def _fill_titles(line: str) -> str:
 # ------------------------------------------------------------------------------------ command tables
 # Table rows that are not run here, and the test that runs their job instead.
 NOT_RUN = {
-    "data prepare-amazon": "tests/test_data_amazon.py",  # needs raw Amazon review/meta dumps
+    "data prepare-amazon": "tests/data/test_data_amazon.py",  # needs raw Amazon review/meta dumps
     "demo": "tests/test_demo.py",  # the 135M embedded backbone; its job runs there on tiny:llama
-    "serve": "tests/test_serving.py",  # a blocking server; the HTTP app is tested there (and curl above)
+    "serve": "tests/serving/test_serving.py",  # a blocking server; the HTTP app is tested there (and curl above)
 }
-ID_METHODS = "sasrec,pop"  # tiny variant of compare: the LLM methods are each an SFT (tests/test_compare_quick.py)
+ID_METHODS = "sasrec,pop"  # tiny variant of compare: the LLM methods are each an SFT (tests/evaluation/test_compare_quick.py)
 
 
 def _write_own_data(d: Path) -> None:
@@ -439,20 +439,32 @@ def test_readme_command_tables_run(sandbox, capsys, monkeypatch):
 
 # ------------------------------------------------------------------------------------ Python examples
 def _resolve(name: str):
-    """A dotted name (``flrec.data.stats.dataset_stats``) or a bare flrec name (``read_d3``)."""
-    if "." in name:
-        mod, _, attr = name.rpartition(".")
-        try:
-            return getattr(importlib.import_module(mod), attr)
-        except ModuleNotFoundError:
-            return getattr(_resolve(mod), attr)
-    for mod in ("flrec.data.d3", "flrec.data.synth", "flrec.training.sft", "flrec.evaluation.runner",
-                "flrec.evaluation.compare", "flrec.serving", "flrec.serving.app", "flrec.decoding.tune",
-                "flrec.training.grpo", "flrec.evaluation.ablation"):
-        m = importlib.import_module(mod)
-        if hasattr(m, name):
-            return getattr(m, name)
-    raise AttributeError(f"README Python example names {name!r}, which no flrec module defines")
+    """A full dotted name (``flrec.data.stats.dataset_stats``, ``flrec.evaluation.compare.CompareConfig.load``).
+
+    Bare names are refused: the README's Python column must print import paths that work as shown.
+    """
+    if "." not in name:
+        raise AttributeError(f"README Python example names {name!r} without its module; write the full dotted path")
+    mod, _, attr = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(mod), attr)
+    except ModuleNotFoundError:
+        return getattr(_resolve(mod), attr)
+
+
+# Names a README Python example may use bare: placeholders (test_readme_python_examples_run fills them) and flrec.
+EXAMPLE_PLACEHOLDERS = {"flrec", "ds", "DIR", "RUN_DIR", "RUN", "RAW_DIR", "F", "G", "COMPARE_DIR", "png", "OUT", "out",
+                        "path", "cfg", "titles", "m"}
+
+
+def test_readme_python_examples_use_full_import_paths():
+    examples = [code for _, py in table_rows() for code in py if "(" in code]
+    bare = {code: sorted({n.id for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Name)} - EXAMPLE_PLACEHOLDERS)
+            for code in examples}
+    assert {c: names for c, names in bare.items() if names} == {}
+    with pytest.raises(AttributeError, match="full dotted path"):
+        _resolve("read_d3")
+    assert _resolve("flrec.evaluation.compare.CompareConfig.load").__name__ == "load"
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -488,9 +500,9 @@ def check_elided(code: str, ns: dict) -> None:
 
 
 def test_readme_python_examples_run(sandbox, monkeypatch):
+    from flrec.data.load import load_dataset
     from flrec.serving import export
     from flrec.serving.app import ServeConfig
-    from flrec.training.sft import load_dataset
 
     monkeypatch.chdir(sandbox)
     t = sandbox / "python"
@@ -512,14 +524,11 @@ def test_readme_python_examples_run(sandbox, monkeypatch):
     ran = []
     for i, code in enumerate(examples):
         tree = ast.parse(code)
-        for node in ast.walk(tree):  # bare flrec names (read_d3, SynthConfig, ...) and dotted modules
-            name = _dotted(node) if isinstance(node, ast.Name | ast.Attribute) else None
-            if name and name.startswith("flrec.") and isinstance(node, ast.Attribute):
+        for node in ast.walk(tree):  # import the modules of dotted names; a bare flrec name stays undefined
+            name = _dotted(node) if isinstance(node, ast.Attribute) else None
+            if name and name.startswith("flrec."):
                 with contextlib.suppress(ModuleNotFoundError):
                     importlib.import_module(name.rpartition(".")[0])
-            elif isinstance(node, ast.Name) and node.id not in ns and node.id not in ("m", "DIR"):
-                with contextlib.suppress(AttributeError):
-                    ns[node.id] = _resolve(node.id)
         writes = any(w in code for w in ("generate_synthetic", "prepare_movielens"))
         ns["DIR"] = t / f"out{i}" if writes else exported if "load_recommender" in code else data
         if code == "flrec.demo.run_demo()":  # the 135M embedded backbone: tests/test_demo.py runs it on tiny:llama

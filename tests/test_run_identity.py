@@ -4,17 +4,10 @@ name the user's keys and never rewrite config.yaml."""
 from __future__ import annotations
 
 import pytest
-from test_sft import sft_cfg
+from tiny_runs import sft_cfg
 
-from flrec.data.synth import SynthConfig, generate_synthetic
 from flrec.errors import ConfigError
 from flrec.training.sft import run_sft
-
-
-@pytest.fixture(scope="module")
-def tiny_data():
-    return generate_synthetic(SynthConfig(n_items=40, n_users=40, seq_len_min=4, seq_len_max=8, min_intent_items=2,
-                                          n_intents=6))
 
 
 def test_sft_rerun_reuses_or_refuses_by_fingerprint(tmp_path, tiny_data):

@@ -26,16 +26,16 @@ CONFIGS = {
     "tune-decoding": "flrec.decoding.tune:TuneConfig",
     "compare": "flrec.evaluation.compare:CompareConfig",
     "ablate": "flrec.evaluation.ablation:AblateConfig",
-    "cot": "flrec.baselines.cot:CoTRecConfig",
+    "cot": "flrec.recommenders.cot:CoTRecConfig",
     "synth": "flrec.data.synth:SynthConfig",
     "amazon": "flrec.data.amazon:AmazonPrepConfig",
-    "llm": "flrec.baselines.llm:LLMRecConfig",
+    "llm": "flrec.recommenders.llm:LLMRecConfig",
     "serve": "flrec.serving.app:ServeConfig",
-    "sasrec": "flrec.baselines.sequential:SASRecConfig",
-    "gru4rec": "flrec.baselines.sequential:GRU4RecConfig",
-    "caser": "flrec.baselines.sequential:CaserConfig",
-    "alpharec": "flrec.baselines.alpharec:AlphaRecConfig",
-    "pop": "flrec.baselines.pop:PopConfig",
+    "sasrec": "flrec.recommenders.sequential:SASRecConfig",
+    "gru4rec": "flrec.recommenders.sequential:GRU4RecConfig",
+    "caser": "flrec.recommenders.sequential:CaserConfig",
+    "alpharec": "flrec.recommenders.alpharec:AlphaRecConfig",
+    "pop": "flrec.recommenders.pop:PopConfig",
 }
 
 
@@ -142,9 +142,9 @@ def cmd_data_amazon(a) -> None:
 
 # ------------------------------------------------------------------------------------- model tools
 def cmd_prompt(a) -> None:
+    from flrec.data.load import load_dataset
     from flrec.data.prompts import PromptBuilder
     from flrec.models.backbone import add_thought_token, load_backbone
-    from flrec.training.sft import load_dataset
 
     ds = load_dataset(a.data)
     model, tok = load_backbone(a.backbone)
@@ -195,8 +195,8 @@ def cmd_train_grpo(a) -> None:
 
 
 def cmd_evaluate(a) -> None:
+    from flrec.data.load import load_dataset
     from flrec.evaluation.runner import EvalConfig, evaluate, merge_shards
-    from flrec.training.sft import load_dataset
 
     if a.merge:
         if not a.out:
@@ -217,7 +217,7 @@ def cmd_evaluate(a) -> None:
                 overrides.append(f"{key}={val}")
         cfg = EvalConfig.load(a.config, overrides)
         model_dir = resolve_model_dir(a.model)
-        from flrec.baselines.llm import resolve_inference_dtype
+        from flrec.recommenders.llm import resolve_inference_dtype
 
         dtype = resolve_inference_dtype(a.dtype)  # the fingerprint records what actually ran
         rec = load_llm_recommender(model_dir, ds, dtype=dtype, beam=cfg.beam)
@@ -240,8 +240,8 @@ def cmd_evaluate(a) -> None:
 def cmd_tune_decoding(a) -> None:
     import logging
 
+    from flrec.data.load import load_dataset
     from flrec.decoding.tune import TuneConfig, tune_model_dir
-    from flrec.training.sft import load_dataset
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = list(a.overrides)
@@ -296,7 +296,7 @@ def cmd_demo(a) -> None:
 
 def cmd_analyze_factors(a) -> None:
     from flrec.analysis.factors import factor_diagnostics, format_report
-    from flrec.training.sft import load_dataset
+    from flrec.data.load import load_dataset
 
     rep = factor_diagnostics(a.model, load_dataset(a.data), split=a.split, limit=a.limit,
                              batch_size=a.batch_size, n_perm=a.permutations)
@@ -346,7 +346,7 @@ def cmd_analyze_longtail(a) -> None:
 
 def cmd_analyze_disentangle(a) -> None:
     from flrec.analysis.disentangle import disentanglement, format_disentanglement, write_figures
-    from flrec.training.sft import load_dataset
+    from flrec.data.load import load_dataset
 
     rep = disentanglement(a.model, load_dataset(a.data), split=a.split, limit=a.limit or None,
                           batch_size=a.batch_size, examples=a.examples)
@@ -359,7 +359,7 @@ def cmd_analyze_disentangle(a) -> None:
 
 def cmd_analyze_cost(a) -> None:
     from flrec.analysis.cost import format_cost, inference_cost
-    from flrec.training.sft import load_dataset
+    from flrec.data.load import load_dataset
 
     models = {}
     for spec in a.model:
@@ -703,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="D3 dataset folder (default: the config's data)")
     s.add_argument("--grid", choices=["regularisers", "k"], help="regularisers: all 8 subsets of {orth, div, sparse}; "
                    "k: num_factors in --ks (default: the config's grid, regularisers)")
-    s.add_argument("--method-config", help="the FLR method's config YAML (e.g. configs/baselines/llm-cds-cpu.yaml)")
+    s.add_argument("--method-config", help="the FLR method's config YAML (e.g. configs/recommenders/llm-cds-cpu.yaml)")
     s.add_argument("--ks", help="grid k: comma-separated K values (default 1,2,3,4)")
     s.add_argument("--seeds", help="comma-separated, e.g. 1,2,3 (default: the config's seeds, 1,2,3)")
     s.add_argument("--limit", type=int, help="evaluate only the first N rows of the split (default: all rows)")
@@ -721,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing report.md (and its figures/)")
     s.set_defaults(fn=cmd_report)
 
-    s = sub.add_parser("config", help="list a config's keys, defaults and help (stages and baselines)")
+    s = sub.add_parser("config", help="list a config's keys, defaults and help (stages and recommenders)")
     s.add_argument("stage", choices=sorted(CONFIGS), help="which config: " + ", ".join(sorted(CONFIGS)))
     s.set_defaults(fn=cmd_config)
     _add_serving_parsers(sub, with_config)

@@ -21,27 +21,30 @@ def _banner(text: str) -> None:
 
 def results_table(rows: dict[str, dict]) -> str:
     """Markdown table of ``{method: evaluation summary}``."""
-    head = "| method | " + " | ".join(m.upper() for m in METRICS) + " | s/user | rows |"
-    lines = [head, "|" + "---|" * (len(METRICS) + 3)]
+    from flrec.analysis.tables import markdown_table
+
+    body = []
     for name, s in rows.items():
         m = s["metrics"]
         spu = (s.get("inference") or {}).get("seconds_per_user")
         cost = f"{spu:.3f}" if spu is not None else "-"
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in METRICS) + f" | {cost} | {s['n_rows']} |")
-    return "\n".join(lines)
+        body.append([name, *(f"{m[k]:.4f}" for k in METRICS), cost, str(s["n_rows"])])
+    return "\n".join(markdown_table(["method", *(m.upper() for m in METRICS), "s/user", "rows"], body))
 
 
 def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows: int | None = 64,
              config: str | Path | None = None) -> dict:
     """Run the main job on the embedded defaults; returns ``{method: summary}``."""
     from flrec.analysis.factors import factor_diagnostics, format_report
-    from flrec.baselines.llm import resolve_inference_dtype
-    from flrec.baselines.pop import Pop
+    from flrec.data.load import load_dataset
     from flrec.data.prompts import PromptBuilder
     from flrec.data.stats import dataset_stats, format_stats
+    from flrec.evaluation.metrics import EVAL_KS
     from flrec.evaluation.runner import EvalConfig, evaluate
+    from flrec.recommenders.llm import resolve_inference_dtype
+    from flrec.recommenders.pop import Pop
     from flrec.serving.load import load_llm_recommender
-    from flrec.training.sft import SFTConfig, load_dataset, run_sft
+    from flrec.training.sft import SFTConfig, run_sft
     from flrec.utils.io import atomic_write_json, atomic_write_text
     from flrec.utils.runid import model_identity
 
@@ -77,7 +80,7 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows:
     print(f"best step {res['best_step']} (valid loss {res['best_valid_loss']:.4f}); model: {res['model_dir']}")
 
     _banner(f"4/4 evaluation on the first {eval_rows} test rows (beam 10, full catalogue trie)")
-    ecfg = EvalConfig(split="test", limit=eval_rows, batch_size=8, ks=[1, 3, 5, 10], beam=10)
+    ecfg = EvalConfig(split="test", limit=eval_rows, batch_size=8, ks=list(EVAL_KS), beam=10)
     # bf16 only where the hardware runs it natively: emulated bf16 ranks several times slower than fp32.
     dtype = resolve_inference_dtype("auto")
     flr = load_llm_recommender(res["model_dir"], ds, dtype=dtype, beam=10)

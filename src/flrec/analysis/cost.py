@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flrec.baselines.base import Recommender
 from flrec.errors import ConfigError
+from flrec.recommenders.base import Recommender
 
 COST_ORDER = ("bigrec", "latentr3", "flr", "cot")  # the paper's Fig. 9 order
 
@@ -70,7 +70,7 @@ def inference_cost(models: Mapping[str, str | Path], dataset, split: str = "test
     Each model dir is an SFT run (or its ``best/``); ``cot`` takes a no-thought model (BIGRec's).
     ``cot_beam`` (default ``beam``) is the CoT method's beam (the paper used 1).
     """
-    from flrec.baselines.base import get_recommender
+    from flrec.recommenders.base import get_recommender
     from flrec.serving.load import resolve_model_dir
 
     if split not in dataset.splits:

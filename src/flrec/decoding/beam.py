@@ -29,11 +29,12 @@ from __future__ import annotations
 import torch
 
 from flrec.decoding.scoring import cf_log_probs, token_scores
-from flrec.decoding.state import PrefillState
 from flrec.decoding.trie import TitleTrie
 from flrec.errors import FlrecError
 from flrec.models.compat import expand_cache, lm_forward, new_cache, out_cache
+from flrec.models.flr import positions_from_mask
 from flrec.models.sharing import hoist_shared_prefix
+from flrec.models.state import PrefillState
 
 NEG_INF = float("-inf")
 
@@ -52,7 +53,7 @@ def prefill_plain(
     n = 0
     if share_prefix:
         input_ids, attention_mask, _, n = hoist_shared_prefix(input_ids, attention_mask)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    position_ids = positions_from_mask(attention_mask)
     cache = new_cache(model)
     if n:
         lm_forward(model, cache=cache, input_ids=input_ids[:1, :n], attention_mask=attention_mask[:1, :n],

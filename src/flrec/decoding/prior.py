@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from flrec.decoding.scoring import DecodingConfig, edge_weights, token_scores
-from flrec.decoding.state import PrefillState
 from flrec.decoding.trie import TitleTrie
 from flrec.errors import FlrecError
 from flrec.models.compat import lm_forward, out_cache
+from flrec.models.state import PrefillState
 from flrec.utils.io import atomic_save
 
 

@@ -3,7 +3,7 @@
 With ``p`` the LLM's next-token distribution at a trie node ``n`` and ``C(n)`` the node's allowed
 children (the tokens that keep the beam inside the catalogue), a title ``y = y_1..y_L`` (EOS
 included) gets ``S(y) = sum_i s(y_i)`` over its tokens, then ``S(y) / L ** length_penalty`` when
-it finishes (HF's length normalisation; ``length_penalty`` is :class:`~flrec.baselines.llm.LLMRecConfig`'s,
+it finishes (HF's length normalisation; ``length_penalty`` is :class:`~flrec.recommenders.llm.LLMRecConfig`'s,
 1.0 = today's default, 0.0 = the plain sum). The token score ``s`` is one of:
 
 * ``sum`` — ``s = log p(y_i)`` (today; the default).

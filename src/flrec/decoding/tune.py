@@ -13,7 +13,7 @@ item-level quality without losing title-level quality); the first point always q
 Outputs, in the model directory (never overwritten without ``force``):
 
 * ``decoding.json`` — the best plain decoding (gamma = 1), which loading applies
-  (:meth:`~flrec.baselines.llm.LLMRecommender.apply_decoding_file`);
+  (:meth:`~flrec.recommenders.llm.LLMRecommender.apply_decoding_file`);
 * ``decoding+assistant.json`` — with an assistant: the best point overall, used only by the
   assisted method (``flr+sasrec``), never by plain FLR;
 * the whole search (every point, its metrics, the chosen ones) as JSON (``decoding_search.json``
@@ -35,7 +35,7 @@ from flrec.config import ConfigBase, option
 from flrec.data.schema import RecDataset
 from flrec.decoding.scoring import SCORINGS, DecodingConfig
 from flrec.errors import ConfigError, FlrecError
-from flrec.evaluation.metrics import metrics_from_ranks, target_rank
+from flrec.evaluation.metrics import TUNE_KS, metrics_from_ranks, target_rank
 from flrec.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,8 @@ def _point_key(p: dict) -> str:
 def tune_decoding(recommender, dataset: RecDataset, cfg: TuneConfig, model_dir: str | Path) -> dict:
     """Search the grid of ``cfg`` with ``recommender`` (an LLM recommender; its ``assistant`` enables
     ``gammas``) on ``dataset[cfg.split]``; write the choice(s) into ``model_dir`` and return the search."""
-    from flrec.baselines.llm import ASSISTED_DECODING_FILE, DECODING_FILE
     from flrec.evaluation.analysis import item_popularity_weights
+    from flrec.recommenders.llm import ASSISTED_DECODING_FILE, DECODING_FILE
 
     model_dir = Path(model_dir)
     out = Path(cfg.out) if cfg.out else model_dir / "decoding_search.json"
@@ -130,7 +130,7 @@ def tune_decoding(recommender, dataset: RecDataset, cfg: TuneConfig, model_dir: 
 
     gammas = cfg.gammas if assisted else [1.0]
     searches = [(s, lp, g) for g in gammas for s in cfg.scorings for lp in cfg.length_penalties]
-    ks = sorted({1, 5, 10, k})
+    ks = sorted({*TUNE_KS, k})
     for scoring, lp, gamma in tqdm(searches, desc="tune-decoding", unit="search", disable=None):
         dec = cfg.base.replace(scoring=scoring, gamma=gamma, pmi_alpha=0.0)
         todo = [a for a in cfg.alphas if _point_key(_point(dec.replace(pmi_alpha=a), lp)) not in points]
@@ -191,9 +191,9 @@ def tune_model_dir(model: str | Path, dataset: RecDataset, cfg: TuneConfig, assi
                    dtype: str = "float32") -> dict:
     """Load the model at ``model`` (a run dir or model dir; see :func:`flrec.serving.load.resolve_model_dir`),
     optionally an assistant saved by an ID recommender's ``save``, and run :func:`tune_decoding`."""
-    from flrec.baselines.base import get_recommender
-    from flrec.baselines.llm import LLMRecConfig, load_saved_recommender
     from flrec.models.recommender import CONFIG_NAME
+    from flrec.recommenders.base import get_recommender
+    from flrec.recommenders.llm import LLMRecConfig, load_saved_recommender
     from flrec.serving.load import _CLASS_BY_REASONER, resolve_model_dir
 
     model_dir = resolve_model_dir(model)

@@ -73,7 +73,7 @@ class AblateConfig(ConfigBase):
 
 
 def _resolved_flr(cfg: AblateConfig, base: dict[str, Any]):
-    from flrec.baselines.base import get_recommender
+    from flrec.recommenders.base import get_recommender
 
     cls = get_recommender(cfg.method)
     config_cls = getattr(cls, "config_cls", None)

@@ -46,7 +46,7 @@ from typing import Any, Literal
 import yaml
 
 from flrec.analysis.longtail import average_groups
-from flrec.baselines.base import available_recommenders, get_recommender
+from flrec.analysis.tables import markdown_table
 from flrec.config import ConfigBase, option, save_run_metadata
 from flrec.data.schema import SPLITS, RecDataset
 from flrec.errors import ConfigError
@@ -57,6 +57,7 @@ from flrec.evaluation.analysis import (
     relative_improvement,
     summarise_seeds,
 )
+from flrec.evaluation.metrics import EVAL_KS
 from flrec.evaluation.runner import (
     PARTIAL,
     PROGRESS,
@@ -67,6 +68,7 @@ from flrec.evaluation.runner import (
     format_seconds,
     load_ranks,
 )
+from flrec.recommenders.base import available_recommenders, get_recommender
 from flrec.utils.io import atomic_write_json, atomic_write_text, dir_lock
 from flrec.utils.runid import (
     FINGERPRINT,
@@ -173,7 +175,7 @@ class CompareConfig(ConfigBase):
     def eval_config(self) -> EvalConfig:
         # The table needs @5 and @10, so EvalConfig's check asks for beam >= 10.
         return EvalConfig(split=self.split, limit=self.limit, batch_size=self.batch_size, beam=self.beam,
-                          ks=[1, 3, 5, 10], protocol=self.protocol)
+                          ks=list(EVAL_KS), protocol=self.protocol)
 
     def method_config(self, method: str) -> dict[str, Any]:
         """The override dict for ``method`` (a YAML path is read here)."""
@@ -228,7 +230,7 @@ def default_fit_and_eval(
 
 
 def _default_loader(data: str) -> RecDataset:
-    from flrec.training.sft import load_dataset  # lazy: D3 folder or embedded:synth
+    from flrec.data.load import load_dataset  # lazy: D3 folder or embedded:synth
 
     return load_dataset(data)
 
@@ -564,7 +566,7 @@ def format_markdown(summary: dict) -> str:
     item_cols = ITEM_TABLE_METRICS if ranked else (ITEM_METRIC,)
     head = ["method", *[m.upper() for m in TABLE_METRICS], *[f"item {m.upper()}" for m in item_cols], "seeds", "rows",
             "s/user", "distinct top-1", f"{ref} vs. method (N@10)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
+    body = []
     for name, st in summary["methods"].items():
         imp = rel.get(name, {}).get(SIG_METRIC)
         spu, top1 = st.get("seconds_per_user"), st.get("top1_distinct_share")
@@ -577,8 +579,8 @@ def format_markdown(summary: dict) -> str:
         cells = [_fmt(st[m], n) for m in TABLE_METRICS] + icells + [str(n), str(st["n_rows"]),
             "" if spu is None else f"{spu:.4f}", "" if top1 is None else f"{top1:.1%}",
             "" if name not in rel else ("n/a" if imp is None else f"{imp:+.2f}%")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("")
+        body.append([name, *cells])
+    lines = [*markdown_table(head, body, numeric=True), ""]
     if sig.get("skipped"):
         lines.append(f"Significance test skipped: {sig['skipped']}.")
     else:

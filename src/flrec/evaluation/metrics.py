@@ -26,8 +26,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-DEFAULT_KS: tuple[int, ...] = (1, 3, 5, 10, 20)
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# Every list of cut-offs K lives here (one per use, so none changes behind another's back).
+DEFAULT_KS: tuple[int, ...] = (1, 3, 5, 10, 20)  # metrics_from_ranks' default
+EVAL_KS: tuple[int, ...] = (1, 3, 5, 10)  # flrec evaluate / compare / demo (the tables need @5 and @10)
+ID_VALID_KS: tuple[int, ...] = (5, 10)  # ID models' per-epoch validation (early stopping on NDCG@10)
+TUNE_KS: tuple[int, ...] = (1, 5, 10)  # tune-decoding reports these and the K it tunes for
 
 
 def target_rank(ranked_titles: Sequence[str], target_title: str) -> int | None:
@@ -54,4 +62,21 @@ def metrics_from_ranks(ranks: Iterable[int | None], ks: Sequence[int] = DEFAULT_
     for k in ks:
         out[f"hr@{k}"] = sum(hit_at(r, k) for r in ranks) / n
         out[f"ndcg@{k}"] = sum(ndcg_at(r, k) for r in ranks) / n
+    return out
+
+
+def metrics_from_rank_tensor(ranks: Tensor, ks: Sequence[int] = ID_VALID_KS) -> dict[str, float]:
+    """:func:`metrics_from_ranks` for a tensor of 1-based ranks (ID models: every target has a rank).
+
+    Vectorised (tens of thousands of validation rows per epoch); the same HR/NDCG formulas, reduced
+    in float64 by torch, so the last bits may differ from the Python sum.
+    """
+    import torch  # lazy: the rest of this module is plain Python
+
+    out: dict[str, float] = {}
+    r = ranks.double()
+    for k in ks:
+        hit = r <= k
+        out[f"hr@{k}"] = hit.double().mean().item()
+        out[f"ndcg@{k}"] = torch.where(hit, 1.0 / torch.log2(r + 1), 0.0).mean().item()
     return out

@@ -1,4 +1,4 @@
-"""Evaluate a :class:`~flrec.baselines.base.Recommender` on a split: per-row records, metrics,
+"""Evaluate a :class:`~flrec.recommenders.base.Recommender` on a split: per-row records, metrics,
 decoding-bias diagnostics, popularity groups, inference cost; resumable.
 
 **Hit protocol (title level).** Every method returns distinct catalogue titles, best first. A row's
@@ -42,12 +42,12 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from flrec.baselines.base import Ranked, Recommender
 from flrec.config import ConfigBase, option, save_run_metadata
 from flrec.data.schema import SPLITS, Interaction, RecDataset
 from flrec.errors import ConfigError, DataError, FlrecError
 from flrec.evaluation.analysis import POPULAR_FRACTION, add_item_ranks, item_level_summary, popular_items
-from flrec.evaluation.metrics import metrics_from_ranks, target_rank
+from flrec.evaluation.metrics import EVAL_KS, metrics_from_ranks, target_rank
+from flrec.recommenders.base import Ranked, Recommender
 from flrec.utils.io import atomic_write_json, atomic_write_jsonl, dir_lock, read_jsonl_tolerant
 from flrec.utils.runid import (
     FINGERPRINT,
@@ -63,7 +63,6 @@ from flrec.utils.seed import seed_everything
 
 log = logging.getLogger(__name__)
 
-EVAL_KS: tuple[int, ...] = (1, 3, 5, 10)
 RECORDED_TOP = 20  # titles/scores kept per row in ranks.jsonl
 HIT_K_DIAG = 10  # K of the "hits on shared titles" diagnostic
 RANKS, SUMMARY = "ranks.jsonl", "summary.json"

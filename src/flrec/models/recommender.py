@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from flrec.config import ConfigBase, option
-from flrec.decoding.state import PrefillState
 from flrec.errors import ConfigError, FlrecError
 from flrec.models.compat import cache_kwarg, crop_cache, expand_cache, fork_cache, new_cache
 from flrec.models.flr import EmbeddingScale, FactorizedLatentReasoner, ReasonerOutput, positions_from_mask  # noqa: F401
@@ -36,6 +35,7 @@ from flrec.models.freeze import frozen_bottom_no_grad, parse_top, set_top_traina
 from flrec.models.losses import FLRObjective
 from flrec.models.reasoners import build_reasoner
 from flrec.models.sharing import hoist_shared_prefix, shared_head_len
+from flrec.models.state import PrefillState
 
 CONFIG_NAME = "flr_config.json"
 STATE_NAME = "flr_state.safetensors"
@@ -244,19 +244,21 @@ class FLRRecommender(nn.Module):
         self.objective.step.fill_(step)
 
     # ----------------------------------------------------------------------------------- plumbing
-    def _causal_lm(self) -> nn.Module:
+    @property
+    def causal_lm(self) -> nn.Module:
+        """The backbone's causal LM without a LoRA (PEFT) wrapper (output embeddings, cache, saving)."""
         get_base = getattr(self.backbone, "get_base_model", None)
         return get_base() if callable(get_base) else self.backbone
 
     def _decoder(self) -> nn.Module:
-        return self._causal_lm().get_decoder()
+        return self.causal_lm.get_decoder()
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.backbone.get_input_embeddings()(ids)
 
     def _lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         # Only the positions that need logits reach the vocabulary projection (it dominates CPU cost).
-        return self._causal_lm().get_output_embeddings()(hidden)
+        return self.causal_lm.get_output_embeddings()(hidden)
 
     def _run(self, embeds, mask, positions, cache=None):
         """Last-layer (post-norm) hidden states; appends to ``cache`` when one is given."""
@@ -318,7 +320,7 @@ class FLRRecommender(nn.Module):
         if prefix is not None:
             cache, h_prefix = fork_cache(prefix.cache), prefix.hidden
         else:
-            cache = new_cache(self._causal_lm())
+            cache = new_cache(self.causal_lm)
             h_prefix = self._encode(prompt_ids[:, :-1], prompt_mask[:, :-1], positions[:, : p - 1], cache)
         e = self.thought_init.to(h_prefix.dtype).expand(prompt_ids.shape[0], -1)
         detach_aux = self._detach_aux()
@@ -343,7 +345,7 @@ class FLRRecommender(nn.Module):
         positions = positions_from_mask(mask)
         p = prompt_ids.shape[1]
         if not self.config.uses_thought:
-            cache = new_cache(self._causal_lm())
+            cache = new_cache(self.causal_lm)
             h_prompt = self._encode(prompt_ids, prompt_mask, positions[:, :p], cache)
             h_target = self._run(self._embed(target_ids), mask, positions[:, p:], cache)
             pred = torch.cat([h_prompt[:, -1:], h_target[:, :-1]], dim=1)  # position t predicts token t+1
@@ -408,7 +410,7 @@ class FLRRecommender(nn.Module):
         self._check_thought(prompt_ids)
         prompt_ids, prompt_mask, _ = self.layout(prompt_ids, prompt_mask, prompt_items)
         positions = positions_from_mask(prompt_mask)
-        cache = new_cache(self._causal_lm())
+        cache = new_cache(self.causal_lm)
         hidden = self._encode(prompt_ids[:, :-1], prompt_mask[:, :-1], positions[:, :-1], cache)
         return PromptPrefix(hidden=hidden, cache=cache)
 
@@ -471,7 +473,7 @@ class FLRRecommender(nn.Module):
         """
         prompt_ids, prompt_mask, prompt_items = self.layout(prompt_ids, prompt_mask, prompt_items)
         positions = positions_from_mask(prompt_mask)
-        cache = new_cache(self._causal_lm())
+        cache = new_cache(self.causal_lm)
         if self.config.uses_thought:
             e, cache, _, _ = self.refine(prompt_ids, prompt_mask, positions, prompt_items)
             p = prompt_ids.shape[1]
@@ -504,7 +506,7 @@ class FLRRecommender(nn.Module):
         elif mode == "frozen":
             self.backbone.requires_grad_(False)
         elif top is not None:
-            self.frozen_blocks = set_top_trainable(self._decoder(), self._causal_lm(), top)
+            self.frozen_blocks = set_top_trainable(self._decoder(), self.causal_lm, top)
         else:
             self.backbone.requires_grad_(True)
         self.trainable_mode = mode
@@ -538,7 +540,7 @@ class FLRRecommender(nn.Module):
         if self.trainable_mode == "lora":
             self.backbone.save_pretrained(path / "adapter")
         elif self.trainable_mode == "full" or parse_top(self.trainable_mode):
-            self._causal_lm().save_pretrained(path / "backbone")
+            self.causal_lm.save_pretrained(path / "backbone")
             if tokenizer is not None:  # a self-contained HF directory, loadable on its own
                 tokenizer.save_pretrained(path / "backbone")
         if tokenizer is not None:

@@ -106,7 +106,7 @@ def _cli_run_data(dirs: list[Path]) -> str | None:
 
 
 def _load_data(spec: str, where: str):
-    from flrec.training.sft import load_dataset
+    from flrec.data.load import load_dataset
 
     try:
         return load_dataset(spec)
@@ -117,7 +117,7 @@ def _load_data(spec: str, where: str):
 
 def _resolve_source(source: Path, data: str | None):
     """Load the recommender behind ``source``; returns (recommender, method, dataset or None, provenance)."""
-    from flrec.baselines.base import get_recommender
+    from flrec.recommenders.base import get_recommender
 
     if (source / MANIFEST).is_file():
         raise FlrecError(f"{source} is already an export; load it with flrec.serving.load_recommender or copy it")
@@ -140,8 +140,8 @@ def _resolve_source(source: Path, data: str | None):
         return rec, method, dataset, {"source": str(source.resolve()), "saved_recommender": str(save_dir.resolve()),
                                       "summary_dirs": [cell]}
     # An SFT run (or its best/ folder, or a demo run): the model directory plus the dataset's catalogue.
-    from flrec.baselines.llm import LLMRecConfig
     from flrec.models.recommender import CONFIG_NAME
+    from flrec.recommenders.llm import LLMRecConfig
     from flrec.serving.load import resolve_model_dir
 
     model_dir = resolve_model_dir(source)
@@ -189,7 +189,7 @@ def _try_data(spec: str | None):
     if not spec:
         return None
     try:
-        from flrec.training.sft import load_dataset
+        from flrec.data.load import load_dataset
 
         return load_dataset(spec)
     except FlrecError:
@@ -218,7 +218,7 @@ def export(source: str | Path, out: str | Path, *, data: str | None = None, over
     if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
         raise FlrecError(f"--out {out} lies inside the source {source}; export to a separate directory")
     rec, method, dataset, prov = _resolve_source(source, data)
-    from flrec.baselines.llm import LLMRecommender
+    from flrec.recommenders.llm import LLMRecommender
 
     # generative (flr, latentr3, bigrec, base, flr+sasrec, ...) or an ID model scoring every item
     kind = "llm" if isinstance(rec, LLMRecommender) else "id"

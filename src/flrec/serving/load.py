@@ -28,10 +28,10 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 def load_llm_recommender(path: str | Path, dataset: RecDataset, dtype: str = "float32", beam: int = 10,
                          batch_size: int = 8):
-    """An :class:`~flrec.baselines.llm.LLMRecommender` over ``dataset``'s catalogue from a model dir."""
-    from flrec.baselines.base import get_recommender
-    from flrec.baselines.llm import LLMRecConfig
+    """An :class:`~flrec.recommenders.llm.LLMRecommender` over ``dataset``'s catalogue from a model dir."""
     from flrec.models.recommender import CONFIG_NAME
+    from flrec.recommenders.base import get_recommender
+    from flrec.recommenders.llm import LLMRecConfig
 
     model_dir = resolve_model_dir(path)
     reasoner = json.loads((model_dir / CONFIG_NAME).read_text())["flr"]["reasoner"]

@@ -87,8 +87,8 @@ class ServedRecommender:
 
     @property
     def recommender(self):
-        """The underlying :class:`~flrec.baselines.base.Recommender` (read from disk on first use)."""
-        from flrec.baselines.base import Recommender
+        """The underlying :class:`~flrec.recommenders.base.Recommender` (read from disk on first use)."""
+        from flrec.recommenders.base import Recommender
 
         if not isinstance(self._recommender, Recommender):  # a loader
             self._recommender = self._recommender()
@@ -311,7 +311,7 @@ def load_recommender(path: str | Path, *, dtype: str | None = None, beam: int | 
     ``dtype`` (float32 | bfloat16), ``beam`` and ``batch_size`` override an LLM recommender's
     exported decoding settings. ``lazy``: read the catalogue now and the weights on first use.
     """
-    from flrec.baselines.base import get_recommender
+    from flrec.recommenders.base import get_recommender
 
     path = Path(path)
     if not (path / MANIFEST).is_file():

@@ -429,9 +429,11 @@ def grpo_fingerprint(cfg: GRPOConfig, dataset, model_dir: Path) -> dict:
 
 def build_grpo_trainer(cfg: GRPOConfig, dataset=None) -> GRPOTrainer:
     """The SFT model, the encoded rows, the title trie and the trainer (nothing is written yet)."""
+    from flrec.data.load import load_dataset
     from flrec.data.prompts import PromptBuilder, collate_left_padded
     from flrec.decoding.trie import TitleTrie
-    from flrec.training.sft import DTYPES, load_dataset, subsample
+    from flrec.training.sft import subsample
+    from flrec.utils.dtypes import DTYPES
 
     model_dir = sft_model_dir(cfg.from_run)
     dataset = dataset or load_dataset(cfg.data or _run_data(cfg.from_run))

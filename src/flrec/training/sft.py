@@ -17,13 +17,13 @@ from typing import Literal
 import torch
 
 from flrec.config import ConfigBase, option
+from flrec.data.load import load_dataset
 from flrec.data.schema import RecDataset
 from flrec.errors import ConfigError
 from flrec.models.recommender import FLRConfig, FLRRecommender
 from flrec.training.trainer import TRAIN_COSMETIC, TrainConfig, Trainer
+from flrec.utils.dtypes import DTYPES
 from flrec.utils.runid import config_identity, dataset_hash, make_fingerprint, model_identity
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -76,17 +76,6 @@ class SFTConfig(ConfigBase):
             if v is not None and v < 1:
                 raise ConfigError(f"{key} must be >= 1 or null (all rows), got {v}")
         self.train = self.train.replace(output_dir=self.run_dir)
-
-
-def load_dataset(spec: str | Path) -> RecDataset:
-    """A dataset from a D3 directory or ``embedded:synth`` (the project's generated default)."""
-    from flrec.data.d3 import read_d3
-
-    if str(spec).startswith("embedded:"):
-        from flrec.data.embedded import embedded_dataset_dir
-
-        return read_d3(embedded_dataset_dir(str(spec).split(":", 1)[1]))
-    return read_d3(Path(spec))
 
 
 def subsample(rows: list, limit: int | None, seed: int) -> list:

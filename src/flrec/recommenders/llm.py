@@ -1,0 +1,480 @@
+"""LLM recommenders behind the common contract: FLR, LatentR3-style, BIGRec-style and Base.
+
+They differ only in :class:`~flrec.models.recommender.FLRConfig` (``reasoner``) and in whether
+they train; all share SFT (:mod:`flrec.training.sft`) and constrained beam-search ranking.
+
+* ``flr`` — K factors, gate, N=2 refinement steps, three regularisers (the paper).
+* ``latentr3`` — one attention head queried by the pre-thought state, one step, no regularisers.
+* ``bigrec`` — the same SFT without a thought token; grounding by the title trie (as the paper's
+  protocol does for every generative method).
+* ``base`` — the untuned backbone with the same prompt and constrained decoding.
+* ``flr+sasrec`` — FLR decoded with a text-free assistant (D3): an ID model (SASRec by default)
+  mixed into every token's score (``decoding.gamma``). It is its own method, never "FLR".
+
+Decoding options (``decoding.*``, :class:`~flrec.decoding.scoring.DecodingConfig`) choose the token
+score, the PMI prior correction, exclude-seen and how titles become ranked items; their defaults
+are today's decoding. ``flrec tune-decoding`` (:mod:`flrec.decoding.tune`) picks them on validation
+rows and writes them to the model directory as ``decoding.json``, which loading applies unless
+``use_tuned_decoding=false``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+
+from flrec.config import ConfigBase, option
+from flrec.data.schema import Catalogue, Interaction, RecDataset
+from flrec.decoding.scoring import DecodingConfig
+from flrec.errors import ConfigError, FlrecError
+from flrec.recommenders.base import Ranked, Recommender, get_recommender, register_recommender
+from flrec.training.sft import SFTConfig, build_model, run_sft
+from flrec.utils.dtypes import DTYPES
+
+DECODING_FILE = "decoding.json"  # tuned decoding of a model directory (flrec tune-decoding)
+ASSISTED_DECODING_FILE = "decoding+assistant.json"  # the same, tuned with an ID-model assistant
+ItemRanked = list[tuple[int, float]]  # item ids, best first, with scores
+Candidates = list[list[tuple[int, float]]]  # per row: (title index in the trie, beam score)
+
+
+def resolve_inference_dtype(name: str) -> str:
+    """``"auto"`` -> ``"bfloat16"`` where the hardware runs it natively, else ``"float32"``; others unchanged."""
+    if name != "auto":
+        return name
+    from flrec.training.trainer import resolve_mixed_precision
+
+    return "bfloat16" if resolve_mixed_precision("auto") == "bf16" else "float32"
+
+
+@dataclass
+class LLMRecConfig(ConfigBase):
+    """Training (SFT) and ranking settings of an LLM recommender."""
+
+    sft: SFTConfig = option(factory=SFTConfig, help="the SFT stage (data is taken from the dataset passed to fit)")
+    beam: int = option(10, help="beam width of constrained decoding = number of ranked titles (>= the largest K)")
+    length_penalty: float = option(1.0, help="HF-style length normalisation of finished beams (1.0 = HF default)")
+    batch_size: int = option(8, help="users decoded together (results do not depend on it)")
+    inference_dtype: Literal["float32", "bfloat16", "auto"] = option(
+        "float32", help="weights dtype for ranking; bfloat16 is ~2x faster on CPUs with native bf16 and much slower "
+        "(emulated) on CPUs without; auto = bfloat16 where native (a bf16 GPU, or a CPU with AVX512-BF16/AMX), "
+        "else float32")
+    seed: int | None = option(None, help="if set, overrides sft.seed and sft.train.seed (flrec compare sets it per cell)")
+    decoding: DecodingConfig = option(
+        factory=DecodingConfig, help="decoding scoring, PMI prior, assistant mixing, exclude-seen, item-level split")
+    use_tuned_decoding: bool = option(
+        True, help="when loading a model directory, apply the decoding.json that flrec tune-decoding wrote there")
+
+    def __post_init__(self) -> None:
+        if self.beam < 1:
+            raise ConfigError("beam must be >= 1 (the paper uses 10)")
+        if self.seed is not None:
+            self.sft = self.sft.replace(seed=self.seed, train=self.sft.train.replace(seed=self.seed))
+
+
+class LLMRecommender(Recommender):
+    """Shared implementation; subclasses pick the reasoner and whether ``fit`` trains."""
+
+    reasoner: ClassVar[str] = "flr"
+    trains: ClassVar[bool] = True
+    config_cls: ClassVar[type] = LLMRecConfig
+
+    def __init__(self, catalogue: Catalogue | None = None, config: LLMRecConfig | None = None):
+        config = config or self.config_cls()
+        # A copy: the caller's config (e.g. one YAML shared by flr, latentr3 and bigrec in a
+        # comparison) keeps its own reasoner.
+        self.config = config.replace(sft=config.sft.replace(flr=config.sft.flr.replace(reasoner=self.reasoner)))
+        self.catalogue = catalogue
+        self.model = self.tokenizer = self.builder = self._trie = None
+        self.last_generated_tokens = 0  # tokens of the titles returned by the last recommend(); the runner's tokens/s
+        self.last_item_rankings: list[ItemRanked] | None = None  # items of the last recommend() (item protocol)
+        self.assistant: Recommender | None = None  # an ID model mixed into decoding (flr+sasrec)
+        self.item_popularity: np.ndarray | None = None  # train count + 1 per item: shares a title among its items
+        self._priors: dict[str, Any] = {}
+        self._fingerprint: str | None = None
+
+    # ------------------------------------------------------------------------------------ fitting
+    def fit(self, dataset: RecDataset, run_dir: str | Path | None = None) -> LLMRecommender:
+        from flrec.evaluation.analysis import item_popularity_weights
+
+        self.catalogue = dataset.catalogue
+        self.item_popularity = item_popularity_weights(dataset)
+        sft = self.config.sft
+        if run_dir is not None:
+            sft = sft.replace(run_dir=str(Path(run_dir) / "sft"))
+        if not self.trains:
+            model, tokenizer, _ = build_model(sft, dataset)
+            self._attach(model, tokenizer, dataset)
+            return self
+        result = run_sft(sft, dataset)
+        self._attach(*_load_model(result["model_dir"]), dataset)
+        return self
+
+    def _attach(self, model, tokenizer, dataset: RecDataset | None, domain: str | None = None) -> None:
+        from flrec.data.prompts import PromptBuilder
+
+        # Prompts must be built exactly as in training: the model carries its prompt settings; the
+        # config (and then the dataset) only fill in what an older/untrained model does not say.
+        sft = self.config.sft
+        ps = dict(model.prompt_settings)
+        ps.setdefault("domain", sft.domain or domain or (dataset.domain if dataset else "item"))
+        ps.setdefault("max_history", sft.max_history)
+        ps.setdefault("max_prompt_tokens", sft.max_prompt_tokens)
+        ps.setdefault("template", sft.prompt_template)
+        # a saved recommender then rebuilds identical prompts
+        self.config = self.config.replace(
+            sft=sft.replace(**{("prompt_template" if k == "template" else k): v for k, v in ps.items()}))
+        self.model, self.tokenizer = model, tokenizer
+        self.builder = PromptBuilder(tokenizer, use_thought=model.config.uses_thought, **ps)
+        self._trie = None
+        self._fingerprint = None
+
+    def attach_assistant(self, assistant: Recommender) -> None:
+        """Use ``assistant`` (any recommender with :meth:`Recommender.score`) as the text-free assistant."""
+        if self.catalogue is not None and assistant.catalogue.titles != self.catalogue.titles:
+            raise ConfigError(f"the assistant '{assistant.name}' was trained on another catalogue ({len(assistant.catalogue)} "
+                              f"items, here {len(self.catalogue)}); train it on the same dataset")
+        self.assistant = assistant
+
+    def apply_decoding_file(self, path: str | Path) -> None:
+        """Adopt the decoding stored in ``path`` (``{"length_penalty": .., "decoding": {..}}``, as
+        written by ``flrec tune-decoding``); keys it does not name keep their current values."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise FlrecError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}); re-run flrec tune-decoding") from None
+        if not isinstance(data, dict) or not isinstance(data.get("decoding", {}), dict):
+            raise FlrecError(f"{path}: expected {{\"length_penalty\": .., \"decoding\": {{..}}}}; re-run flrec tune-decoding")
+        dec = DecodingConfig.from_dict({**self.config.decoding.to_dict(), **data.get("decoding", {})},
+                                       source=f"{path} decoding")
+        lp = data.get("length_penalty", self.config.length_penalty)
+        if not isinstance(lp, int | float):
+            raise FlrecError(f"{path}: length_penalty {lp!r} is not a number")
+        self.config = self.config.replace(decoding=dec, length_penalty=float(lp))
+        self._tuned_from = str(path)
+
+    def decoding_info(self) -> dict[str, Any]:
+        """The decoding in use (recorded in evaluation summaries): options, length penalty, where
+        they came from (``tuned_from``: the decoding file applied at load, if any) and the assistant."""
+        return {"length_penalty": self.config.length_penalty, **self.config.decoding.to_dict(),
+                "tuned_from": getattr(self, "_tuned_from", None),
+                "assistant": None if self.assistant is None else self.assistant.name}
+
+    # ------------------------------------------------------------------------------------ ranking
+    def _prepare(self) -> None:
+        from flrec.decoding.trie import TitleTrie
+
+        if self.model is None:
+            raise ConfigError(f"{self.name}: no model yet; call fit() or load() first")
+        dtype = DTYPES[resolve_inference_dtype(self.config.inference_dtype)]
+        if next(self.model.parameters()).dtype != dtype:
+            self.model.to(dtype)
+            self._fingerprint = None
+        self.model.eval()
+        if self._trie is None:
+            vocab = self.model.causal_lm.get_output_embeddings().weight.shape[0]
+            self._trie = TitleTrie.build(self.tokenizer, self.catalogue.unique_titles, vocab_size=vocab)
+            self._title_len = self._trie.title_lengths().tolist()
+            index = {t: i for i, t in enumerate(self._trie.titles)}
+            self._item_title = torch.tensor([index[t] for t in self.catalogue.titles], dtype=torch.long)
+            self._title_size = torch.bincount(self._item_title, minlength=len(index))
+            self._edge_w: dict[str, torch.Tensor | None] = {}
+
+    @torch.inference_mode()
+    def recommend(self, rows: Sequence[Interaction], k: int = 20, batch_size: int | None = None) -> list[Ranked]:
+        """Top titles per row by trie-constrained beam search (beam = ``config.beam``; k <= beam).
+
+        Also sets :attr:`last_item_rankings` (the same rows as ranked items, see
+        :func:`~flrec.evaluation.analysis.expand_titles_to_items`).
+        """
+        cands, probs = self.decode_candidates(rows, batch_size=batch_size)
+        titles, items = self.finalise(rows, cands, probs, k=k)
+        self.last_item_rankings = items
+        return titles
+
+    def recommend_items(self, rows: Sequence[Interaction], k: int = 20, batch_size: int | None = None) -> list[ItemRanked]:
+        """Top-``k`` *items* per row: the beam's titles split over the items they name
+        (``decoding.item_split`` / ``item_tiebreak``; history items dropped with ``exclude_seen``)."""
+        self.recommend(rows, k=k, batch_size=batch_size)
+        return self.last_item_rankings
+
+    def decode_candidates(self, rows: Sequence[Interaction], decoding: DecodingConfig | None = None,
+                          length_penalty: float | None = None, batch_size: int | None = None
+                          ) -> tuple[Candidates, list[torch.Tensor | None]]:
+        """Beam-search candidates per row (before the prior correction) and, where the assistant is
+        used, its item distribution per row. ``decoding``/``length_penalty`` default to the config's."""
+        from flrec.data.prompts import collate_left_padded
+        from flrec.decoding.beam import constrained_beam_search
+
+        dec = decoding or self.config.decoding
+        lp = self.config.length_penalty if length_penalty is None else length_penalty
+        self._prepare()
+        self.last_generated_tokens = 0
+        # Decoding is driven by the recommender's own batch size: beam search memory grows with
+        # users x beams, so an evaluation runner's large batch is split here.
+        bs = min(batch_size or self.config.batch_size, self.config.batch_size)
+        cands: Candidates = []
+        probs: list[torch.Tensor | None] = []
+        for start in range(0, len(rows), bs):
+            chunk = rows[start : start + bs]
+            q = self._assistant_probs(chunk, dec)
+            extra: dict[str, Any] = {}
+            if dec.exclude_seen:
+                seen, allowed = self._seen(chunk)
+                extra["node_allowed"] = self._trie.node_mass(allowed.double()) > 0
+                if q is not None:
+                    q = q.masked_fill(seen, 0.0)  # the assistant's mass of seen items must not pull beams
+            if q is not None and dec.gamma < 1.0:
+                tm = torch.zeros(len(chunk), len(self._trie.titles), dtype=torch.float64)
+                extra["node_mass"] = self._trie.node_mass(tm.index_add_(1, self._item_title, q))
+                extra["gamma"] = dec.gamma
+            examples = self.builder.encode_rows(chunk, self.catalogue)
+            batch = collate_left_padded(examples, self.tokenizer.pad_token_id)
+            state = self._prefill(batch)
+            ranked = constrained_beam_search(self.model.backbone, state, self._trie, beam_size=self.config.beam,
+                                             length_penalty=lp, scoring=dec.scoring,
+                                             edge_weight=self._edge_weights(dec), **extra)
+            for r, hyps in enumerate(ranked):
+                cands.append(hyps)
+                probs.append(None if q is None else q[r])
+                self.last_generated_tokens += sum(self._title_len[i] for i, _ in hyps)
+        return cands, probs
+
+    def _prefill(self, batch: dict[str, torch.Tensor]):
+        """The decoding state after reading the prompt (a subclass may generate more first, e.g. ``cot``)."""
+        return self.model.prefill(batch["prompt_ids"], batch["prompt_mask"], batch.get("prompt_items"))
+
+    def finalise(self, rows: Sequence[Interaction], cands: Candidates, probs: Sequence[torch.Tensor | None],
+                 decoding: DecodingConfig | None = None, length_penalty: float | None = None, k: int = 20
+                 ) -> tuple[list[Ranked], list[ItemRanked]]:
+        """Apply the prior correction to the candidates and return the top-``k`` titles and items per row."""
+        from flrec.evaluation.analysis import expand_titles_to_items
+
+        dec = decoding or self.config.decoding
+        lp = self.config.length_penalty if length_penalty is None else length_penalty
+        if dec.pmi_alpha != 0.0:
+            used = sorted({t for hyps in cands for t, _ in hyps})
+            prior = dict(zip(used, self.title_prior(used, dec, lp).tolist(), strict=True))
+            cands = [sorted(((t, s - dec.pmi_alpha * prior[t]) for t, s in hyps), key=lambda x: -x[1])
+                     for hyps in cands]
+        titles = self._trie.titles
+        out_titles = [[(titles[i], s) for i, s in hyps[:k]] for hyps in cands]
+        pop = self.item_popularity if self.item_popularity is not None else np.ones(len(self.catalogue))
+        out_items = []
+        for row, hyps, q in zip(rows, cands, probs, strict=True):
+            w = q.numpy() if dec.item_tiebreak == "assistant" and q is not None else pop
+            excl = set(row.history) if dec.exclude_seen else ()
+            out_items.append(expand_titles_to_items([(titles[i], s) for i, s in hyps], self.catalogue, w,
+                                                    dec.item_split, excl, k))
+        return out_titles, out_items
+
+    def _edge_weights(self, dec: DecodingConfig) -> torch.Tensor | None:
+        from flrec.decoding.scoring import edge_weights
+
+        key = json.dumps(dec.signature(), sort_keys=True)
+        if key not in self._edge_w:
+            self._edge_w[key] = edge_weights(self._trie, dec)
+        return self._edge_w[key]
+
+    def _assistant_probs(self, chunk: Sequence[Interaction], dec: DecodingConfig) -> torch.Tensor | None:
+        if self.assistant is None or (dec.gamma >= 1.0 and dec.item_tiebreak != "assistant"):
+            return None
+        scores = self.assistant.score(chunk).double().cpu()
+        return torch.softmax(scores / dec.cf_temperature, dim=1)
+
+    def _seen(self, chunk: Sequence[Interaction]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, n_items) history items, (B, T) titles that still name an unseen item."""
+        seen = torch.zeros(len(chunk), len(self.catalogue), dtype=torch.bool)
+        for r, row in enumerate(chunk):
+            seen[r, row.history] = True
+        per_title = torch.zeros(len(chunk), len(self._title_size), dtype=torch.long)
+        per_title.index_add_(1, self._item_title, seen.long())
+        return seen, per_title < self._title_size
+
+    # ----------------------------------------------------------------------------------- PMI prior
+    @torch.inference_mode()  # always: the cached values are then never mixed with autograd tensors
+    def title_prior(self, titles: Sequence[int], decoding: DecodingConfig | None = None,
+                    length_penalty: float | None = None) -> torch.Tensor:
+        """``S_0`` of trie titles ``titles`` under the empty-history prompt with the same decoding
+        (cached on disk per model, catalogue, decoding and prompt; see :mod:`flrec.decoding.prior`)."""
+        from flrec.decoding.prior import TitlePrior, catalogue_hash, model_fingerprint, score_titles
+
+        dec = decoding or self.config.decoding
+        lp = self.config.length_penalty if length_penalty is None else length_penalty
+        self._prepare()
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model)
+        key = {"model": self._fingerprint, "catalogue": catalogue_hash(self._trie.titles),
+               "decoding": dec.signature(), "length_penalty": lp, "dtype": resolve_inference_dtype(self.config.inference_dtype),
+               "prompt": {"domain": self.builder.domain, "thought": self.builder.use_thought}}
+        k = json.dumps(key, sort_keys=True)
+        if k not in self._priors:
+            self._priors[k] = TitlePrior(len(self._trie.titles), key, dec.prior_cache_dir)
+
+        def compute(missing: list[int]) -> torch.Tensor:
+            return score_titles(self.model.backbone, self._empty_prefill, self._trie, missing, dec, lp,
+                                batch_size=max(1, self.config.batch_size))
+
+        return self._priors[k].get(titles, compute)
+
+    def _empty_prefill(self):
+        # The prompt with an empty history: head + tail (+ thought), the same pieces the builder
+        # joins around history titles (PromptBuilder refuses empty histories for dataset rows).
+        b = self.builder
+        ids = b._head + b._tail + ([b.thought_token_id] if b.use_thought else [])
+        t = torch.tensor([ids], dtype=torch.long)
+        return self.model.prefill(t, torch.ones_like(t), torch.full_like(t, -1))  # no token is in a history item
+
+    # ----------------------------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> None:
+        from flrec.utils.io import atomic_write_json, atomic_write_text
+
+        path = Path(path)
+        self.model.save_pretrained(path / "model", self.tokenizer)
+        atomic_write_text(path / "recommender.yaml", self.config.to_yaml())
+        atomic_write_text(path / "catalogue.txt", "\n".join(self.catalogue.titles) + "\n")
+        if self.item_popularity is not None:
+            atomic_write_json(path / "item_popularity.json", [float(x) for x in self.item_popularity])
+
+    @classmethod
+    def load(cls, path: str | Path) -> LLMRecommender:
+        path = Path(path)
+        rec = cls(config=cls.config_cls.load(path / "recommender.yaml"))
+        rec.catalogue = Catalogue((path / "catalogue.txt").read_text().split("\n")[:-1])
+        rec._attach(*_load_model(path / "model"), None)
+        if (path / "item_popularity.json").is_file():
+            rec.item_popularity = np.asarray(json.loads((path / "item_popularity.json").read_text()), dtype=np.float64)
+        rec._apply_tuned(path / "model")
+        return rec
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, catalogue: Catalogue, config: LLMRecConfig | None = None,
+                       domain: str | None = None) -> LLMRecommender:
+        """Wrap an SFT run's ``best/`` directory for ranking (what ``flrec evaluate --model`` does);
+        its ``decoding.json`` (``flrec tune-decoding``) is applied unless ``config.use_tuned_decoding`` is off."""
+        model, tokenizer = _load_model(model_dir)
+        rec = cls(catalogue, config)
+        rec._attach(model, tokenizer, None, domain=domain)
+        rec._apply_tuned(Path(model_dir))
+        return rec
+
+    tuned_file: ClassVar[str] = DECODING_FILE
+
+    def _apply_tuned(self, model_dir: Path) -> None:
+        if self.config.use_tuned_decoding and (model_dir / self.tuned_file).is_file():
+            self.apply_decoding_file(model_dir / self.tuned_file)
+
+
+def _load_model(model_dir: str | Path):
+    from flrec.models.recommender import FLRRecommender
+
+    return FLRRecommender.from_pretrained(model_dir)
+
+
+@register_recommender("flr")
+class FLRRec(LLMRecommender):
+    reasoner = "flr"
+
+
+@register_recommender("latentr3")
+class LatentR3Rec(LLMRecommender):
+    reasoner = "latentr3"
+
+
+@register_recommender("bigrec")
+class BIGRecRec(LLMRecommender):
+    reasoner = "none"
+
+
+@register_recommender("base")
+class BaseLLMRec(LLMRecommender):
+    reasoner = "none"
+    trains = False
+
+
+@dataclass
+class AssistedLLMRecConfig(LLMRecConfig):
+    """An LLM recommender plus the ID model that assists its decoding (``decoding.gamma``)."""
+
+    assistant: str = option("sasrec", help="the ID-model method mixed into decoding (any method with item scores)")
+    assistant_config: dict[str, Any] = option(factory=dict, help="the assistant's config overrides, e.g. {max_epochs: 50}")
+    llm_dir: str | None = option(
+        None, help="use this trained LLM (a run dir or model dir, e.g. a comparison's flr cell) instead of "
+        "training one in fit; its decoding+assistant.json applies unless use_tuned_decoding=false")
+    assistant_dir: str | None = option(
+        None, help="use this saved assistant (the folder its save() wrote, e.g. a comparison's sasrec cell "
+        "model/) instead of training one in fit")
+
+
+@register_recommender("flr+sasrec")
+class FLRAssistedRec(FLRRec):
+    """FLR with a text-free assistant (D3): per token ``gamma * LLM + (1 - gamma) * log p_CF``.
+
+    ``fit`` trains FLR and the assistant (``assistant``, SASRec by default) on the same data, or
+    reuses trained ones (``llm_dir`` / ``assistant_dir``, e.g. a comparison's ``flr`` and ``sasrec``
+    cells); ``save``/``load`` keep the assistant in ``assistant/``. Items of a shared title are ordered by
+    the assistant when ``decoding.item_tiebreak=assistant``.
+    """
+
+    config_cls = AssistedLLMRecConfig
+    tuned_file = ASSISTED_DECODING_FILE
+
+    def fit(self, dataset: RecDataset, run_dir: str | Path | None = None) -> FLRAssistedRec:
+        if self.config.llm_dir is not None:  # reuse a trained model: no second SFT of the same FLR
+            from flrec.evaluation.analysis import item_popularity_weights
+            from flrec.serving.load import resolve_model_dir
+
+            model_dir = resolve_model_dir(self.config.llm_dir)
+            self.catalogue = dataset.catalogue
+            self.item_popularity = item_popularity_weights(dataset)
+            self._attach(*_load_model(model_dir), dataset)
+            self._apply_tuned(model_dir)
+        else:
+            super().fit(dataset, run_dir)
+        if self.config.assistant_dir is not None:
+            self.attach_assistant(load_saved_recommender(self.config.assistant_dir))
+            return self
+        cls = get_recommender(self.config.assistant)
+        config_cls = getattr(cls, "config_cls", None)
+        over = dict(self.config.assistant_config)
+        if config_cls is not None and self.config.seed is not None and "seed" in {f.name for f in fields(config_cls)}:
+            over.setdefault("seed", self.config.seed)
+        cfg = config_cls.from_dict(over, source="assistant_config") if config_cls is not None else None
+        assistant = cls(dataset.catalogue, cfg) if cfg is not None else cls(dataset.catalogue)
+        self.attach_assistant(assistant.fit(dataset, run_dir=None if run_dir is None else Path(run_dir) / "assistant"))
+        return self
+
+    def _prepare(self) -> None:
+        if self.assistant is None:
+            raise ConfigError(f"{self.name}: no assistant; call fit(), load() or attach_assistant() first")
+        super()._prepare()
+
+    def save(self, path: str | Path) -> None:
+        super().save(path)
+        self.assistant.save(Path(path) / "assistant")
+
+    @classmethod
+    def load(cls, path: str | Path) -> FLRAssistedRec:
+        rec = super().load(path)
+        rec.attach_assistant(get_recommender(rec.config.assistant).load(Path(path) / "assistant"))
+        return rec
+
+
+def load_saved_recommender(path: str | Path) -> Recommender:
+    """A recommender from the folder an ID model's ``save()`` wrote (its ``config.json`` names the method)."""
+    path = Path(path)
+    meta = path / "config.json"
+    if not meta.is_file():
+        raise FlrecError(f"{path}: no config.json; pass the folder an ID recommender's save() wrote "
+                         "(e.g. a comparison's cells/sasrec/seed1/model)")
+    try:
+        method = json.loads(meta.read_text(encoding="utf-8")).get("method")
+    except json.JSONDecodeError as e:
+        raise FlrecError(f"{meta}: not valid JSON ({e.msg}); re-save the recommender") from None
+    return get_recommender(str(method)).load(path)
