@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from test_sft import sft_cfg, tiny_data  # noqa: F401  (fixture)
+from tiny_runs import sft_cfg
 
 from flrec.errors import ConfigError
 from flrec.models.recommender import FLRConfig
@@ -57,7 +57,7 @@ def test_training_code_never_asks_for_device_map_auto():
     import re
     from pathlib import Path
 
-    src = Path(__file__).resolve().parents[1] / "src" / "flrec"
+    src = Path(__file__).resolve().parents[2] / "src" / "flrec"
     pattern = re.compile(r"device_map\s*=\s*['\"]auto['\"]")
     hits = [str(p) for p in src.rglob("*.py") if pattern.search(p.read_text(encoding="utf-8"))]
     assert not hits, hits
