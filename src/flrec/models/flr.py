@@ -186,15 +186,15 @@ class FactorizedLatentReasoner(nn.Module):
             src, key_mask, key_items, pos = self._select_keys(hidden, mask, items)
             if self.center:
                 src = (src - self._running_key_mean(src, key_mask).to(acc)).masked_fill(~key_mask[..., None], 0.0)
-            queries = self.prototypes.to(acc)[None]  # (1, K, D)
+            queries = self.prototypes.to(acc)  # (K, D), the same for every row (the paper)
             if self.query == "thought":  # the thought key (last in every key mode) conditions the queries
-                queries = queries + _linear(src[:, -1], self.w_c)[:, None, :]  # (B, K, D)
+                queries = queries[None] + _linear(src[:, -1], self.w_c)[:, None, :]  # (B, K, D)
             q = _linear(queries, self.w_q)
             k = _linear(src, self.w_k)
             if self.positions != "none":
                 k = apply_rope(k, pos, self.rope_base)
             v = _linear(src, self.w_v)
-            scores = torch.einsum("bkd,bld->bkl", q.expand(k.shape[0], -1, -1), k) / (math.sqrt(self.hidden_size) * self.temperature)
+            scores = torch.einsum("bkd,bld->bkl" if q.dim() == 3 else "kd,bld->bkl", q, k) / (math.sqrt(self.hidden_size) * self.temperature)
             scores = scores.masked_fill(~key_mask[:, None, :], torch.finfo(scores.dtype).min)
             attn = scores.softmax(dim=-1)  # (B, K, Lk)
             factors = attn @ v  # (B, K, D)
