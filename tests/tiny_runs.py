@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import pytest
+
 from flrec.training.sft import SFTConfig
 
 
@@ -16,3 +20,24 @@ def sft_cfg(tmp_path, **over) -> SFTConfig:
         else:
             base[k] = v
     return SFTConfig.from_dict(base)
+
+
+@contextlib.contextmanager
+def crash_after_first_checkpoint():
+    """The run inside raises KeyboardInterrupt right after writing its first checkpoint (a crash there)."""
+    import flrec.training.trainer as tr
+
+    orig, calls = tr.Trainer._save_checkpoint, {"n": 0}
+
+    def crash(self, state):
+        orig(self, state)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+
+    tr.Trainer._save_checkpoint = crash
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        tr.Trainer._save_checkpoint = orig

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_runs import crash_after_first_checkpoint
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from flrec.errors import ConfigError
@@ -263,24 +264,9 @@ def test_one_iteration_never_clips(sft_run, tiny_data, tmp_path):
 
 def test_grpo_resume_equals_uninterrupted(grpo_run, sft_run, tiny_data, tmp_path):
     full, _ = grpo_run
-    import flrec.training.trainer as tr
-
-    calls = {"n": 0}
-    orig = tr.Trainer._save_checkpoint
-
-    def crash_after_first(self, state):
-        orig(self, state)
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise KeyboardInterrupt
-
     part = grpo_cfg(sft_run, tmp_path / "b")
-    tr.Trainer._save_checkpoint = crash_after_first
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run_grpo(part, tiny_data)
-    finally:
-        tr.Trainer._save_checkpoint = orig
+    with crash_after_first_checkpoint():
+        run_grpo(part, tiny_data)
     assert (tmp_path / "b" / "checkpoints" / "step-2").is_dir()
     resumed = run_grpo(part, tiny_data)
     assert resumed["steps"] == full["steps"] == 4

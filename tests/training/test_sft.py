@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_runs import sft_cfg
+from tiny_runs import crash_after_first_checkpoint, sft_cfg
 
 from flrec.errors import ConfigError
 from flrec.models.recommender import FLRRecommender
@@ -38,23 +38,8 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_data):
     full = run_sft(sft_cfg(tmp_path / "a", train={"max_steps": 6, "save_every": 3, "eval_every": 3}), tiny_data)
     # interrupted: run 3 steps, then resume to 6 from the checkpoint
     part = sft_cfg(tmp_path / "b", train={"max_steps": 6, "save_every": 3, "eval_every": 3})
-    import flrec.training.trainer as tr
-
-    calls = {"n": 0}
-    orig = tr.Trainer._save_checkpoint
-
-    def crash_after_first(self, state):
-        orig(self, state)
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise KeyboardInterrupt
-
-    tr.Trainer._save_checkpoint = crash_after_first
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run_sft(part, tiny_data)
-    finally:
-        tr.Trainer._save_checkpoint = orig
+    with crash_after_first_checkpoint():
+        run_sft(part, tiny_data)
     resumed = run_sft(part, tiny_data)
     assert resumed["steps"] == full["steps"] == 6
     a = load_file(f"{full['model_dir']}/flr_state.safetensors")
