@@ -31,8 +31,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flrec.cli import build_parser, main
+from flrec.config import apply_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -183,28 +185,8 @@ def _replace_value(argv: list[str], option: str, value: str) -> list[str]:
 def _tiny_method_config(work: Path) -> Path:
     """An LLM method config (compare's ``method_configs`` schema) with the tiny SFT of :data:`TINY_SFT`."""
     path = work / "tiny-method.yaml"
-    path.write_text("sft:\n" + "".join(f"  {o}\n" for o in _nested_yaml(TINY_SFT)) + "beam: 2\nbatch_size: 4\n")
+    path.write_text(yaml.safe_dump({"sft": apply_overrides({}, TINY_SFT), "beam": 2, "batch_size": 4}))
     return path
-
-
-def _nested_yaml(overrides: list[str]) -> list[str]:
-    """``a.b=v`` overrides as the lines of a YAML mapping (two-space indents)."""
-    tree: dict = {}
-    for o in overrides:
-        key, _, value = o.partition("=")
-        *parents, leaf = key.split(".")
-        node = tree
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = value
-
-    def lines(node: dict, depth: int) -> list[str]:
-        out = []
-        for k, v in node.items():
-            out += [f"{'  ' * depth}{k}:", *lines(v, depth + 1)] if isinstance(v, dict) else [f"{'  ' * depth}{k}: {v}"]
-        return out
-
-    return lines(tree, 0)
 
 
 def run_flrec(argv: list[str], capsys) -> str:

@@ -71,6 +71,30 @@ def load_yaml(text: str, where: str) -> Any:
         raise _error(f"{where}: YAML nested too deeply") from None
 
 
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Write ``key=value`` overrides into the mapping ``data`` (values read as YAML) and return it.
+
+    Dotted keys address nested sections: ``train.lr=1e-4`` sets ``data["train"]["lr"]``. Values are
+    what YAML reads (``1e-4`` stays a string there); :meth:`ConfigBase.from_dict` coerces them to the
+    fields' types.
+
+    >>> apply_overrides({}, ["train.lr=1e-4", "backbone=tiny:llama", "train.mixed_precision='no'"])
+    {'train': {'lr': '1e-4', 'mixed_precision': 'no'}, 'backbone': 'tiny:llama'}
+    """
+    for ov in overrides:
+        if "=" not in ov:
+            raise _error(f"override '{ov}' is not key=value (e.g. train.lr=1e-4)")
+        k, v = ov.split("=", 1)
+        *parents, leaf = k.strip().split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise _error(f"override '{ov}': '{part}' is not a section")
+        node[leaf] = load_yaml(v, f"override '{ov}'") if v.strip() else ""
+    return data
+
+
 def _is_seed_key(key: str) -> bool:
     return any(part == "seed" or part.endswith(("_seed", "seeds")) for part in key.split("."))
 
@@ -215,18 +239,7 @@ class ConfigBase:
             if not isinstance(loaded, dict):
                 raise _error(f"{p}: expected a mapping of key: value at the top level")
             data.update(loaded)
-        for ov in overrides or []:
-            if "=" not in ov:
-                raise _error(f"override '{ov}' is not key=value (e.g. train.lr=1e-4)")
-            k, v = ov.split("=", 1)
-            # Dotted keys address nested sections: train.lr=1e-4 -> data["train"]["lr"].
-            *parents, leaf = k.strip().split(".")
-            node = data
-            for part in parents:
-                node = node.setdefault(part, {})
-                if not isinstance(node, dict):
-                    raise _error(f"override '{ov}': '{part}' is not a section")
-            node[leaf] = load_yaml(v, f"override '{ov}'") if v.strip() else ""
+        apply_overrides(data, overrides or [])
         return cls.from_dict(data, source=str(path) if path else "overrides")
 
     def to_dict(self) -> dict[str, Any]:
