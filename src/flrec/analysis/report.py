@@ -359,6 +359,8 @@ def _section_curves(r: _Report, src: Sources) -> None:
 
 # ------------------------------------------------------------------------------------- findings
 SIGNIFICANT = 0.05  # the paired t-test's level for "reproduced" where the paper claims a significant gain
+
+
 def paper_findings(src: Sources, longtail_rep: dict | None, cost_rep: dict | None) -> list[tuple[str, str, str]]:
     """``[(paper's finding, ours, verdict)]``; verdict is reproduced / not reproduced / not measured (or, for a
     higher mean without a significant paired test, "same direction, not significant")."""
@@ -375,9 +377,8 @@ def paper_findings(src: Sources, longtail_rep: dict | None, cost_rep: dict | Non
             best = max((m for m in ok if m != ref), key=ok.get)
             p = s["significance"].get("p_value")
             # the paper reports a significant gain: a higher mean with p >= 0.05 is only the same direction
-            ahead = ok[ref] > ok[best]
-            call = verdict(ahead and p is not None and p < SIGNIFICANT) if not ahead or (p is not None and p < SIGNIFICANT) \
-                else "same direction, not significant"
+            ahead, significant = ok[ref] > ok[best], p is not None and p < SIGNIFICANT
+            call = "same direction, not significant" if ahead and not significant else verdict(ahead)
             out.append(("FLR beats every baseline (Table 2)", f"{ref} NDCG@10 {ok[ref]:.4f} vs. best other ({best}) "
                         f"{ok[best]:.4f}" + ("" if p is None else f", p = {p:.2g}"), call))
     else:
