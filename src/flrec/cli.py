@@ -636,10 +636,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print summary.json instead of the Markdown table")
     s.set_defaults(fn=cmd_compare)
 
+    from flrec.demo import DEMO_EVAL_ROWS  # torch-free
+
     s = sub.add_parser("demo", help="embedded data -> FLR SFT -> evaluation -> results table")
     s.add_argument("--out", default="runs/demo")
     s.add_argument("--steps", type=int, default=None, help="SFT steps (default from configs/demo.yaml)")
-    s.add_argument("--eval-rows", type=int, default=None, help="test rows to evaluate (default 64)")
+    s.add_argument("--eval-rows", type=int, default=None, help=f"test rows to evaluate (default {DEMO_EVAL_ROWS})")
     s.set_defaults(fn=cmd_demo)
 
     analyze = sub.add_parser("analyze", help="analyses of a trained model")
