@@ -194,7 +194,10 @@ class FactorizedLatentReasoner(nn.Module):
             if self.positions != "none":
                 k = apply_rope(k, pos, self.rope_base)
             v = _linear(src, self.w_v)
-            scores = torch.einsum("bkd,bld->bkl" if q.dim() == 3 else "kd,bld->bkl", q, k) / (math.sqrt(self.hidden_size) * self.temperature)
+            # Per-row queries only with query=thought: the paper's shared (K, D) queries keep their own
+            # contraction, whose rounding the saved models and the 2-process equality test were made with.
+            spec = "bkd,bld->bkl" if q.dim() == 3 else "kd,bld->bkl"
+            scores = torch.einsum(spec, q, k) / (math.sqrt(self.hidden_size) * self.temperature)
             scores = scores.masked_fill(~key_mask[:, None, :], torch.finfo(scores.dtype).min)
             attn = scores.softmax(dim=-1)  # (B, K, Lk)
             factors = attn @ v  # (B, K, D)
