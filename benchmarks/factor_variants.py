@@ -25,6 +25,7 @@ PAPER = ["flr.keys=tokens", "flr.key_positions=absolute", "flr.aux_to_backbone=t
          PAPER_AUX]
 ITEMS = ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false", "flr.center_keys=false"]
 CROSS = "flr.aux_losses=orth,div,sparse,thought_sim,routing"
+CENTER = ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false", "flr.center_keys=true"]
 # The demo config's settings these variants were first run with (it has since moved to top:15 and grouping).
 BASE = ["trainable=full", "train.group_by_length=false"]
 VARIANTS: dict[str, list[str]] = {
@@ -37,20 +38,15 @@ VARIANTS: dict[str, list[str]] = {
     "items+abs": ["flr.keys=items", "flr.key_positions=absolute", "flr.aux_to_backbone=false",
                   "flr.center_keys=false", PAPER_AUX],
     "items+cross": [*ITEMS, CROSS],
-    "items+center": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false",
-                     "flr.center_keys=true", CROSS],  # = today's defaults
+    "items+center": [*CENTER, CROSS],  # = today's defaults
     "items+floor": [*ITEMS, "flr.aux_losses=orth,div,sparse,attn_entropy"],
     # the reasoner starts from random init while the backbone is pretrained: give it 10x the learning rate
-    "items+center+lr10": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false",
-                          "flr.center_keys=true", CROSS, "flr_lr_scale=10"],
+    "items+center+lr10": [*CENTER, CROSS, "flr_lr_scale=10"],
     # L_sparse pushes every gate one-hot from step one; without it the gate may stay soft while routing learns
-    "items+center-sparse": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false",
-                            "flr.center_keys=true", "flr.aux_losses=orth,div,thought_sim,routing"],
+    "items+center-sparse": [*CENTER, "flr.aux_losses=orth,div,thought_sim,routing"],
     # static prototypes cannot follow each user's main intent (24 intents, K=4): queries read the thought state
-    "items+center+thought": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false",
-                             "flr.center_keys=true", CROSS, "flr.query=thought"],
-    "items+center+thought+lr10": ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false",
-                                  "flr.center_keys=true", CROSS, "flr.query=thought", "flr_lr_scale=10"],
+    "items+center+thought": [*CENTER, CROSS, "flr.query=thought"],
+    "items+center+thought+lr10": [*CENTER, CROSS, "flr.query=thought", "flr_lr_scale=10"],
     "softprompt": ["flr.reasoner=softprompt"],  # the control: one learned constant thought
     "latentr3": ["flr.reasoner=latentr3"],
     "bigrec": ["flr.reasoner=none"],
