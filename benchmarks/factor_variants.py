@@ -28,6 +28,7 @@ CROSS = "flr.aux_losses=orth,div,sparse,thought_sim,routing"
 CENTER = ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false", "flr.center_keys=true"]
 # The demo config's settings these variants were first run with (it has since moved to top:15 and grouping).
 BASE = ["trainable=full", "train.group_by_length=false"]
+BASES = {"full": BASE, "demo": []}  # demo: configs/demo.yaml as it is today (top 15 blocks, length grouping)
 VARIANTS: dict[str, list[str]] = {
     "paper": PAPER,  # eqs. 3-8 exactly as written
     "paper+detach": ["flr.keys=tokens", "flr.key_positions=absolute", "flr.aux_to_backbone=false",
@@ -47,6 +48,12 @@ VARIANTS: dict[str, list[str]] = {
     # static prototypes cannot follow each user's main intent (24 intents, K=4): queries read the thought state
     "items+center+thought": [*CENTER, CROSS, "flr.query=thought"],
     "items+center+thought+lr10": [*CENTER, CROSS, "flr.query=thought", "flr_lr_scale=10"],
+    # with query=thought the thought key is a free sink (two factors read only it): leave it out
+    "items+center+thought+lr10-sink": [*CENTER, CROSS, "flr.query=thought", "flr.thought_key=false",
+                                       "flr_lr_scale=10"],
+    # ... and give the attention a direct signal: what the factors read should resemble the next item
+    "items+center+thought+lr10-sink+nce": [*CENTER, CROSS + ",target_nce", "flr.query=thought",
+                                           "flr.thought_key=false", "flr_lr_scale=10"],
     "softprompt": ["flr.reasoner=softprompt"],  # the control: one learned constant thought
     "latentr3": ["flr.reasoner=latentr3"],
     "bigrec": ["flr.reasoner=none"],
@@ -65,7 +72,7 @@ def run_variant(name: str, overrides: list[str], args) -> dict:
     cfg = SFTConfig.load(REPO / "configs" / "demo.yaml", [
         f"run_dir={run_dir}", f"train.max_steps={args.steps}", f"train.eval_every={args.steps // 2}",
         f"train.save_every={args.steps // 2}", f"valid_limit={args.valid_rows}", f"seed={args.seed}",
-        "train.progress=false", *BASE, *overrides])
+        "train.progress=false", *BASES[args.base], *overrides])
     ds = load_dataset(cfg.data)
     t0 = time.time()
     res = run_sft(cfg, ds)
@@ -119,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--diag-rows", type=int, default=200, help="rows for the factor diagnostics per split")
     p.add_argument("--permutations", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base", choices=list(BASES), default="full", help="full: full fine-tune without length "
+                   "grouping (the committed table); demo: configs/demo.yaml's own training settings")
     p.add_argument("--out", default="runs/factor-variants")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     args = p.parse_args(argv)
@@ -136,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(results, indent=1))
     if args.json:
-        print(json.dumps({"budget": {"steps": args.steps, "batch": 8, "seed": args.seed,
-                                     "config": "configs/demo.yaml"}, "variants": results}, indent=1))
+        print(json.dumps({"budget": {"steps": args.steps, "batch": 8, "seed": args.seed, "base": args.base,
+                                     "config": "configs/demo.yaml", "overrides": BASES[args.base]}, "variants": results}, indent=1))
     return 0
 
 

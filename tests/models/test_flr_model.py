@@ -142,6 +142,39 @@ def test_thought_query_starts_as_the_paper_then_reads_the_thought():
     assert (history_ratios(cond, h) - history_ratios(cond, h2)).abs().max() > 1e-3
 
 
+def test_thought_key_off_gives_the_thought_no_attention_but_still_the_query():
+    torch.manual_seed(0)
+    r = FactorizedLatentReasoner(16, num_factors=3, gate_hidden=8, keys="items", query="thought",
+                                 thought_key=False, center=True).double()
+    with torch.no_grad():
+        r.w_c.weight.normal_(std=0.5)
+    h = torch.randn(2, 7, 16, dtype=torch.float64)
+    mask = torch.ones(2, 7)
+    items = torch.tensor([[-1, 0, 0, 1, 1, 2, -1], [-1, -1, -1, -1, -1, -1, -1]])  # row 1: no history item
+    out = r(h, mask, items)
+    assert out.attn[0, :, -1].abs().max() == 0  # the thought key takes no mass where items exist
+    torch.testing.assert_close(out.attn[1, :, -1], torch.ones(3, dtype=torch.float64))  # else it is the key
+    h2 = h.clone()
+    h2[0, -1] += torch.randn(16, dtype=torch.float64)  # another thought state, the same history
+    assert (r(h2, mask, items).attn[0] - out.attn[0]).abs().max() > 1e-3  # the query still reads it
+
+
+def test_target_nce_trains_the_reasoner_not_the_backbone():
+    """The target state is attached in both forward paths, the loss is finite and its gradient stops
+    at the reasoner (aux_to_backbone=false) while the rec loss still reaches the backbone."""
+    model = make_model(num_factors=3, keys="items", query="thought", thought_key=False,
+                       aux_losses=["target_nce"]).train()
+    batch = make_batch()
+    out = model(**batch)
+    nce = out["aux"]["target_nce"]
+    assert torch.isfinite(nce) and nce.item() > 0
+    nce.backward(retain_graph=True)
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any(n.startswith("reasoner.") for n in grads) and not any(n.startswith("backbone.") for n in grads)
+    model.eval()
+    torch.testing.assert_close(model(**batch)["aux"]["target_nce"], model.forward_naive(**batch)["aux"]["target_nce"])
+
+
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 @pytest.mark.parametrize("reasoner,keys,query", [("flr", "tokens", "prototypes"), ("flr", "history", "prototypes"),
                                                  ("flr", "items", "prototypes"), ("flr", "items", "thought"),

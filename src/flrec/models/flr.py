@@ -50,6 +50,11 @@ class ReasonerOutput:
     # the thought; None when the prompt layout was not given.
     key_items: torch.Tensor | None = None
     key_mask: torch.Tensor | None = None  # (B, Lk) bool, True for real keys
+    # (B, Lk, D) fp32 states the keys/values were projected from (after centring): what a factor reads.
+    key_states: torch.Tensor | None = None
+    # (B, D) the next item's own state (mean over its title's tokens, detached, centred like the keys);
+    # set by the model after the target pass, for the target_nce regulariser. None elsewhere.
+    target_state: torch.Tensor | None = None
 
 
 def item_keys(hidden: torch.Tensor, items: torch.Tensor, mask: torch.Tensor):
@@ -101,13 +106,18 @@ class FactorizedLatentReasoner(nn.Module):
     whole history, and at step n the thought written at step n-1: the factors can then look for
     what this user's history is about, and refinement changes where they look. ``W_c`` starts at
     zero, so training starts from the paper's model.
+    ``thought_key``: whether the thought's own state is a key/value (the paper: every prompt token).
+    With ``query=thought`` it is a free sink — a query built from the thought state matches the
+    thought key best — so factors can read the thought instead of the history; ``False`` leaves it
+    out (a row with no other real key keeps it, so attention is never over nothing).
     The whole module computes in fp32 (also under bf16 autocast or with bf16 weights): its attention
     maps and gates feed the regularisers and diagnostics, and a bf16 gate above ~0.998 is exactly 1.
     """
 
     def __init__(self, hidden_size: int, num_factors: int = 4, gate_hidden: int = 256, rope_base: float = 10000.0,
                  keys: str = "tokens", positions: str = "absolute", temperature: float = 1.0,
-                 center: bool = False, center_momentum: float = 0.05, query: str = "prototypes"):
+                 center: bool = False, center_momentum: float = 0.05, query: str = "prototypes",
+                 thought_key: bool = True):
         super().__init__()
         if hidden_size % 2:
             raise ValueError("hidden_size must be even for RoPE")
@@ -118,6 +128,7 @@ class FactorizedLatentReasoner(nn.Module):
         self.hidden_size, self.num_factors, self.rope_base = d, k, rope_base
         self.keys, self.positions, self.temperature = keys, positions, float(temperature)
         self.center, self.center_momentum, self.query = center, center_momentum, query
+        self.thought_key = thought_key
         if center:
             self.register_buffer("key_mean", torch.zeros(d))
             self.register_buffer("key_mean_batches", torch.zeros((), dtype=torch.long))
@@ -168,6 +179,9 @@ class FactorizedLatentReasoner(nn.Module):
                 key_mask[:, -1] = mask[:, -1]  # the thought stays a key: step n+1 must see step n
             src, key_items, pos = hidden, items.masked_fill(~key_mask, -1), positions_from_mask(mask)
             last = pos[:, -1:]
+        if not self.thought_key:  # the thought is the last key in every mode
+            key_mask = key_mask.clone()
+            key_mask[:, -1] = ~key_mask[:, :-1].any(-1)
         if self.positions == "relative":
             pos = (last - pos).clamp(min=0)
         return src, key_mask, key_items, pos
@@ -184,11 +198,14 @@ class FactorizedLatentReasoner(nn.Module):
             acc = torch.promote_types(torch.promote_types(hidden.dtype, self.prototypes.dtype), torch.float32)
             hidden = hidden.to(acc).masked_fill(~mask[..., None], 0.0)
             src, key_mask, key_items, pos = self._select_keys(hidden, mask, items)
+            thought = src[:, -1]  # the thought's state is the last source column in every key mode
             if self.center:
-                src = (src - self._running_key_mean(src, key_mask).to(acc)).masked_fill(~key_mask[..., None], 0.0)
+                mean = self._running_key_mean(src, key_mask).to(acc)
+                thought = thought - mean
+                src = (src - mean).masked_fill(~key_mask[..., None], 0.0)
             queries = self.prototypes.to(acc)  # (K, D), the same for every row (the paper)
-            if self.query == "thought":  # the thought key (last in every key mode) conditions the queries
-                queries = queries[None] + _linear(src[:, -1], self.w_c)[:, None, :]  # (B, K, D)
+            if self.query == "thought":  # the thought state conditions the queries (a key or not)
+                queries = queries[None] + _linear(thought, self.w_c)[:, None, :]  # (B, K, D)
             q = _linear(queries, self.w_q)
             k = _linear(src, self.w_k)
             if self.positions != "none":
@@ -204,7 +221,12 @@ class FactorizedLatentReasoner(nn.Module):
             gates = _mlp(factors.flatten(1), self.gate).softmax(dim=-1)  # (B, K)
             z = (gates[..., None] * factors).sum(dim=1)
         return ReasonerOutput(z=z.to(out_dtype), attn=attn, factors=factors, gates=gates,
-                              key_items=key_items, key_mask=key_mask)
+                              key_items=key_items, key_mask=key_mask, key_states=src)
+
+    def center_state(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (.., D) in fp32 and centred like the keys (the running key mean; no update)."""
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        return x - self.key_mean.to(x.dtype) if self.center else x
 
 
     @torch.no_grad()

@@ -109,6 +109,29 @@ def attention_entropy_floor_loss(attn: torch.Tensor, key_mask: torch.Tensor | No
     return F.relu(floor * log_n - ent).div(log_n).mean()
 
 
+def target_nce_loss(attn: torch.Tensor, gates: torch.Tensor, key_states: torch.Tensor | None,
+                    target_state: torch.Tensor | None, temperature: float = 0.1) -> torch.Tensor:
+    """InfoNCE over the batch: what the factors read should resemble the item that comes next.
+
+    ``r_b = sum_k α_bk sum_l A_bkl s_bl`` is the gate-weighted mix of the key states ``s`` the factors
+    attend to (B, Lk, D) and ``t_b`` the next item's own (detached) state (B, D); the loss is
+    ``−1/B sum_b log softmax_b'(cos(r_b, t_b') / τ)[b]``. The paper's losses never ask *which* history
+    items a factor reads, and the LM sees the whole history anyway, so the rec loss barely moves the
+    attention; this gives it a direct signal (items like the next one), without any planted label.
+    Zero without a target state (ranking, GRPO) or for a batch of one row.
+
+    >>> a = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]]); g = torch.ones(2, 1)
+    >>> s = torch.eye(2).expand(2, 2, 2)
+    >>> round(float(target_nce_loss(a, g, s, torch.eye(2), temperature=1.0)), 4)  # log(1 + e^-1)
+    0.3133
+    """
+    if key_states is None or target_state is None or attn.shape[0] < 2:
+        return attn.new_zeros((), dtype=torch.float32)
+    read = torch.einsum("bk,bkl,bld->bd", _acc(gates), _acc(attn), _acc(key_states))
+    logits = F.normalize(read, dim=-1) @ F.normalize(_acc(target_state), dim=-1).T / temperature
+    return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
+
+
 # name -> (function, what it reads from a ReasonerOutput)
 REGULARISERS: dict[str, tuple] = {}
 
@@ -129,8 +152,9 @@ register_regulariser("sparse", ("gates",))(sparsity_loss)
 register_regulariser("thought_sim", ("z",))(thought_similarity_loss)
 register_regulariser("routing", ("gates",))(routing_loss)
 register_regulariser("attn_entropy", ("attn", "key_mask"))(attention_entropy_floor_loss)
+register_regulariser("target_nce", ("attn", "gates", "key_states", "target_state"))(target_nce_loss)
 AUX_LOSSES: tuple[str, ...] = ("orth", "div", "sparse")  # the paper's three
-_PARAMS = {"attn_entropy": {"entropy_floor": "floor"}}  # objective param -> function keyword
+_PARAMS = {"attn_entropy": {"entropy_floor": "floor"}, "target_nce": {"nce_temperature": "temperature"}}  # objective param -> function keyword
 
 
 class FLRObjective(nn.Module):

@@ -127,6 +127,9 @@ class FLRConfig(ConfigBase):
         "prototypes", "the factors' queries: prototypes = K learned static prototypes (the paper; the same for every "
         "user); thought = prototype + a learned projection of the thought's last-layer state, which has read the "
         "history (starts as the paper: the projection is initialised to zero)")
+    thought_key: bool = option(True, "the thought's own state is a key/value (the paper); false leaves it out, "
+                               "which with query=thought removes a free sink (its query matches its own key)")
+    target_nce_temperature: float = option(0.1, "target_nce regulariser: temperature of its in-batch InfoNCE")
     center_keys: bool = option(True, "subtract a running mean of the key states (EMA over training batches) before "
                                "projecting: removes the user-independent component shared by all last-layer states")
     rope_base: float | None = option(None, "RoPE base for the keys (null = the reasoner's: flr 10000, latentr3 1000)")
@@ -134,7 +137,7 @@ class FLRConfig(ConfigBase):
                                       "(null = on for flr/softprompt, off for latentr3 as in its code)")
     aux_losses: list[str] | None = option(
         None, "enabled regularisers (null = the reasoner's: flr orth,div,sparse,thought_sim,routing; the paper's "
-        "eqs. 5-7 are orth,div,sparse): any of orth, div, sparse, thought_sim, routing, attn_entropy "
+        "eqs. 5-7 are orth,div,sparse): any of orth, div, sparse, thought_sim, routing, attn_entropy, target_nce "
         "(see flrec.models.losses.REGULARISERS)")
     aux_to_backbone: bool = option(
         False, "let the regularisers' gradients reach the backbone (the paper); false computes them on detached "
@@ -161,6 +164,8 @@ class FLRConfig(ConfigBase):
             raise ConfigError(f"gate_hidden must be >= 1, got {self.gate_hidden}")
         if not self.attn_temperature > 0 or self.attn_temperature == float("inf"):
             raise ConfigError(f"attn_temperature must be a finite number > 0, got {self.attn_temperature}")
+        if not 0 < self.target_nce_temperature < float("inf"):
+            raise ConfigError(f"target_nce_temperature must be a finite number > 0, got {self.target_nce_temperature}")
         if not 0 <= self.attn_entropy_floor <= 1:
             raise ConfigError(f"attn_entropy_floor must be in [0, 1], got {self.attn_entropy_floor}")
         if self.aux_warmup_steps < 0:
@@ -237,7 +242,8 @@ class FLRRecommender(nn.Module):
             self.thought_init = nn.Parameter(init)
         self.objective = FLRObjective(config.aux, config.loss_weighting, config.fixed_weights,
                                       warmup_steps=config.aux_warmup_steps,
-                                      params={"entropy_floor": config.attn_entropy_floor})
+                                      params={"entropy_floor": config.attn_entropy_floor,
+                                              "nce_temperature": config.target_nce_temperature})
 
     def on_train_step(self, step: int) -> None:
         """Called by the trainer after each optimizer step (drives the regulariser warm-up)."""
@@ -356,7 +362,25 @@ class FLRRecommender(nn.Module):
             embeds = torch.cat([e[:, None], self._embed(target_ids)], dim=1)
             hidden = self._run(embeds, mask, positions[:, p - 1 :], cache)
             pred = hidden[:, :-1]
+            self._attach_target(aux_steps, hidden[:, 1:], target_mask)
         return self._loss(pred, target_ids, target_mask, steps, aux_steps)
+
+    def _attach_target(self, aux_steps: list[ReasonerOutput], target_hidden: torch.Tensor,
+                       target_mask: torch.Tensor) -> None:
+        """Give the regularisers the next item's own state (only ``target_nce`` reads it).
+
+        The mean last-layer state over the target's tokens, detached (a target, not something to
+        move) and centred like the keys, so it lives where the factors' key states do.
+        """
+        if "target_nce" not in self.objective.enabled or not aux_steps:
+            return
+        state = target_hidden.detach()
+        state = state.to(torch.promote_types(state.dtype, torch.float32))
+        w = target_mask.to(state.dtype)[..., None]
+        state = (state * w).sum(1) / w.sum(1).clamp(min=1)
+        state = self.reasoner.center_state(state)
+        for out in aux_steps:
+            out.target_state = state
 
     def _loss(self, pred_hidden, target_ids, target_mask, steps, aux_steps=None) -> dict:
         sel = target_mask.bool()
@@ -396,6 +420,7 @@ class FLRRecommender(nn.Module):
             e = self.scale(out.z).to(base.dtype)
         embeds = torch.cat([base[:, :-1], e[:, None], self._embed(target_ids)], dim=1)
         hidden = self._run(embeds, mask, positions)
+        self._attach_target(aux_steps, hidden[:, p:], target_mask)
         return self._loss(hidden[:, p - 1 : -1], target_ids, target_mask, steps, aux_steps)
 
     # ------------------------------------------------------------------- per-token scores (GRPO)
