@@ -170,7 +170,9 @@ def cmd_train_sft(a) -> None:
     head = "reused the finished run (same settings)" if res.get("reused") else f"trained {res['steps']} steps"
     print(f"{head}: {res['rows_seen']} rows seen (of {res['train_rows']} training rows), "
           f"precision {res['mixed_precision']}")
-    print(f"best step {res['best_step']}, validation loss {loss}"
+    metric = res.get("select_metric", "auto")
+    what = f"validation {metric}" if metric not in ("auto", "loss", "rec_loss") else "validation loss"
+    print(f"best step {res['best_step']}, {what} {loss}"
           + (" (stopped early)" if res["stopped_early"] else ""))
     print(f"model: {res['model_dir']}  (log: {res['run_dir']}/log.jsonl)")
 

@@ -247,8 +247,13 @@ class LLMRecommender(Recommender):
         return cands, probs
 
     def _prefill(self, batch: dict[str, torch.Tensor]):
-        """The decoding state after reading the prompt (a subclass may generate more first, e.g. ``cot``)."""
-        return self.model.prefill(batch["prompt_ids"], batch["prompt_mask"], batch.get("prompt_items"))
+        """The decoding state after reading the prompt (a subclass may generate more first, e.g. ``cot``).
+
+        The batch goes to the model's device (a model on a GPU, e.g. SFT's validation ranking)."""
+        dev = next(self.model.parameters()).device
+        items = batch.get("prompt_items")
+        return self.model.prefill(batch["prompt_ids"].to(dev), batch["prompt_mask"].to(dev),
+                                  None if items is None else items.to(dev))
 
     def finalise(self, rows: Sequence[Interaction], cands: Candidates, probs: Sequence[torch.Tensor | None],
                  decoding: DecodingConfig | None = None, length_penalty: float | None = None, k: int = 20
@@ -362,6 +367,15 @@ class LLMRecommender(Recommender):
         rec = cls(catalogue, config)
         rec._attach(model, tokenizer, None, domain=domain)
         rec._apply_tuned(Path(model_dir))
+        return rec
+
+    @classmethod
+    def from_model(cls, model, tokenizer, catalogue: Catalogue, config: LLMRecConfig | None = None,
+                   dataset: RecDataset | None = None) -> LLMRecommender:
+        """Wrap an in-memory model (e.g. the one SFT is training, for its validation ranking); prompts
+        follow ``model.prompt_settings``, as for a loaded model. No tuned decoding is applied."""
+        rec = cls(catalogue, config)
+        rec._attach(model, tokenizer, dataset)
         return rec
 
     tuned_file: ClassVar[str] = DECODING_FILE

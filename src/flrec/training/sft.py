@@ -9,19 +9,21 @@ model, the encoded examples and the save hook.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from flrec.config import ConfigBase, option
 from flrec.data.load import load_dataset
-from flrec.data.schema import RecDataset
+from flrec.data.schema import Interaction, RecDataset
 from flrec.errors import ConfigError
+from flrec.evaluation.metrics import EVAL_KS
 from flrec.models.recommender import FLRConfig, FLRRecommender
-from flrec.training.trainer import TRAIN_COSMETIC, TrainConfig, Trainer
+from flrec.training.trainer import TRAIN_COSMETIC, TrainConfig, Trainer, is_ranking_metric
 from flrec.utils.dtypes import DTYPES
 from flrec.utils.runid import config_identity, dataset_hash, make_fingerprint, model_identity
 
@@ -50,6 +52,14 @@ class SFTConfig(ConfigBase):
         "(~45 fewer tokens per row; a speed/quality trade-off, README 'Training on a CPU')")
     train_limit: int | None = option(None, help="train on a random subset of this many rows (None = all)")
     valid_limit: int | None = option(512, help="validation-loss rows (random subset; None = all)")
+    valid_rank_rows: int = option(
+        0, help="rank this many fixed validation rows (the first N of the validation split, the same at every "
+        "validation) with trie-constrained beam search at each validation, with the model as it is at that step, "
+        "and log valid_hr@K / valid_ndcg@K (K in 1,3,5,10 up to valid_rank_beam; title-level hits, as flrec "
+        "evaluate); train.select_metric=ndcg@10 then selects on it; 0 = off")
+    valid_rank_beam: int = option(
+        10, help="beam width (= titles ranked per row) of the validation ranking (valid_rank_rows); "
+        "K above it are not reported")
     flr_lr_scale: float = option(1.0, help="learning-rate multiplier for the FLR parts (reasoner, thought "
                                  "embedding, scale, loss weights): they start from random init, the backbone "
                                  "is pretrained")
@@ -75,7 +85,91 @@ class SFTConfig(ConfigBase):
             v = getattr(self, key)
             if v is not None and v < 1:
                 raise ConfigError(f"{key} must be >= 1 or null (all rows), got {v}")
+        if self.valid_rank_rows < 0:
+            raise ConfigError(f"valid_rank_rows must be >= 0 (0 = no validation ranking), got {self.valid_rank_rows}")
+        if self.valid_rank_beam < 1:
+            raise ConfigError(f"valid_rank_beam must be >= 1 (e.g. 10), got {self.valid_rank_beam}")
+        metric = self.train.select_metric
+        if is_ranking_metric(metric):
+            names = valid_rank_names(self.valid_rank_beam)
+            if not self.valid_rank_rows:
+                raise ConfigError(f"train.select_metric={metric} needs validation ranking; set valid_rank_rows "
+                                  "(e.g. valid_rank_rows=500) or train.select_metric=auto")
+            if metric not in names:
+                raise ConfigError(f"train.select_metric={metric} is not computed by the validation ranking "
+                                  f"(valid_rank_beam={self.valid_rank_beam}); pick one of {', '.join(names)}")
         self.train = self.train.replace(output_dir=self.run_dir)
+
+
+def valid_rank_ks(beam: int) -> tuple[int, ...]:
+    """The cut-offs K the validation ranking reports: those of ``flrec evaluate`` up to the beam width.
+
+    >>> valid_rank_ks(10), valid_rank_ks(4)
+    ((1, 3, 5, 10), (1, 3))
+    """
+    return tuple(k for k in EVAL_KS if k <= beam) or (1,)
+
+
+def valid_rank_names(beam: int) -> tuple[str, ...]:
+    """The validation ranking's values, largest K first (``ndcg@10`` leads: the progress bar shows it)."""
+    return tuple(f"{m}@{k}" for k in reversed(valid_rank_ks(beam)) for m in ("ndcg", "hr"))
+
+
+class SFTTrainer(Trainer):
+    """The generic :class:`Trainer` plus validation ranking: with ``rank_rows``, every validation ranks
+    them by trie-constrained beam search (:class:`~flrec.recommenders.llm.LLMRecommender`, the model as it
+    is at that step, eval mode, no grad) and reports title-level ``hr@K``/``ndcg@K`` as the evaluation
+    runner computes them. Each process ranks a strided shard of the rows; the sums are reduced."""
+
+    def __init__(self, *args: Any, dataset: RecDataset | None = None, tokenizer: Any = None,
+                 rank_rows: Sequence[Interaction] = (), rank_beam: int = 10, rank_batch_size: int = 8,
+                 **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.rank_rows, self.rank_beam, self.rank_batch_size = list(rank_rows), rank_beam, rank_batch_size
+        self.rank_dataset, self.rank_tokenizer = dataset, tokenizer
+        if self.rank_rows and (dataset is None or tokenizer is None):
+            raise ValueError("SFTTrainer: rank_rows need the dataset and the tokenizer")
+        self._recommender = None
+
+    def extra_validation_names(self) -> tuple[str, ...]:
+        return valid_rank_names(self.rank_beam) if self.rank_rows else ()
+
+    def extra_validation(self, step: int) -> dict[str, float]:
+        """Title-level HR/NDCG@K of the fixed validation rows under the current weights (none without rows)."""
+        if not self.rank_rows:
+            return {}
+        from flrec.evaluation.runner import evaluate_rankings
+
+        acc = self.accelerator
+        model = acc.unwrap_model(self.model)
+        rec = self._ranker(model)
+        rows = self.rank_rows[acc.process_index :: acc.num_processes]
+        was_training = model.training
+        try:
+            rankings = rec.recommend(rows, k=self.rank_beam, batch_size=self.rank_batch_size) if rows else []
+        finally:
+            model.train(was_training)  # recommend() puts the model in eval mode
+        ks = valid_rank_ks(self.rank_beam)
+        metrics = evaluate_rankings(self.rank_dataset, rows, rankings, ks)[1]["metrics"]
+        names = sorted(metrics)
+        sums = torch.tensor([metrics[k] * len(rows) for k in names] + [float(len(rows))], dtype=torch.float64,
+                            device=acc.device)
+        sums = acc.reduce(sums, "sum").tolist()
+        return {k: sums[i] / max(sums[-1], 1.0) for i, k in enumerate(names)}
+
+    def _ranker(self, model: FLRRecommender):
+        """The recommender around ``model`` (built once: its title trie is reused)."""
+        from flrec.recommenders.llm import LLMRecConfig, LLMRecommender
+        from flrec.utils.dtypes import DTYPES
+
+        if self._recommender is None or self._recommender.model is not model:
+            # Rank in the dtype the model has (no cast of the weights being trained).
+            dtype = {v: k for k, v in DTYPES.items()}[next(model.parameters()).dtype]
+            config = LLMRecConfig(beam=self.rank_beam, batch_size=self.rank_batch_size, inference_dtype=dtype,
+                                  use_tuned_decoding=False)
+            self._recommender = LLMRecommender.from_model(model, self.rank_tokenizer, self.rank_dataset.catalogue,
+                                                          config, self.rank_dataset)
+        return self._recommender
 
 
 def subsample(rows: list, limit: int | None, seed: int) -> list:
@@ -129,7 +223,8 @@ def example_lengths(examples) -> list[int]:
 
 
 def run_sft(cfg: SFTConfig, dataset: RecDataset | None = None) -> dict:
-    """Train, select the best step on validation loss, and write the model to ``run_dir/best``."""
+    """Train, select the best step on validation (``train.select_metric``: the recommendation loss, or with
+    ``valid_rank_rows`` e.g. NDCG@10; ``best_valid_loss`` is its best value), write the model to ``run_dir/best``."""
     from flrec.data.prompts import collate_left_padded
 
     dataset = dataset or load_dataset(cfg.data)
@@ -142,13 +237,18 @@ def run_sft(cfg: SFTConfig, dataset: RecDataset | None = None) -> dict:
     def save_fn(m: FLRRecommender, path: Path) -> None:
         m.save_pretrained(path, tokenizer)
 
-    trainer = Trainer(model, train_ex, valid_ex, partial(collate_left_padded, pad_id=tokenizer.pad_token_id),
-                      cfg.train, param_groups=param_groups(model, cfg.train.lr, cfg.flr_lr_scale), save_fn=save_fn, run_config=cfg, stage="sft",
-                      fingerprint=sft_fingerprint(cfg, dataset), lengths=example_lengths(train_ex))
+    rank_rows = list(dataset["valid"][: cfg.valid_rank_rows]) if valid_ex is not None else []
+    trainer = SFTTrainer(model, train_ex, valid_ex, partial(collate_left_padded, pad_id=tokenizer.pad_token_id),
+                         cfg.train, param_groups=param_groups(model, cfg.train.lr, cfg.flr_lr_scale), save_fn=save_fn,
+                         run_config=cfg, stage="sft", fingerprint=sft_fingerprint(cfg, dataset),
+                         lengths=example_lengths(train_ex), dataset=dataset, tokenizer=tokenizer, rank_rows=rank_rows,
+                         rank_beam=cfg.valid_rank_beam,
+                         rank_batch_size=cfg.train.eval_batch_size or cfg.train.micro_batch_size)
     result = trainer.train()
     # train_rows = rows available; rows_seen = examples actually consumed (steps x batch, with repeats).
     return {"run_dir": cfg.run_dir, "model_dir": str(result.best_dir), "best_step": result.best_step,
-            "best_valid_loss": result.best_valid_loss, "steps": result.steps_done,
+            "best_valid_loss": result.best_valid_loss, "select_metric": cfg.train.select_metric,
+            "steps": result.steps_done,
             "stopped_early": result.stopped_early, "rows_seen": result.samples_seen, "train_rows": len(train_ex),
             "valid_rows": len(valid_ex or []), "mixed_precision": result.mixed_precision, "reused": result.reused,
             "disk_bytes": result.disk_bytes, "padding_fraction": round(trainer.padding_fraction(), 4)}

@@ -109,7 +109,13 @@ class TrainConfig(ConfigBase):
         help="bf16 autocast with fp32 master weights; auto = bf16 where the hardware runs it natively.",
     )
     eval_every: int = option(
-        0, help="Validate every N optimizer steps (always also at the end); 0 = end only."
+        0, help="Validate every N optimizer steps (always also at the end); 0 = end only. Use this or "
+        "eval_per_epoch."
+    )
+    eval_per_epoch: int = option(
+        0, help="Validate N times per epoch, evenly: after step round(j * steps_per_epoch / N) of each epoch, "
+        "j = 1..N (4 = at 25/50/75/100% of every epoch; always also at the end); 0 = off. Use this or "
+        "eval_every."
     )
     eval_batch_size: int | None = option(
         None, help="Validation batch size per process; default micro_batch_size."
@@ -119,10 +125,14 @@ class TrainConfig(ConfigBase):
     )
     select_metric: str = option(
         "auto",
-        help="Model output (a scalar, lower is better) that early stopping and best-checkpoint selection "
-        "minimise on validation: e.g. rec_loss or loss; auto = rec_loss when the model returns it (FLR: the "
-        "recommendation loss alone, so regulariser terms and their drifting weights never pick the model), "
-        "else loss.",
+        help="Validation value that early stopping and best-checkpoint selection optimise: a scalar model "
+        "output (e.g. rec_loss or loss) or a value of the stage's extra validation (SFT with valid_rank_rows > 0: "
+        "e.g. ndcg@10, hr@10); auto = rec_loss when the model returns it (FLR: the recommendation loss alone, "
+        "so regulariser terms and their drifting weights never pick the model), else loss.",
+    )
+    select_mode: Literal["auto", "min", "max"] = option(
+        "auto", help="Direction of select_metric: min (lower is better) or max; auto = max for ranking metrics "
+        "(names starting with hr@, ndcg@, recall@ or mrr), else min."
     )
     save_every: int = option(
         0, help="Checkpoint every N optimizer steps (always also at the end); 0 = end only."
@@ -178,6 +188,7 @@ class TrainConfig(ConfigBase):
             "warmup_steps",
             "max_grad_norm",
             "eval_every",
+            "eval_per_epoch",
             "save_every",
             "early_stopping_patience",
             "num_workers",
@@ -192,12 +203,47 @@ class TrainConfig(ConfigBase):
             raise ConfigError("config keys 'warmup_steps' and 'warmup_ratio' both set; set one of them to 0")
         if not self.output_dir:
             raise ConfigError("config key 'output_dir' is empty; set it to a run folder, e.g. runs/sft")
+        if self.eval_every and self.eval_per_epoch:
+            raise ConfigError(f"config keys 'eval_every' ({self.eval_every}) and 'eval_per_epoch' "
+                              f"({self.eval_per_epoch}) both set; set one of them to 0")
+        if self.select_mode not in ("auto", "min", "max"):
+            raise ConfigError(f"config key 'select_mode': {self.select_mode!r} is not one of auto, min, max")
+        if not str(self.select_metric).strip():
+            raise ConfigError("config key 'select_metric' is empty; set it to auto, rec_loss, loss or e.g. ndcg@10")
+
+    @property
+    def select_direction(self) -> Literal["min", "max"]:
+        """``select_mode`` resolved: ``max`` for ranking metrics under ``auto``, else ``min``."""
+        if self.select_mode != "auto":
+            return self.select_mode
+        return "max" if is_ranking_metric(self.select_metric) else "min"
+
+
+RANKING_PREFIXES = ("hr@", "ndcg@", "recall@", "mrr")
+
+
+def is_ranking_metric(name: str) -> bool:
+    """Whether ``name`` is a ranking metric (higher is better): ``hr@K``, ``ndcg@K``, ``recall@K``, ``mrr``.
+
+    >>> is_ranking_metric("ndcg@10"), is_ranking_metric("rec_loss")
+    (True, False)
+    """
+    return str(name).lower().startswith(RANKING_PREFIXES)
+
+
+def eval_steps_in_epoch(steps_per_epoch: int, per_epoch: int) -> list[int]:
+    """The 1-based steps within an epoch after which ``eval_per_epoch=per_epoch`` validates.
+
+    >>> eval_steps_in_epoch(8, 4), eval_steps_in_epoch(10, 3), eval_steps_in_epoch(2, 4)
+    ([2, 4, 6, 8], [3, 7, 10], [1, 2])
+    """
+    return sorted({s for j in range(1, per_epoch + 1) if (s := round(j * steps_per_epoch / per_epoch)) > 0})
 
 
 @dataclass
 class TrainResult:
     best_step: int
-    best_valid_loss: float | None  # None when there is no validation set (best = last step)
+    best_valid_loss: float | None  # the best select_metric value; None without a validation set (best = last)
     steps_done: int
     stopped_early: bool
     best_dir: Path  # what save_fn wrote: output_dir/best
@@ -206,6 +252,7 @@ class TrainResult:
     mixed_precision: str = "no"  # the resolved autocast setting ("bf16" or "no")
     reused: bool = False  # True when a finished run with the same fingerprint was returned as it was
     disk_bytes: int = 0  # what the finished run directory holds on disk
+    select_metric: str = "auto"  # what best_valid_loss measures (TrainConfig.select_metric)
 
 
 @dataclass
@@ -216,7 +263,7 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed (per process)
     best_step: int = 0
-    best_loss: float | None = None
+    best_loss: float | None = None  # best select_metric value (whatever its direction; None = no validation yet)
     bad_evals: int = 0  # validations since the last improvement
     last_eval_step: int = -1
     stopped_early: bool = False
@@ -508,6 +555,18 @@ class Trainer:
         """The key of ``compute_loss``'s output that validation minimises (``config.select_metric``)."""
         return self._select_key(out)
 
+    def extra_validation(self, step: int) -> dict[str, float]:
+        """Validation values beyond the model's loss means (e.g. ranking metrics), computed at every
+        validation (after ``step`` optimizer steps): logged as ``valid_<name>`` (log.jsonl, progress bar,
+        history) and selectable by ``select_metric``. Runs on every process; the values must be the same
+        on all of them (reduce them). Default: none."""
+        return {}
+
+    def extra_validation_names(self) -> tuple[str, ...]:
+        """The names :meth:`extra_validation` returns, known before training (``select_metric`` is checked
+        against them, and the first, or the selected one, is shown in the progress bar). Default: none."""
+        return ()
+
     # ----------------------------------------------------------------- public API
     def padding_fraction(self, epoch: int = 0) -> float:
         """Share of padding in this epoch's training micro-batches (NaN without row lengths)."""
@@ -552,15 +611,47 @@ class Trainer:
 
     def _select_key(self, out: Mapping[str, Any]) -> str:
         key = self.config.select_metric
-        if key == "auto":
+        if key == "auto" or key in self.extra_validation_names():  # an extra value: valid_loss is auto's loss
             return "rec_loss" if "rec_loss" in out else "loss"
         if key not in out or not isinstance(out[key], torch.Tensor) or out[key].dim() != 0:
+            extra = list(self.extra_validation_names())
             raise ConfigError(
                 f"config key 'select_metric' is {key!r} but the model returns no scalar under that name "
-                f"(it returns {sorted(k for k, v in out.items() if isinstance(v, torch.Tensor) and v.dim() == 0)}); "
+                f"(it returns {sorted(k for k, v in out.items() if isinstance(v, torch.Tensor) and v.dim() == 0)}"
+                f"{f'; the extra validation values are {extra}' if extra else ''}); "
                 "set select_metric=auto or one of those"
             )
         return key
+
+    def _check_select_metric(self) -> None:
+        """Refuse a ranking select_metric that no extra validation value provides, before training."""
+        key, names = self.config.select_metric, self.extra_validation_names()
+        if self.valid_loader is not None and is_ranking_metric(key) and key not in names:
+            raise ConfigError(
+                f"config key 'select_metric' is {key!r}, a ranking metric, but this stage's validation computes "
+                f"{list(names) or 'no ranking metrics'}; " + (
+                    f"pick one of {list(names)} or select_metric=auto" if names else
+                    "turn validation ranking on (SFT: valid_rank_rows=500) or set select_metric=auto")
+            )
+
+    def _bar_names(self) -> tuple[str, ...]:
+        """Extra validation values shown in the progress bar: the selected one, else the first."""
+        names = self.extra_validation_names()
+        if self.config.select_metric in names:
+            return (self.config.select_metric,)
+        return names[:1]
+
+    def _eval_due(self, step: int) -> bool:
+        """Whether to validate after optimizer step ``step`` (``eval_every`` / ``eval_per_epoch``)."""
+        cfg = self.config
+        if self.valid_loader is None:
+            return False
+        if cfg.eval_every:
+            return step % cfg.eval_every == 0
+        if cfg.eval_per_epoch:
+            marks = eval_steps_in_epoch(self.steps_per_epoch, cfg.eval_per_epoch)
+            return (step - 1) % self.steps_per_epoch + 1 in marks
+        return False
 
     def train(self) -> TrainResult:
         acc = self.accelerator
@@ -587,6 +678,7 @@ class Trainer:
 
     def _train(self) -> TrainResult:
         acc, cfg = self.accelerator, self.config
+        self._check_select_metric()
         state = self._start_state()
         log = _RunLog(self.output_dir, state.step, cfg.tensorboard, enabled=acc.is_main_process)
         bar = tqdm(
@@ -659,8 +751,8 @@ class Trainer:
                 if state.step % cfg.log_every == 0 or state.step == self.total_steps:
                     row = meter.flush(acc, state)
                     log.write(row)
-                    bar.set_postfix_str(bar_postfix(row, state.history), refresh=False)
-                if self.valid_loader is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
+                    bar.set_postfix_str(bar_postfix(row, state.history, self._bar_names()), refresh=False)
+                if self._eval_due(state.step):
                     self._validate(state, log, bar)
                 if cfg.save_every and state.step % cfg.save_every == 0 and state.step < self.total_steps:
                     self._save_checkpoint(state)
@@ -692,23 +784,34 @@ class Trainer:
         if bar is not None:  # validation can take a while: say so instead of a frozen bar
             bar.set_description_str("train (validating)")
         values = self.evaluate_all()
+        extra = {k: float(v) for k, v in self.extra_validation(state.step).items()}
         if bar is not None:
             bar.set_description_str("train", refresh=False)
         loss = values.pop("selected")
+        key = self.config.select_metric
+        if key in self.extra_validation_names():
+            if key not in extra:
+                raise FlrecError(f"{type(self).__name__}.extra_validation returned {sorted(extra)}, "
+                                 f"not the declared select_metric {key!r}")
+            value = extra[key]
+        else:
+            value = loss
         state.last_eval_step = state.step
-        improved = _improves(loss, state.best_loss)
+        improved = _improves(value, state.best_loss, self.config.select_direction)
         if improved:
-            state.best_loss, state.best_step, state.bad_evals = loss, state.step, 0
+            state.best_loss, state.best_step, state.bad_evals = value, state.step, 0
             self._save_best()
         else:
             state.bad_evals += 1
             patience = self.config.early_stopping_patience
             state.stopped_early = bool(patience) and state.bad_evals >= patience
-        # valid_loss is the selection metric; valid_<name> are the other validation means.
+        # valid_loss is the selection metric (with select_metric an extra value: the loss auto would
+        # select on); valid_<name> are the other validation means and the extra values.
         record = {
             "step": state.step,
             "valid_loss": loss,
             **{f"valid_{k}": v for k, v in values.items()},
+            **{f"valid_{k}": v for k, v in extra.items()},
             "best_step": state.best_step,
             "elapsed_s": round(state.elapsed_s, 3),
         }
@@ -819,6 +922,7 @@ class Trainer:
             self.output_dir / "log.jsonl",
             samples_seen=state.samples_seen,
             mixed_precision=self.mixed_precision,
+            select_metric=self.config.select_metric,
         )
 
     # ----------------------------------------------------------------- run identity and guards
@@ -941,9 +1045,12 @@ def _without_pickled_objects(ckpt: Path) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def _improves(loss: float, best: float | None) -> bool:
-    """A validation loss is an improvement only if it is finite (a first NaN must not become "best")."""
-    return math.isfinite(loss) and (best is None or loss < best)
+def _improves(loss: float, best: float | None, direction: Literal["min", "max"] = "min") -> bool:
+    """A validation value is an improvement only if it is finite (a first NaN must not become "best") and
+    beats ``best`` in ``direction`` (min: lower is better; max: higher)."""
+    if not math.isfinite(loss):
+        return False
+    return best is None or (loss > best if direction == "max" else loss < best)
 
 
 class _Meter:
@@ -987,8 +1094,9 @@ class _Meter:
         return row
 
 
-def bar_postfix(row: Mapping[str, Any], history: Sequence[Mapping[str, Any]] = ()) -> str:
-    """The progress bar's few fields (loss, lr, rows/s, last validation loss); log.jsonl has them all.
+def bar_postfix(row: Mapping[str, Any], history: Sequence[Mapping[str, Any]] = (), extra: Sequence[str] = ()) -> str:
+    """The progress bar's few fields (loss, lr, rows/s, last validation loss and the ``extra`` validation
+    values, e.g. ndcg@10); log.jsonl has them all.
 
     Every logged term used to go into the bar (13 fields with FLR's regularisers), which wrapped."""
     parts = [f"loss {row['loss']:.4g}"] if "loss" in row else []
@@ -1000,6 +1108,7 @@ def bar_postfix(row: Mapping[str, Any], history: Sequence[Mapping[str, Any]] = (
         parts.append(f"{row['samples_per_s']:.3g} rows/s")
     if history:
         parts.append(f"valid {history[-1]['valid_loss']:.4g}")
+        parts += [f"{k} {history[-1][f'valid_{k}']:.4g}" for k in extra if f"valid_{k}" in history[-1]]
     return ", ".join(parts)
 
 
