@@ -123,7 +123,7 @@ def test_config_errors_are_one_line(tmp_path):
     # a ranking metric that no hook computes: refused before training
     with pytest.raises(ConfigError) as e:
         Trainer(ToyMLP(), TRAIN, VALID, collate, cfg(tmp_path, "a", max_steps=2, select_metric="ndcg@10")).train()
-    assert "select_metric" in _one_line(e) and not (tmp_path / "a" / "checkpoints").exists()
+    assert "select_metric" in _one_line(e) and not (tmp_path / "a" / "fingerprint.json").exists()
     with pytest.raises(ConfigError) as e:
         ScriptedTrainer(ToyMLP(), TRAIN, VALID, collate, cfg(tmp_path, "b", max_steps=2, select_metric="ndcg@5"),
                         script={}).train()

@@ -655,6 +655,7 @@ class Trainer:
 
     def train(self) -> TrainResult:
         acc = self.accelerator
+        self._check_select_metric()  # before the run directory is claimed: a fixed rerun is not "other settings"
         with ExitStack() as guard:
             if acc.is_main_process:
                 guard.enter_context(dir_lock(self.output_dir, "run directory"))
@@ -678,7 +679,6 @@ class Trainer:
 
     def _train(self) -> TrainResult:
         acc, cfg = self.accelerator, self.config
-        self._check_select_metric()
         state = self._start_state()
         log = _RunLog(self.output_dir, state.step, cfg.tensorboard, enabled=acc.is_main_process)
         bar = tqdm(
