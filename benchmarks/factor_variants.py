@@ -28,7 +28,10 @@ CROSS = "flr.aux_losses=orth,div,sparse,thought_sim,routing"
 CENTER = ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=false", "flr.center_keys=true"]
 # The demo config's settings these variants were first run with (it has since moved to top:15 and grouping).
 BASE = ["trainable=full", "train.group_by_length=false"]
-BASES = {"full": BASE, "demo": []}  # demo: configs/demo.yaml as it is today (top 15 blocks, length grouping)
+BASES = {"full": BASE, "demo": []}
+# Defaults that changed after the first variants were run (session 6): every variant starts from the old ones,
+# so its overrides mean what they meant then; the new defaults are the variant items+center+thought+lr10-sink+nce-sparse.
+OLD_DEFAULTS = ["flr.query=prototypes", "flr.thought_key=true", "flr_lr_scale=1"]  # every flr variant names its aux_losses  # demo: configs/demo.yaml as it is today (top 15 blocks, length grouping)
 VARIANTS: dict[str, list[str]] = {
     "paper": PAPER,  # eqs. 3-8 exactly as written
     "paper+detach": ["flr.keys=tokens", "flr.key_positions=absolute", "flr.aux_to_backbone=false",
@@ -54,6 +57,11 @@ VARIANTS: dict[str, list[str]] = {
     # ... and give the attention a direct signal: what the factors read should resemble the next item
     "items+center+thought+lr10-sink+nce": [*CENTER, CROSS + ",target_nce", "flr.query=thought",
                                            "flr.thought_key=false", "flr_lr_scale=10"],
+    # the same at the base learning rate, without L_sparse (it pushes every gate one-hot), and with static queries
+    "items+center+thought-sink+nce": [*CENTER, CROSS + ",target_nce", "flr.query=thought", "flr.thought_key=false"],
+    "items+center+thought+lr10-sink+nce-sparse": [*CENTER, "flr.aux_losses=orth,div,thought_sim,routing,target_nce",
+                                                  "flr.query=thought", "flr.thought_key=false", "flr_lr_scale=10"],
+    "items+center+lr10-sink+nce": [*CENTER, CROSS + ",target_nce", "flr.thought_key=false", "flr_lr_scale=10"],
     "softprompt": ["flr.reasoner=softprompt"],  # the control: one learned constant thought
     "latentr3": ["flr.reasoner=latentr3"],
     "bigrec": ["flr.reasoner=none"],
@@ -72,7 +80,7 @@ def run_variant(name: str, overrides: list[str], args) -> dict:
     cfg = SFTConfig.load(REPO / "configs" / "demo.yaml", [
         f"run_dir={run_dir}", f"train.max_steps={args.steps}", f"train.eval_every={args.steps // 2}",
         f"train.save_every={args.steps // 2}", f"valid_limit={args.valid_rows}", f"seed={args.seed}",
-        "train.progress=false", *BASES[args.base], *overrides])
+        "train.progress=false", *BASES[args.base], *OLD_DEFAULTS, *overrides])
     ds = load_dataset(cfg.data)
     t0 = time.time()
     res = run_sft(cfg, ds)

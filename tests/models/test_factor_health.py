@@ -141,7 +141,7 @@ def test_latentr3_runs_one_step_and_explicit_two_is_refused():
     assert cfg.steps == 1 and cfg.aux == () and cfg.scale_thought is False and cfg.rope == 1000.0
     with pytest.raises(ConfigError, match="num_steps must be 1"):
         FLRConfig(reasoner="latentr3", num_steps=2)
-    assert FLRConfig().steps == 2 and FLRConfig().aux == ("orth", "div", "sparse", "thought_sim", "routing")
+    assert FLRConfig().steps == 2 and FLRConfig().aux == ("orth", "div", "thought_sim", "routing", "target_nce")
 
 
 def test_aux_losses_stop_at_the_backbone_when_configured():
@@ -277,3 +277,25 @@ def test_flr_lr_scale_gives_the_flr_parts_their_own_learning_rate():
     assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
     with pytest.raises(ConfigError, match="flr_lr_scale"):
         SFTConfig(flr_lr_scale=0)
+
+
+def test_model_saved_under_older_defaults_loads_as_it_trained(tmp_path):
+    """A saved config with aux_losses=null and without query / thought_key meant the defaults of its day:
+    the saved loss weights name its regularisers, and the missing options load as the paper's."""
+    import json
+
+    m, _ = tiny_flr(aux_losses=["orth", "div", "sparse", "thought_sim", "routing"], query="prototypes",
+                    thought_key=True, center_keys=False)
+    tok = build_tiny("llama")[1]
+    add_thought_token(build_tiny("llama")[0], tok)
+    m.save_pretrained(tmp_path, tok)
+    meta = json.loads((tmp_path / "flr_config.json").read_text())
+    meta["flr"]["aux_losses"] = None
+    del meta["flr"]["query"], meta["flr"]["thought_key"]
+    (tmp_path / "flr_config.json").write_text(json.dumps(meta))
+    loaded, _ = FLRRecommender.from_pretrained(tmp_path)
+    cfg = loaded.config
+    assert cfg.aux == ("orth", "div", "sparse", "thought_sim", "routing")
+    assert cfg.query == "prototypes" and cfg.thought_key is True
+    for k, v in m.flr_state_dict().items():
+        torch.testing.assert_close(loaded.flr_state_dict()[k], v.to(loaded.flr_state_dict()[k].dtype), msg=k)

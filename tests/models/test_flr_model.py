@@ -210,12 +210,22 @@ def test_cached_refinement_equals_naive_values_and_gradients(kind, reasoner, key
         torch.testing.assert_close(g_fast[n], g_slow[n], atol=1e-6 * scale + 1e-12, rtol=1e-5, msg=n)
 
 
-def test_second_step_changes_the_thought():
-    model = make_model(num_steps=2)
+@pytest.mark.parametrize("thought_key", [True, False])
+def test_second_step_changes_the_thought(thought_key):
+    """Step 2 sees step 1's thought: through the thought key, or (the default, no thought key) through the
+    query, once W_c has weights. W_c starts at zero, so without the thought key the two steps start equal."""
+    model = make_model(num_steps=2, thought_key=thought_key)
     batch = make_batch()
     pos = positions_from_mask(torch.cat([batch["prompt_mask"], batch["target_mask"]], 1))
-    _, _, steps, _ = model.refine(batch["prompt_ids"], batch["prompt_mask"], pos, batch["prompt_items"])
-    assert not torch.allclose(steps[0].z, steps[1].z)
+
+    def zs():
+        _, _, steps, _ = model.refine(batch["prompt_ids"], batch["prompt_mask"], pos, batch["prompt_items"])
+        return steps[0].z, steps[1].z
+
+    assert torch.allclose(*zs()) is (not thought_key)
+    with torch.no_grad():
+        model.reasoner.w_c.weight.normal_(std=0.1)
+    assert not torch.allclose(*zs())
 
 
 def test_rows_independent_of_padding_and_batch():
@@ -233,12 +243,14 @@ def test_rows_independent_of_padding_and_batch():
 
 def test_frozen_mode_trains_only_flr_parts():
     model = make_model()
+    with torch.no_grad():  # trained W_c: the query reads the thought, so thought_init gets a gradient
+        model.reasoner.w_c.weight.normal_(std=0.1)
     model.set_trainable("frozen")
     out = model(**make_batch())
     out["loss"].backward()
     assert all(p.grad is None for p in model.backbone.parameters())
     assert model.thought_init.grad is not None and model.reasoner.prototypes.grad is not None
-    assert {"rec", "orth", "div", "sparse", "lambda_orth"} <= set(out["logs"])
+    assert {"rec", "orth", "div", "target_nce", "lambda_orth"} <= set(out["logs"])
 
 
 def test_prefill_matches_teacher_forcing_first_token():

@@ -107,6 +107,8 @@ def test_shared_prefix_prefill_and_ranking_equal_unshared():
 
 def test_top_n_trains_only_the_top_and_keeps_the_bottom_bit_identical():
     model = make_model(reasoner="flr")
+    with torch.no_grad():  # trained W_c: the query reads the thought, so thought_init gets a gradient
+        model.reasoner.w_c.weight.normal_(std=0.1)
     model.set_trainable("top:1")
     assert model.frozen_blocks == 1 and parse_top("top:1") == 1
     bottom = {n: p.detach().clone() for n, p in model.named_parameters() if ".layers.0." in n or "embed" in n}
@@ -125,6 +127,8 @@ def test_top_n_trains_only_the_top_and_keeps_the_bottom_bit_identical():
 def test_top_n_no_grad_bottom_gives_the_same_gradients():
     """Running the frozen bottom without autograd on the prompt must not change any gradient."""
     model = make_model(reasoner="flr")
+    with torch.no_grad():  # trained W_c: the query reads the thought, so thought_init gets a gradient
+        model.reasoner.w_c.weight.normal_(std=0.1)
     model.set_trainable("top:1")
     batch = shared_batch()
     ref = _loss_and_grads(_with_frozen(model, 0), batch, share=True)

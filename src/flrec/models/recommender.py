@@ -32,7 +32,7 @@ from flrec.errors import ConfigError, FlrecError
 from flrec.models.compat import cache_kwarg, crop_cache, expand_cache, fork_cache, new_cache
 from flrec.models.flr import EmbeddingScale, FactorizedLatentReasoner, ReasonerOutput, positions_from_mask  # noqa: F401
 from flrec.models.freeze import frozen_bottom_no_grad, parse_top, set_top_trainable
-from flrec.models.losses import FLRObjective
+from flrec.models.losses import REGULARISERS, FLRObjective
 from flrec.models.reasoners import build_reasoner
 from flrec.models.sharing import hoist_shared_prefix, shared_head_len
 from flrec.models.state import PrefillState
@@ -89,8 +89,9 @@ class CompletionScores:
 
 REASONER_DEFAULTS = {
     # reasoner: (num_steps, aux_losses, embed_scale, rope_base)
-    # flr: the paper's eqs. 5-7 plus the two cross-row terms (chosen on validation, README "issue #9").
-    "flr": (2, ("orth", "div", "sparse", "thought_sim", "routing"), True, 10000.0),
+    # flr: eqs. 5-6 (not L_sparse: it pushes every gate one-hot for every user), the two cross-row terms
+    # and target_nce (chosen on validation, README "issue #9"; the paper's three: aux_losses=orth,div,sparse).
+    "flr": (2, ("orth", "div", "thought_sim", "routing", "target_nce"), True, 10000.0),
     # LatentR3: its keys exclude the thought and its query is the pre-thought state, so a second
     # step reproduces the first exactly; its code has no embedding rescaling and RoPE base 1000.
     "latentr3": (1, (), False, 1000.0),
@@ -123,12 +124,12 @@ class FLRConfig(ConfigBase):
         "relative", "RoPE positions of the keys: absolute = real-token/item index (the paper), relative = distance "
         "to the thought (recency), none = no rotation")
     attn_temperature: float = option(1.0, "tau: factor attention scores are divided by tau (> 1 flattens attention)")
-    query: Literal["prototypes", "thought"] = option(
-        "prototypes", "the factors' queries: prototypes = K learned static prototypes (the paper; the same for every "
+    query: Literal["thought", "prototypes"] = option(
+        "thought", "the factors' queries: prototypes = K learned static prototypes (the paper; the same for every "
         "user); thought = prototype + a learned projection of the thought's last-layer state, which has read the "
         "history (starts as the paper: the projection is initialised to zero)")
-    thought_key: bool = option(True, "the thought's own state is a key/value (the paper); false leaves it out, "
-                               "which with query=thought removes a free sink (its query matches its own key)")
+    thought_key: bool = option(False, "the thought's own state is a key/value (true: the paper); false leaves it "
+                               "out, which with query=thought removes a free sink (its query matches its own key)")
     target_nce_temperature: float = option(0.1, "target_nce regulariser: temperature of its in-batch InfoNCE")
     center_keys: bool = option(True, "subtract a running mean of the key states (EMA over training batches) before "
                                "projecting: removes the user-independent component shared by all last-layer states")
@@ -136,7 +137,7 @@ class FLRConfig(ConfigBase):
     embed_scale: bool | None = option(None, "RMS-normalise z and rescale it to the input-embedding RMS "
                                       "(null = on for flr/softprompt, off for latentr3 as in its code)")
     aux_losses: list[str] | None = option(
-        None, "enabled regularisers (null = the reasoner's: flr orth,div,sparse,thought_sim,routing; the paper's "
+        None, "enabled regularisers (null = the reasoner's: flr orth,div,thought_sim,routing,target_nce; the paper's "
         "eqs. 5-7 are orth,div,sparse): any of orth, div, sparse, thought_sim, routing, attn_entropy, target_nce "
         "(see flrec.models.losses.REGULARISERS)")
     aux_to_backbone: bool = option(
@@ -590,7 +591,13 @@ class FLRRecommender(nn.Module):
         if not (path / CONFIG_NAME).is_file():
             raise FlrecError(f"{path} is not an flrec model directory ({CONFIG_NAME} missing); pass a trained run's model dir")
         meta = json.loads((path / CONFIG_NAME).read_text())
-        cfg = FLRConfig.from_dict(_migrate_flr_config(meta["flr"]))
+        state = load_file(str(path / STATE_NAME))
+        saved = _migrate_flr_config(meta["flr"])
+        if saved.get("aux_losses") is None and saved.get("reasoner", "flr") == "flr":
+            # "the reasoner's default" has changed over versions: the saved loss weights name what it was.
+            used = {k.rsplit(".", 1)[-1] for k in state if k.startswith("objective.log_vars.")}
+            saved["aux_losses"] = [n for n in REGULARISERS if n in used]
+        cfg = FLRConfig.from_dict(saved)
         spec = backbone_override or (str(path / "backbone") if (path / "backbone").is_dir() else meta["backbone_spec"])
         backbone, tokenizer = load_backbone(spec, dtype=dtype)
         if (path / "tokenizer").is_dir():
@@ -606,7 +613,7 @@ class FLRRecommender(nn.Module):
         model = cls(backbone, cfg, thought_id, backbone_spec=meta["backbone_spec"])
         model.trainable_mode = meta.get("trainable_mode", "full")
         model.prompt_settings = meta.get("prompt", {})
-        missing, unexpected = model.load_state_dict(load_file(str(path / STATE_NAME)), strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)
         # objective.step (the warm-up counter) is absent from models saved before it existed.
         bad = [k for k in missing if not k.startswith("backbone.") and k != "objective.step"] + list(unexpected)
         if bad:
@@ -620,6 +627,8 @@ def _migrate_flr_config(saved: dict) -> dict:
     if "keys" not in saved:  # the paper's formulation was the only one
         saved.update(keys="tokens", key_positions="absolute", aux_to_backbone=True)
     saved.setdefault("center_keys", False)
+    saved.setdefault("query", "prototypes")  # options added later: absent = what the model trained with
+    saved.setdefault("thought_key", True)
     if saved.get("reasoner") == "latentr3" and saved.get("num_steps") == 2:
         saved["num_steps"] = None  # its second step reproduced the first exactly
     if saved.get("reasoner") in ("latentr3", "none") and saved.get("num_steps") == 0:

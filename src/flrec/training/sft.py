@@ -60,7 +60,7 @@ class SFTConfig(ConfigBase):
     valid_rank_beam: int = option(
         10, help="beam width (= titles ranked per row) of the validation ranking (valid_rank_rows); "
         "K above it are not reported")
-    flr_lr_scale: float = option(1.0, help="learning-rate multiplier for the FLR parts (reasoner, thought "
+    flr_lr_scale: float = option(10.0, help="learning-rate multiplier for the FLR parts (reasoner, thought "
                                  "embedding, scale, loss weights): they start from random init, the backbone "
                                  "is pretrained")
     flr: FLRConfig = option(factory=FLRConfig, help="the latent-reasoning module and its losses")
