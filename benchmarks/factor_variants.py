@@ -30,8 +30,8 @@ CENTER = ["flr.keys=items", "flr.key_positions=relative", "flr.aux_to_backbone=f
 BASE = ["trainable=full", "train.group_by_length=false"]
 BASES = {"full": BASE, "demo": []}
 # Defaults that changed after the first variants were run (session 6): every variant starts from the old ones,
-# so its overrides mean what they meant then; the new defaults are the variant items+center+thought+lr10-sink+nce-sparse.
-OLD_DEFAULTS = ["flr.query=prototypes", "flr.thought_key=true", "flr_lr_scale=1"]  # every flr variant names its aux_losses  # demo: configs/demo.yaml as it is today (top 15 blocks, length grouping)
+# so its overrides mean what they meant then; the new defaults are the variant default6+residual.
+OLD_DEFAULTS = ["flr.query=prototypes", "flr.thought_key=true", "flr_lr_scale=1", "flr.thought_residual=false"]  # every flr variant names its aux_losses  # demo: configs/demo.yaml as it is today (top 15 blocks, length grouping)
 VARIANTS: dict[str, list[str]] = {
     "paper": PAPER,  # eqs. 3-8 exactly as written
     "paper+detach": ["flr.keys=tokens", "flr.key_positions=absolute", "flr.aux_to_backbone=false",
@@ -62,7 +62,11 @@ VARIANTS: dict[str, list[str]] = {
     "items+center+thought+lr10-sink+nce-sparse": [*CENTER, "flr.aux_losses=orth,div,thought_sim,routing,target_nce",
                                                   "flr.query=thought", "flr.thought_key=false", "flr_lr_scale=10"],
     "items+center+lr10-sink+nce": [*CENTER, CROSS + ",target_nce", "flr.thought_key=false", "flr_lr_scale=10"],
-    "softprompt": ["flr.reasoner=softprompt"],  # the control: one learned constant thought
+    # the defaults since session 6 (the variant above, spelled out) with the thought written as E0 + g*scale(z), g = 0 at init
+    "default6+residual": [*CENTER, "flr.aux_losses=orth,div,thought_sim,routing,target_nce", "flr.query=thought",
+                          "flr.thought_key=false", "flr_lr_scale=10", "flr.thought_residual=true"],
+    "softprompt": ["flr.reasoner=softprompt"],
+    "softprompt+lr10": ["flr.reasoner=softprompt", "flr_lr_scale=10"],  # the control: one learned constant thought
     "latentr3": ["flr.reasoner=latentr3"],
     "bigrec": ["flr.reasoner=none"],
 }

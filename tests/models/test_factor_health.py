@@ -285,17 +285,17 @@ def test_model_saved_under_older_defaults_loads_as_it_trained(tmp_path):
     import json
 
     m, _ = tiny_flr(aux_losses=["orth", "div", "sparse", "thought_sim", "routing"], query="prototypes",
-                    thought_key=True, center_keys=False)
+                    thought_key=True, thought_residual=False, center_keys=False)
     tok = build_tiny("llama")[1]
     add_thought_token(build_tiny("llama")[0], tok)
     m.save_pretrained(tmp_path, tok)
     meta = json.loads((tmp_path / "flr_config.json").read_text())
     meta["flr"]["aux_losses"] = None
-    del meta["flr"]["query"], meta["flr"]["thought_key"]
+    del meta["flr"]["query"], meta["flr"]["thought_key"], meta["flr"]["thought_residual"]
     (tmp_path / "flr_config.json").write_text(json.dumps(meta))
     loaded, _ = FLRRecommender.from_pretrained(tmp_path)
     cfg = loaded.config
     assert cfg.aux == ("orth", "div", "sparse", "thought_sim", "routing")
-    assert cfg.query == "prototypes" and cfg.thought_key is True
+    assert cfg.query == "prototypes" and cfg.thought_key is True and cfg.thought_residual is False
     for k, v in m.flr_state_dict().items():
         torch.testing.assert_close(loaded.flr_state_dict()[k], v.to(loaded.flr_state_dict()[k].dtype), msg=k)

@@ -222,6 +222,8 @@ def test_second_step_changes_the_thought(thought_key):
         _, _, steps, _ = model.refine(batch["prompt_ids"], batch["prompt_mask"], pos, batch["prompt_items"])
         return steps[0].z, steps[1].z
 
+    with torch.no_grad():  # the default writes E0 + g * scale(z), g = 0 at init: open the gate
+        model.thought_gate.fill_(1.0)
     assert torch.allclose(*zs()) is (not thought_key)
     with torch.no_grad():
         model.reasoner.w_c.weight.normal_(std=0.1)
@@ -313,3 +315,17 @@ def test_cached_refinement_equals_naive_with_sliding_window_attention(kind):
         if p.grad is not None:
             scale = p.grad.abs().max().item()
             torch.testing.assert_close(g_fast[n], p.grad, atol=1e-6 * scale + 1e-12, rtol=1e-5, msg=n)
+
+
+def test_thought_residual_starts_as_a_constant_thought_and_learns_its_gate():
+    model = make_model(num_factors=3, thought_residual=True)
+    batch = make_batch()
+    pos = positions_from_mask(torch.cat([batch["prompt_mask"], batch["target_mask"]], 1))
+    e, _, _, _ = model.refine(batch["prompt_ids"], batch["prompt_mask"], pos, batch["prompt_items"])
+    torch.testing.assert_close(e, model.thought_init.expand_as(e))  # g = 0: every row gets E0
+    model(**batch)["rec_loss"].backward()
+    assert model.thought_gate.grad.abs().sum() > 0  # the rec loss opens the gate if the thought helps
+    with torch.no_grad():
+        model.thought_gate.fill_(1.0)
+    e1, _, _, _ = model.refine(batch["prompt_ids"], batch["prompt_mask"], pos, batch["prompt_items"])
+    assert not torch.allclose(e1[0], e1[1])  # an open gate lets each row's thought through

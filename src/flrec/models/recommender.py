@@ -128,6 +128,11 @@ class FLRConfig(ConfigBase):
         "thought", "the factors' queries: prototypes = K learned static prototypes (the paper; the same for every "
         "user); thought = prototype + a learned projection of the thought's last-layer state, which has read the "
         "history (starts as the paper: the projection is initialised to zero)")
+    thought_residual: bool | None = option(
+        None, "write E0 + g * scale(z) into the thought (E0 the learned initial thought, g a per-dimension gate "
+        "initialised to 0) instead of scale(z): training starts from the soft-prompt control and lets user "
+        "information in only as far as it lowers the loss (false: scale(z), the paper; null = the reasoner's: "
+        "on for flr, off for latentr3/softprompt as in their designs)")
     thought_key: bool = option(False, "the thought's own state is a key/value (true: the paper); false leaves it "
                                "out, which with query=thought removes a free sink (its query matches its own key)")
     target_nce_temperature: float = option(0.1, "target_nce regulariser: temperature of its in-batch InfoNCE")
@@ -200,6 +205,11 @@ class FLRConfig(ConfigBase):
         return REASONER_DEFAULTS[self.reasoner][1] if self.aux_losses is None else tuple(self.aux_losses)
 
     @property
+    def residual(self) -> bool:
+        """Resolved thought_residual (null = on for flr only)."""
+        return self.reasoner == "flr" if self.thought_residual is None else self.thought_residual
+
+    @property
     def scale_thought(self) -> bool:
         return REASONER_DEFAULTS[self.reasoner][2] if self.embed_scale is None else self.embed_scale
 
@@ -241,10 +251,20 @@ class FLRRecommender(nn.Module):
             self.scale = EmbeddingScale(d, init_rms=rms, enabled=config.scale_thought)
             # E^(0)[thought]: a separate parameter so it trains even with a frozen embedding matrix.
             self.thought_init = nn.Parameter(init)
+            if config.residual:  # zero: the model starts as the soft-prompt control
+                self.thought_gate = nn.Parameter(torch.zeros(d))
         self.objective = FLRObjective(config.aux, config.loss_weighting, config.fixed_weights,
                                       warmup_steps=config.aux_warmup_steps,
                                       params={"entropy_floor": config.attn_entropy_floor,
                                               "nce_temperature": config.target_nce_temperature})
+
+    def _write_thought(self, z: torch.Tensor) -> torch.Tensor:
+        """The thought embedding for the next step: ``scale(z)``, or with ``thought_residual``
+        ``E0 + g ⊙ scale(z)``, a learned constant plus a per-dimension gate (zero at init) on the user part."""
+        e = self.scale(z)
+        if self.config.residual:
+            e = self.thought_init.to(e.dtype) + self.thought_gate.to(e.dtype) * e
+        return e
 
     def on_train_step(self, step: int) -> None:
         """Called by the trainer after each optimizer step (drives the regulariser warm-up)."""
@@ -341,7 +361,7 @@ class FLRRecommender(nn.Module):
             out = self.reasoner(h, prompt_mask, prompt_items)
             steps.append(out)
             aux_steps.append(self.reasoner(h.detach(), prompt_mask, prompt_items) if detach_aux else out)
-            e = self.scale(out.z).to(h_prefix.dtype)
+            e = self._write_thought(out.z).to(h_prefix.dtype)
         return e, cache, steps, aux_steps
 
     def forward(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, target_ids: torch.Tensor,
@@ -418,7 +438,7 @@ class FLRRecommender(nn.Module):
             out = self.reasoner(h, prompt_mask, prompt_items)
             steps.append(out)
             aux_steps.append(self.reasoner(h.detach(), prompt_mask, prompt_items) if detach_aux else out)
-            e = self.scale(out.z).to(base.dtype)
+            e = self._write_thought(out.z).to(base.dtype)
         embeds = torch.cat([base[:, :-1], e[:, None], self._embed(target_ids)], dim=1)
         hidden = self._run(embeds, mask, positions)
         self._attach_target(aux_steps, hidden[:, p:], target_mask)
@@ -629,6 +649,7 @@ def _migrate_flr_config(saved: dict) -> dict:
     saved.setdefault("center_keys", False)
     saved.setdefault("query", "prototypes")  # options added later: absent = what the model trained with
     saved.setdefault("thought_key", True)
+    saved.setdefault("thought_residual", False)
     if saved.get("reasoner") == "latentr3" and saved.get("num_steps") == 2:
         saved["num_steps"] = None  # its second step reproduced the first exactly
     if saved.get("reasoner") in ("latentr3", "none") and saved.get("num_steps") == 0:
