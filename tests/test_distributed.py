@@ -19,10 +19,13 @@ from flrec.data.synth import SynthConfig, generate_synthetic
 ROOT = Path(__file__).resolve().parents[1]
 # flr.center_keys=false: like BatchNorm's running statistics, the key-centering EMA is updated from each
 # process's own micro-batches, so it is close to, not bit-equal with, a one-process run; the gradient
-# synchronisation this test checks is exact.
+# synchronisation this test checks is exact. train.eps=1e-3: zero-initialised parts (the thought gate, W_c) have
+# gradients near 0 at first, where Adam's normalised step (lr * g / (|g| + eps)) turns round-off differences
+# between the two reductions into full-size steps of either sign; a larger eps keeps such steps small, while
+# unsynchronised gradients would still differ everywhere.
 COMMON = ["backbone=tiny:llama", "train_limit=32", "valid_limit=8", "flr.gate_hidden=16", "train.max_steps=3",
           "train.micro_batch_size=4", "train.mixed_precision='no'", "train.progress=false", "train.lr=3e-3",
-          "flr.center_keys=false"]
+          "flr.center_keys=false", "train.eps=1e-3"]
 
 
 def _free_port() -> int:
@@ -74,7 +77,7 @@ def test_grpo_two_cpu_processes_equal_one_process(tmp_path):
                                    n_intents=6), data)
     assert main(["train", "sft", f"data={data}", f"run_dir={tmp_path / 'sft'}", *COMMON]) == 0
     grpo = ["group_size=3", "prompts_per_micro_batch=2", "train_limit=8", "valid_limit=2", "train.max_steps=2",
-            "train.mixed_precision='no'", "train.progress=false", "train.lr=1e-2"]
+            "train.mixed_precision='no'", "train.progress=false", "train.lr=1e-2", "train.eps=1e-3"]
     assert main(["train", "grpo", "--from", str(tmp_path / "sft"), f"run_dir={tmp_path / 'one'}", *grpo,
                  "prompts_per_step=4"]) == 0
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
