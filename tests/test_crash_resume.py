@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
+from tiny_runs import assert_same_flr_state
 
 from flrec.cli import main
 from flrec.data.synth import SynthConfig, generate_synthetic
@@ -54,10 +53,7 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(tmp_path, capsys)
     assert not (run / "finished.json").exists() and not (run / "best").exists()
 
     assert main(["train", "sft", f"data={data}", f"run_dir={run}", *ARGS]) == 0  # resumes
-    a, b = load_file(str(ref / "best" / "flr_state.safetensors")), load_file(str(run / "best" / "flr_state.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
+    assert_same_flr_state(ref / "best", run / "best")
     ref_log = [json.loads(x) for x in (ref / "log.jsonl").read_text().splitlines()]
     run_log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in run_log] == [r["step"] for r in ref_log]

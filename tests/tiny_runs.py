@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from flrec.training.sft import SFTConfig
 
@@ -41,3 +44,12 @@ def crash_after_first_checkpoint():
             yield
     finally:
         tr.Trainer._save_checkpoint = orig
+
+
+def assert_same_flr_state(model_a: str | Path, model_b: str | Path, atol: float = 1e-6, rtol: float = 1e-5) -> None:
+    """The FLR weights (``flr_state.safetensors``) of two saved models have the same keys and agree to atol/rtol."""
+    a = load_file(str(Path(model_a) / "flr_state.safetensors"))
+    b = load_file(str(Path(model_b) / "flr_state.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=rtol, msg=k)

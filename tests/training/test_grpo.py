@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_runs import crash_after_first_checkpoint
+from tiny_runs import assert_same_flr_state, crash_after_first_checkpoint
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from flrec.errors import ConfigError
@@ -270,10 +270,7 @@ def test_grpo_resume_equals_uninterrupted(grpo_run, sft_run, tiny_data, tmp_path
     assert (tmp_path / "b" / "checkpoints" / "step-2").is_dir()
     resumed = run_grpo(part, tiny_data)
     assert resumed["steps"] == full["steps"] == 4
-    a = load_file(f"{full['model_dir']}/flr_state.safetensors")
-    b = load_file(f"{resumed['model_dir']}/flr_state.safetensors")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
+    assert_same_flr_state(full["model_dir"], resumed["model_dir"])
     again = run_grpo(part, tiny_data)  # same settings: the finished run is reused
     assert again["reused"]
 

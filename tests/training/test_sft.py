@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from safetensors.torch import load_file
-from tiny_runs import crash_after_first_checkpoint, sft_cfg
+from tiny_runs import assert_same_flr_state, crash_after_first_checkpoint, sft_cfg
 
 from flrec.errors import ConfigError
 from flrec.models.recommender import FLRRecommender
@@ -42,10 +41,7 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_data):
         run_sft(part, tiny_data)
     resumed = run_sft(part, tiny_data)
     assert resumed["steps"] == full["steps"] == 6
-    a = load_file(f"{full['model_dir']}/flr_state.safetensors")
-    b = load_file(f"{resumed['model_dir']}/flr_state.safetensors")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
+    assert_same_flr_state(full["model_dir"], resumed["model_dir"])
 
 
 @pytest.mark.parametrize("method", ["flr", "latentr3", "bigrec"])
