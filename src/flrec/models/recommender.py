@@ -612,12 +612,7 @@ class FLRRecommender(nn.Module):
             raise FlrecError(f"{path} is not an flrec model directory ({CONFIG_NAME} missing); pass a trained run's model dir")
         meta = json.loads((path / CONFIG_NAME).read_text())
         state = load_file(str(path / STATE_NAME))
-        saved = _migrate_flr_config(meta["flr"])
-        if saved.get("aux_losses") is None and saved.get("reasoner", "flr") == "flr":
-            # "the reasoner's default" has changed over versions: the saved loss weights name what it was.
-            used = {k.rsplit(".", 1)[-1] for k in state if k.startswith("objective.log_vars.")}
-            saved["aux_losses"] = [n for n in REGULARISERS if n in used]
-        cfg = FLRConfig.from_dict(saved)
+        cfg = FLRConfig.from_dict(_migrate_flr_config(meta["flr"], state))
         spec = backbone_override or (str(path / "backbone") if (path / "backbone").is_dir() else meta["backbone_spec"])
         backbone, tokenizer = load_backbone(spec, dtype=dtype)
         if (path / "tokenizer").is_dir():
@@ -641,9 +636,14 @@ class FLRRecommender(nn.Module):
         return model.to(dtype), tokenizer
 
 
-def _migrate_flr_config(saved: dict) -> dict:
-    """Read configs written before the key options existed as what they trained with."""
+def _migrate_flr_config(saved: dict, state: dict[str, torch.Tensor]) -> dict:
+    """Read configs written before an option existed (or its default changed) as what they trained with;
+    ``state`` is the saved FLR weights."""
     saved = dict(saved)
+    if saved.get("aux_losses") is None and saved.get("reasoner", "flr") == "flr":
+        # "the reasoner's default" has changed over versions: the saved loss weights name what it was.
+        used = {k.rsplit(".", 1)[-1] for k in state if k.startswith("objective.log_vars.")}
+        saved["aux_losses"] = [n for n in REGULARISERS if n in used]
     if "keys" not in saved:  # the paper's formulation was the only one
         saved.update(keys="tokens", key_positions="absolute", aux_to_backbone=True)
     saved.setdefault("center_keys", False)
