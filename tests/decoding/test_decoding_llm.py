@@ -306,3 +306,35 @@ def test_tune_resumes_after_an_interruption(rec, ds, tmp_path, monkeypatch):
     resumed = tune_decoding(rec, ds, cfg, tmp_path)
     assert calls == ["info_gain"]
     assert resumed["points"] == full["points"] and not (tmp_path / "decoding_search.json.partial").exists()
+
+
+def test_llm_dir_reuses_a_trained_model_and_its_tuned_decoding(ds, tmp_path, monkeypatch):
+    """``llm_dir``: fit loads the trained model instead of training, applies its decoding.json, refuses
+    a model of another reasoner; a comparison cell's fingerprint follows the folder's files."""
+    import flrec.recommenders.llm as llm_mod
+    from flrec.evaluation.compare import CompareConfig, cell_fingerprint
+    from flrec.serving.load import resolve_model_dir
+
+    cfg = LLMRecConfig.from_dict({
+        "sft": {"backbone": "tiny:llama", "max_history": 4, "train_limit": 16, "valid_limit": 4,
+                "flr": {"num_factors": 2, "gate_hidden": 8},
+                "train": {"max_steps": 1, "mixed_precision": "no", "progress": False}},
+        "beam": 10, "batch_size": 4, "seed": 3})
+    rows = ds["test"][:3]
+    got = get_recommender("flr")(ds.catalogue, cfg).fit(ds, run_dir=tmp_path / "run").recommend(rows, k=10)
+    reuse = {**cfg.to_dict(), "llm_dir": str(tmp_path / "run")}
+    cc = CompareConfig(data="x", methods=["flr"], method_configs={"flr": reuse})
+    before = cell_fingerprint("flr", 3, cc, "h")
+
+    monkeypatch.setattr(llm_mod, "run_sft", lambda *a, **k: pytest.fail("trained again"))
+    again = get_recommender("flr")(ds.catalogue, LLMRecConfig.from_dict(reuse)).fit(ds)
+    assert [[t for t, _ in r] for r in again.recommend(rows, k=10)] == [[t for t, _ in r] for r in got]
+    with pytest.raises(ConfigError, match="reasoner 'flr'.*'bigrec' needs 'none'"):
+        get_recommender("bigrec")(ds.catalogue, LLMRecConfig.from_dict(reuse)).fit(ds)
+
+    (resolve_model_dir(tmp_path / "run") / DECODING_FILE).write_text('{"length_penalty": 0.0, "decoding": {"scoring": "trie_renorm"}}')
+    tuned = get_recommender("flr")(ds.catalogue, LLMRecConfig.from_dict(reuse)).fit(ds)
+    assert tuned.config.decoding.scoring == "trie_renorm" and tuned.config.length_penalty == 0.0
+    after = cell_fingerprint("flr", 3, cc, "h")
+    assert before != after and before["config.llm_dir"] == after["config.llm_dir"]
+    assert cell_fingerprint("flr", 3, cc, "h") == after  # deterministic

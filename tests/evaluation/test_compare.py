@@ -245,6 +245,12 @@ def test_compare_config_checks_and_yaml_method_config(tmp_path: Path):
     assert s["methods"][OTHER]["hr@5"]["mean"] == 1.0
     with pytest.raises(ConfigError, match="not found"):
         _cfg(tmp_path, method_configs={OTHER: str(tmp_path / "nope.yaml")}).method_config(OTHER)
+    # a file plus dotted overrides: the file's keys, the overrides on top, nested sections kept
+    y.write_text("every: 1\nsection: {a: 1, b: {c: 2}}\n")
+    got = _cfg(tmp_path, method_configs={OTHER: {"file": str(y), "every": 3, "section.b.c": 5}}).method_config(OTHER)
+    assert got == {"every": 3, "section": {"a": 1, "b": {"c": 5}}}
+    with pytest.raises(ConfigError, match="nope.yaml not found"):
+        _cfg(tmp_path, method_configs={OTHER: {"file": str(tmp_path / "nope.yaml"), "every": 3}}).method_config(OTHER)
 
 
 def test_method_seeds_override_seeds_per_method(tmp_path: Path):

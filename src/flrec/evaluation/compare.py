@@ -47,7 +47,7 @@ import yaml
 
 from flrec.analysis.longtail import average_groups
 from flrec.analysis.tables import markdown_table
-from flrec.config import ConfigBase, option, save_run_metadata
+from flrec.config import ConfigBase, apply_overrides, option, save_run_metadata
 from flrec.data.schema import SPLITS, RecDataset
 from flrec.errors import ConfigError
 from flrec.evaluation.analysis import (
@@ -77,6 +77,7 @@ from flrec.utils.runid import (
     diff,
     make_fingerprint,
     mismatch_message,
+    model_identity,
     read_fingerprint,
     write_fingerprint,
 )
@@ -113,7 +114,8 @@ class CompareConfig(ConfigBase):
     limit: int | None = option(None, help="evaluate only the first N rows of the split (None = all)")
     out: str = option("runs/compare", help="output directory (cells/, summary.json, summary.md)")
     method_configs: dict[str, Any] = option(
-        factory=dict, help="per-method config: {method: {key: value}} or {method: path/to/config.yaml}"
+        factory=dict, help="per-method config: {method: {key: value}}, {method: path/to/config.yaml}, or a file "
+        "plus dotted overrides, {method: {file: path/to/config.yaml, inference_dtype: auto, sft.train.lr: 1e-4}}"
     )
     split: str = option("test", help="split to evaluate")
     reference: str = option("flr", help="method tested for significance against the best other method")
@@ -181,13 +183,21 @@ class CompareConfig(ConfigBase):
         """The override dict for ``method`` (a YAML path is read here)."""
         mc = self.method_configs.get(method, {})
         if isinstance(mc, str):
-            p = Path(mc)
-            if not p.is_file():
-                raise ConfigError(f"method_configs.{method}: file {p} not found")
-            mc = yaml.safe_load(p.read_text()) or {}
+            mc = {"file": mc}
         if not isinstance(mc, dict):
             raise ConfigError(f"method_configs.{method}: expected a mapping or a YAML path, got {type(mc).__name__}")
-        return dict(mc)
+        if "file" not in mc:
+            return dict(mc)
+        # {file: path, key: value, ...}: the file's config with dotted overrides on top, so a variant
+        # of a shipped config (another dtype, a reused model) does not copy the whole file.
+        p = Path(str(mc["file"]))
+        if not p.is_file():
+            raise ConfigError(f"method_configs.{method}: file {p} not found")
+        base = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(base, dict):
+            raise ConfigError(f"method_configs.{method}: {p} is not a mapping of config keys")
+        over = [f"{k}={json.dumps(v)}" for k, v in mc.items() if k != "file"]
+        return apply_overrides(base, over)
 
 
 def build_recommender(method: str, dataset: RecDataset, method_config: dict[str, Any], seed: int):
@@ -240,15 +250,21 @@ def cell_fingerprint(method: str, seed: int, cfg: CompareConfig, data_hash: str)
     mc = cfg.method_config(method)
     config_cls = getattr(get_recommender(cfg.base_method(method)), "config_cls", None)
     resolved: dict[str, Any] = dict(mc)
+    inputs: dict[str, Any] = {}
     if config_cls is not None:
         with_seed = {**mc, "seed": seed} if "seed" in {f.name for f in fields(config_cls)} else mc
-        resolved = config_cls.from_dict(with_seed, source=f"method_configs.{method}").to_dict()
+        method_cfg = config_cls.from_dict(with_seed, source=f"method_configs.{method}")
+        resolved = method_cfg.to_dict()
+        # A reused trained model (llm_dir, assistant_dir) decides the result by its files, e.g. a
+        # decoding.json that tune-decoding rewrites: hash them, not just the path.
+        dirs = method_cfg.input_dirs() if hasattr(method_cfg, "input_dirs") else {}
+        inputs = {key: model_identity(path) for key, path in dirs.items()}
     conf = {k: v for k, v in config_identity(resolved).items() if not _COSMETIC_LEAVES & set(k.split("."))}
     ev = cfg.eval_config()
     base = {"method": method, "seed": seed, "split": ev.split, "limit": ev.limit, "beam": ev.beam}
     if cfg.base_method(method) != method:
         base["variant_of"] = cfg.base_method(method)
-    return make_fingerprint(base, config=conf, data={"hash": data_hash})
+    return make_fingerprint(base, config=conf, data={"hash": data_hash}, **({"inputs": inputs} if inputs else {}))
 
 
 def _check_cell(cell_dir: Path, fp: dict, cfg: CompareConfig) -> str:

@@ -69,12 +69,28 @@ class LLMRecConfig(ConfigBase):
         factory=DecodingConfig, help="decoding scoring, PMI prior, assistant mixing, exclude-seen, item-level split")
     use_tuned_decoding: bool = option(
         True, help="when loading a model directory, apply the decoding.json that flrec tune-decoding wrote there")
+    llm_dir: str | None = option(
+        None, help="use this trained model (a run dir or model dir, e.g. a comparison's flr cell) instead of "
+        "training one in fit; its tuned decoding applies unless use_tuned_decoding=false. A comparison "
+        "fingerprints the folder's files, so re-tuning or retraining it reruns the cell")
 
     def __post_init__(self) -> None:
         if self.beam < 1:
             raise ConfigError("beam must be >= 1 (the paper uses 10)")
         if self.seed is not None:
             self.sft = self.sft.replace(seed=self.seed, train=self.sft.train.replace(seed=self.seed))
+
+    def input_dirs(self) -> dict[str, str]:
+        """Folders whose contents (not only whose names) decide what ``fit`` yields: ``{key: path}``
+        (``llm_dir`` resolved to its model folder, so the run's logs and checkpoints do not count)."""
+        from flrec.serving.load import resolve_model_dir
+
+        if self.llm_dir is None:
+            return {}
+        try:
+            return {"llm_dir": str(resolve_model_dir(self.llm_dir))}
+        except FlrecError:  # not there (yet): fit says so; the fingerprint keeps the path
+            return {"llm_dir": self.llm_dir}
 
 
 class LLMRecommender(Recommender):
@@ -104,6 +120,9 @@ class LLMRecommender(Recommender):
 
         self.catalogue = dataset.catalogue
         self.item_popularity = item_popularity_weights(dataset)
+        if self.config.llm_dir is not None:  # reuse a trained model (e.g. to rank it with a tuned decoding)
+            self._attach_trained(self.config.llm_dir, dataset)
+            return self
         sft = self.config.sft
         if run_dir is not None:
             sft = sft.replace(run_dir=str(Path(run_dir) / "sft"))
@@ -114,6 +133,18 @@ class LLMRecommender(Recommender):
         result = run_sft(sft, dataset)
         self._attach(*_load_model(result["model_dir"]), dataset)
         return self
+
+    def _attach_trained(self, path: str | Path, dataset: RecDataset) -> None:
+        from flrec.serving.load import resolve_model_dir
+
+        model_dir = resolve_model_dir(path)
+        model, tokenizer = _load_model(model_dir)
+        got = model.config.reasoner
+        if got != self.reasoner:
+            raise ConfigError(f"llm_dir {path}: a model with reasoner '{got}', but '{self.name}' needs "
+                              f"'{self.reasoner}'; point llm_dir at a {self.name} model")
+        self._attach(model, tokenizer, dataset)
+        self._apply_tuned(model_dir)
 
     def _attach(self, model, tokenizer, dataset: RecDataset | None, domain: str | None = None) -> None:
         from flrec.data.prompts import PromptBuilder
@@ -418,12 +449,13 @@ class AssistedLLMRecConfig(LLMRecConfig):
 
     assistant: str = option("sasrec", help="the ID-model method mixed into decoding (any method with item scores)")
     assistant_config: dict[str, Any] = option(factory=dict, help="the assistant's config overrides, e.g. {max_epochs: 50}")
-    llm_dir: str | None = option(
-        None, help="use this trained LLM (a run dir or model dir, e.g. a comparison's flr cell) instead of "
-        "training one in fit; its decoding+assistant.json applies unless use_tuned_decoding=false")
     assistant_dir: str | None = option(
         None, help="use this saved assistant (the folder its save() wrote, e.g. a comparison's sasrec cell "
         "model/) instead of training one in fit")
+
+    def input_dirs(self) -> dict[str, str]:
+        dirs = super().input_dirs()
+        return {**dirs, "assistant_dir": self.assistant_dir} if self.assistant_dir is not None else dirs
 
 
 @register_recommender("flr+sasrec")
@@ -440,17 +472,7 @@ class FLRAssistedRec(FLRRec):
     tuned_file = ASSISTED_DECODING_FILE
 
     def fit(self, dataset: RecDataset, run_dir: str | Path | None = None) -> FLRAssistedRec:
-        if self.config.llm_dir is not None:  # reuse a trained model: no second SFT of the same FLR
-            from flrec.evaluation.analysis import item_popularity_weights
-            from flrec.serving.load import resolve_model_dir
-
-            model_dir = resolve_model_dir(self.config.llm_dir)
-            self.catalogue = dataset.catalogue
-            self.item_popularity = item_popularity_weights(dataset)
-            self._attach(*_load_model(model_dir), dataset)
-            self._apply_tuned(model_dir)
-        else:
-            super().fit(dataset, run_dir)
+        super().fit(dataset, run_dir)  # with llm_dir: the trained FLR and its decoding+assistant.json
         if self.config.assistant_dir is not None:
             self.attach_assistant(load_saved_recommender(self.config.assistant_dir))
             return self
