@@ -155,9 +155,12 @@ class CompareConfig(ConfigBase):
         if not self.seeds:
             raise ConfigError("config key 'seeds': empty; give at least one seed, e.g. seeds=1,2,3")
         for key in ("method_configs", "method_seeds"):
-            extra = sorted(set(getattr(self, key)) - set(self.methods))
+            # entries of methods not run now are fine (--methods runs a subset of a config); a name that
+            # is neither a method nor a variant is a typo
+            extra = sorted(set(getattr(self, key)) - set(self.methods) - set(known) - set(self.variants))
             if extra:
-                raise ConfigError(f"config key '{key}': '{extra[0]}' is not in methods {self.methods}")
+                raise ConfigError(f"config key '{key}': '{extra[0]}' is neither a method nor a variant; "
+                                  f"methods here: {self.methods}")
         for method, seeds in self.method_seeds.items():  # from YAML/CLI already coerced to lists of ints
             if not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(x, int) for x in seeds):
                 raise ConfigError(f"config key 'method_seeds.{method}': {seeds} must be a non-empty list of "
