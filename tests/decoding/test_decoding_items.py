@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from flrec.data.schema import Catalogue, Interaction, RecDataset
-from flrec.errors import FlrecError
+from flrec.errors import ConfigError, FlrecError
 from flrec.evaluation.analysis import expand_titles_to_items, item_popularity_weights, per_row_metric
 from flrec.evaluation.runner import EvalConfig, evaluate
 from flrec.recommenders.base import Recommender
@@ -164,3 +164,25 @@ def test_tune_selection_and_title_floor_by_hand(tmp_path, monkeypatch):
     assert (chosen["decoding"]["scoring"], chosen["decoding"]["pmi_alpha"]) == ("trie_renorm", 0.0)
     written = json.loads((tmp_path / "b" / DECODING_FILE).read_text())
     assert written["decoding"]["scoring"] == "trie_renorm" and written["selected_on"]["value"] == .20
+
+
+def test_choose_with_a_distinct_top1_floor_by_hand():
+    """``choose`` alone: the diversity floor removes collapsed points; nothing qualifying -> the first point."""
+    from flrec.decoding.tune import TuneConfig, choose
+    from flrec.recommenders.llm import ASSISTED_DECODING_FILE, DECODING_FILE
+
+    def pt(alpha, gamma, title, item, distinct):
+        return {"decoding": {"scoring": "sum", "pmi_alpha": alpha, "gamma": gamma}, "length_penalty": 0.0,
+                "title_metrics": {"ndcg@10": title}, "item_metrics": {"ndcg@10": item},
+                "top1_distinct_share": distinct}
+
+    points = [pt(0.0, 1.0, .30, .10, .2), pt(0.5, 1.0, .30, .30, .3), pt(1.0, 1.0, .29, .25, .6),
+              pt(0.0, 0.5, .40, .50, .4), pt(0.5, 0.5, .35, .45, .7)]
+    plain = choose(points, TuneConfig())
+    assert list(plain) == [DECODING_FILE] and plain[DECODING_FILE] is points[1]
+    both = choose(points, TuneConfig(distinct_floor=0.5), assisted=True)
+    assert both[DECODING_FILE] is points[2] and both[ASSISTED_DECODING_FILE] is points[4]
+    # .29 < 1.0 x .30: with both floors no plain point but the reference... which fails the diversity floor
+    assert choose(points, TuneConfig(distinct_floor=0.5, title_floor=1.0))[DECODING_FILE] is points[0]
+    with pytest.raises(ConfigError, match="distinct_floor"):
+        TuneConfig(distinct_floor=1.5)

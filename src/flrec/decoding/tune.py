@@ -8,7 +8,10 @@ problem is generic titles that name many items), with title-level and item-level
 the distinct-top-1 share recorded beside it. The best point wins; ties go to the earlier point
 of the grid, whose first point is today's decoding. With ``title_floor`` only points whose
 title-level metric is at least that factor times the first point's qualify (the issue's goal: more
-item-level quality without losing title-level quality); the first point always qualifies.
+item-level quality without losing title-level quality); with ``distinct_floor`` only points whose
+distinct-top-1 share reaches it (against generic-title collapse). When no point qualifies, the
+first point is chosen. :func:`choose` is the selection alone, so a finished search can be
+re-selected under other floors without decoding again.
 
 Outputs, in the model directory (never overwritten without ``force``):
 
@@ -61,6 +64,9 @@ class TuneConfig(ConfigBase):
         0.0, help="a point qualifies only if its title-level metric >= title_floor x that of the grid's first "
         "point (with the default grid: today's decoding); e.g. 1.0 = never trade title-level quality for the "
         "objective. 0 = no constraint")
+    distinct_floor: float = option(
+        0.0, help="a point qualifies only if its distinct-top-1 share (distinct first titles / rows) >= this; "
+        "e.g. 0.5 keeps decodings that do not collapse onto a few generic titles. 0 = no constraint")
     batch_size: int = option(8, help="users decoded together")
     out: str | None = option(None, help="search JSON (default: MODEL_DIR/decoding_search.json)")
     force: bool = option(False, help="overwrite an existing decoding.json / search file")
@@ -85,6 +91,8 @@ class TuneConfig(ConfigBase):
             raise ConfigError(f"config key 'metric': {self.metric!r}; use hr@K or ndcg@K, e.g. ndcg@10")
         if self.title_floor < 0:
             raise ConfigError(f"config key 'title_floor': {self.title_floor} must be >= 0 (0 = no constraint)")
+        if not 0.0 <= self.distinct_floor <= 1.0:
+            raise ConfigError(f"config key 'distinct_floor': {self.distinct_floor} must lie in [0, 1] (0 = no constraint)")
         if self.batch_size < 1:
             raise ConfigError(f"config key 'batch_size': {self.batch_size} must be >= 1")
 
@@ -147,22 +155,14 @@ def tune_decoding(recommender, dataset: RecDataset, cfg: TuneConfig, model_dir: 
 
     ordered = [points[_point_key(_point(cfg.base.replace(scoring=s, gamma=g, pmi_alpha=a), lp))]
                for s, lp, g in searches for a in cfg.alphas]
-    obj = "item_metrics" if cfg.protocol == "item" else "title_metrics"
-
-    floor = cfg.title_floor * ordered[0]["title_metrics"][cfg.metric]
-
-    def best(cands: list[dict]) -> dict:
-        ok = [p for p in cands if p["title_metrics"][cfg.metric] >= floor] or [ordered[0]]
-        return max(ok, key=lambda p: p[obj][cfg.metric])  # max keeps the first of equals: grid order
-
-    plain = best([p for p in ordered if p["decoding"]["gamma"] >= 1.0])
-    choices = {DECODING_FILE: plain}
-    if assisted:
-        choices[ASSISTED_DECODING_FILE] = best(ordered)
+    choices = choose(ordered, cfg, assisted)
     result = {"settings": settings, "objective": f"{cfg.protocol}:{cfg.metric}", "search_file": str(out),
-              "title_floor": {"factor": cfg.title_floor, "reference": ordered[0], "value": floor},
+              "title_floor": {"factor": cfg.title_floor, "reference": ordered[0],
+                              "value": cfg.title_floor * ordered[0]["title_metrics"][cfg.metric]},
+              "distinct_floor": cfg.distinct_floor,
               "points": ordered,
               "chosen": {name: {**p, "file": str(model_dir / name)} for name, p in choices.items()}}
+    obj = _objective_key(cfg)
     for name, p in choices.items():
         atomic_write_json(model_dir / name, {
             "length_penalty": p["length_penalty"], "decoding": p["decoding"],
@@ -172,6 +172,34 @@ def tune_decoding(recommender, dataset: RecDataset, cfg: TuneConfig, model_dir: 
     atomic_write_json(out, result)
     partial.unlink(missing_ok=True)
     return result
+
+
+def _objective_key(cfg: TuneConfig) -> str:
+    return "item_metrics" if cfg.protocol == "item" else "title_metrics"
+
+
+def choose(points: list[dict], cfg: TuneConfig, assisted: bool = False) -> dict[str, dict]:
+    """The chosen point(s) of a search, ``points`` in grid order (the first is the reference).
+
+    A point qualifies when title ``metric`` >= ``title_floor`` × the first point's and
+    ``top1_distinct_share`` >= ``distinct_floor``; the qualifying point with the best objective wins,
+    the earlier one on ties, the first point when none qualifies. Returns ``{decoding.json: best with
+    gamma = 1}`` plus, when ``assisted``, ``{decoding+assistant.json: best overall}``.
+    """
+    from flrec.recommenders.llm import ASSISTED_DECODING_FILE, DECODING_FILE
+
+    obj, metric = _objective_key(cfg), cfg.metric
+    floor = cfg.title_floor * points[0]["title_metrics"][metric]
+
+    def best(cands: list[dict]) -> dict:
+        ok = [p for p in cands if p["title_metrics"][metric] >= floor
+              and p["top1_distinct_share"] >= cfg.distinct_floor] or [points[0]]
+        return max(ok, key=lambda p: p[obj][metric])  # max keeps the first of equals: grid order
+
+    choices = {DECODING_FILE: best([p for p in points if p["decoding"]["gamma"] >= 1.0])}
+    if assisted:
+        choices[ASSISTED_DECODING_FILE] = best(points)
+    return choices
 
 
 def _point(dec: DecodingConfig, lp: float) -> dict[str, Any]:
