@@ -158,7 +158,7 @@ def tune_decoding(recommender, dataset: RecDataset, cfg: TuneConfig, model_dir: 
     choices = choose(ordered, cfg, assisted)
     result = {"settings": settings, "objective": f"{cfg.protocol}:{cfg.metric}", "search_file": str(out),
               "title_floor": {"factor": cfg.title_floor, "reference": ordered[0],
-                              "value": cfg.title_floor * ordered[0]["title_metrics"][cfg.metric]},
+                              "value": _title_floor_value(ordered, cfg)},
               "distinct_floor": cfg.distinct_floor,
               "points": ordered,
               "chosen": {name: {**p, "file": str(model_dir / name)} for name, p in choices.items()}}
@@ -178,6 +178,10 @@ def _objective_key(cfg: TuneConfig) -> str:
     return "item_metrics" if cfg.protocol == "item" else "title_metrics"
 
 
+def _title_floor_value(points: list[dict], cfg: TuneConfig) -> float:
+    return cfg.title_floor * points[0]["title_metrics"][cfg.metric]
+
+
 def choose(points: list[dict], cfg: TuneConfig, assisted: bool = False) -> dict[str, dict]:
     """The chosen point(s) of a search, ``points`` in grid order (the first is the reference).
 
@@ -189,7 +193,7 @@ def choose(points: list[dict], cfg: TuneConfig, assisted: bool = False) -> dict[
     from flrec.recommenders.llm import ASSISTED_DECODING_FILE, DECODING_FILE
 
     obj, metric = _objective_key(cfg), cfg.metric
-    floor = cfg.title_floor * points[0]["title_metrics"][metric]
+    floor = _title_floor_value(points, cfg)
 
     def best(cands: list[dict]) -> dict:
         ok = [p for p in cands if p["title_metrics"][metric] >= floor
