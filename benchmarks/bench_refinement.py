@@ -114,7 +114,8 @@ def main() -> None:
         with torch.no_grad():
             out = m(**b_flr)
             full_mask = torch.cat([b_flr["prompt_mask"], b_flr["target_mask"]], 1)
-            e, _, _, _ = m.refine(b_flr["prompt_ids"], b_flr["prompt_mask"], positions_from_mask(full_mask))
+            e, _, _, _ = m.refine(b_flr["prompt_ids"], b_flr["prompt_mask"], positions_from_mask(full_mask),
+                                  b_flr["prompt_items"])
         key = "on" if flag else "off"
         res[f"init_rec_loss_embed_scale_{key}"] = float(out["rec_loss"])
         res[f"thought_rms_ratio_{key}"] = float(e.float().pow(2).mean().sqrt()) / emb_rms

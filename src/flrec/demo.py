@@ -14,6 +14,9 @@ from flrec.errors import FlrecError
 REPO = Path(__file__).resolve().parents[2]
 METRICS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10")
 DEMO_EVAL_ROWS = 64  # test rows ranked by default: with set-up the demo stays under 15 minutes on 2 cores
+# test rows of the factor diagnostics and thought interventions (teacher-forced: much cheaper than ranking);
+# enough for a paired test of whether the LM uses the user's thought.
+DEMO_PROBE_ROWS = 192
 
 
 def _banner(text: str) -> None:
@@ -101,10 +104,12 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows:
               f"most frequent top-1: {diag.get('top1_most_common', [])[:3]}")
     # Check the mechanism, not just the metric: does the thought differ across users, are the
     # factors used, do they look at the history items that predict the target?
-    factors = factor_diagnostics(res["model_dir"], ds, split="test", limit=eval_rows)
+    # And intervene on what the LM receives: does giving each user another user's thought cost anything?
+    probe_rows = max(eval_rows, DEMO_PROBE_ROWS)
+    factors = factor_diagnostics(res["model_dir"], ds, split="test", limit=probe_rows)
     atomic_write_json(out / "factors.json", factors)
     print(format_report(factors))
-    print(f"(the same as JSON: flrec analyze factors --model {out / 'sft'} --data {cfg.data} --limit {eval_rows} --json)")
+    print(f"(the same as JSON: flrec analyze factors --model {out / 'sft'} --data {cfg.data} --limit {probe_rows} --json)")
     print(f"\nrun directory: {out.resolve()}  (total {time.time() - t0:.0f} s)")
     print(f"Next: stage 2 (FLR-GRPO) from this model: flrec train grpo --from {out / 'sft'} --config configs/grpo.yaml; "
           "the multi-method table: flrec compare (see README).")

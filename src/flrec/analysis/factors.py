@@ -31,7 +31,6 @@ none (instruction text, separators, the thought).
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,28 +40,17 @@ import numpy as np
 import torch
 
 from flrec.errors import FlrecError
+from flrec.models.health import (  # noqa: F401 (gate_usage_entropy_ratio, thought_cross_row_cosine re-exported)
+    format_interventions,
+    gate_usage_entropy_ratio,
+    thought_cross_row_cosine,
+    thought_interventions,
+)
 
 ACTIVE_GATE = 0.1
 
 
 # ------------------------------------------------------------------------------ the statistics
-def thought_cross_row_cosine(z: torch.Tensor) -> torch.Tensor:
-    """Mean pairwise cosine of the rows of ``z`` (R, D), pairs i ≠ j; needs R ≥ 2.
-
-    The value of the ``thought_sim`` regulariser, detached and accumulated in fp64.
-    """
-    from flrec.models.losses import thought_similarity_loss
-
-    return thought_similarity_loss(z.detach().double()).float()
-
-
-def gate_usage_entropy_ratio(gates: torch.Tensor) -> torch.Tensor:
-    """Entropy of the row-mean gate divided by ln K (``gates`` (R, K), K ≥ 2)."""
-    mean = gates.detach().double().mean(0)
-    ent = -(mean * mean.clamp(min=1e-300).log()).sum()
-    return (ent / math.log(gates.shape[1])).float()
-
-
 def active_factors(gates: torch.Tensor, threshold: float = ACTIVE_GATE) -> float:
     """Mean number of factors per row whose gate is at least ``threshold``."""
     return float((gates.detach() >= threshold).sum(-1).float().mean())
@@ -254,7 +242,9 @@ def summarize(trace: FactorTrace, rows=None, intents: PlantedIntents | None = No
     """All statistics of the module doc as one JSON-ready dict."""
     r, k = trace.gates.shape
     out: dict = {"rows": r, "num_factors": k}
-    out["thought_cross_row_cosine"] = float(thought_cross_row_cosine(trace.z)) if r > 1 else None
+    # On z, before the write path: a gate or residual constant after it can hide a collapse (see
+    # thought_cross_row_cosine from the interventions, computed on what the LM receives).
+    out["z_cross_row_cosine"] = float(thought_cross_row_cosine(trace.z)) if r > 1 else None
     out["gate_usage_entropy_ratio"] = float(gate_usage_entropy_ratio(trace.gates)) if k > 1 else None
     out["argmax_histogram"] = argmax_histogram(trace.gates)
     out["active_factors"] = active_factors(trace.gates)
@@ -279,10 +269,11 @@ def summarize(trace: FactorTrace, rows=None, intents: PlantedIntents | None = No
 
 
 def trace_split(model_dir: str | Path, dataset, split: str = "test", limit: int | None = 200,
-                batch_size: int = 16):
+                batch_size: int = 16, with_builder: bool = False):
     """Load a trained model and trace ``split``'s first ``limit`` rows through it.
 
-    Returns ``(model, rows, trace, intents)``; ``intents`` is None unless the data has ``intents.json``.
+    Returns ``(model, rows, trace, intents)`` (+ the prompt builder with ``with_builder``); ``intents``
+    is None unless the data has ``intents.json``.
     """
     from flrec.data.prompts import PromptBuilder
     from flrec.models.recommender import FLRRecommender
@@ -296,17 +287,32 @@ def trace_split(model_dir: str | Path, dataset, split: str = "test", limit: int 
     model, tok = FLRRecommender.from_pretrained(resolve_model_dir(model_dir))
     ps = dict(model.prompt_settings)
     ps.setdefault("domain", dataset.domain)
-    trace = collect(model, PromptBuilder(tok, use_thought=True, **ps), rows, dataset.catalogue, batch_size)
+    builder = PromptBuilder(tok, use_thought=True, **ps)
+    trace = collect(model, builder, rows, dataset.catalogue, batch_size)
     truth_file = Path(dataset.root) / "intents.json" if getattr(dataset, "root", None) else None
     intents = PlantedIntents(truth_file) if truth_file is not None and truth_file.is_file() else None
-    return model, rows, trace, intents
+    return (model, rows, trace, intents, builder) if with_builder else (model, rows, trace, intents)
+
+
+def intervention_report(model, builder, rows, catalogue, batch_size: int = 16, seed: int = 0) -> dict:
+    """:func:`flrec.models.health.thought_interventions` on ``rows`` (teacher-forced, the rows' targets)."""
+    from flrec.data.prompts import collate_left_padded
+
+    ex = builder.encode_rows(rows, catalogue)
+    pad = builder.tokenizer.pad_token_id
+    batches = [collate_left_padded(ex[i : i + batch_size], pad) for i in range(0, len(ex), batch_size)]
+    return thought_interventions(model, batches, seed=seed)
 
 
 def factor_diagnostics(model_dir: str | Path, dataset, split: str = "test", limit: int | None = 200,
-                       batch_size: int = 16, n_perm: int = 1000) -> dict:
-    """Load a trained model and report its factor health on ``split`` (first ``limit`` rows)."""
-    model, rows, trace, intents = trace_split(model_dir, dataset, split, limit, batch_size)
+                       batch_size: int = 16, n_perm: int = 1000, interventions: bool = True) -> dict:
+    """Load a trained model and report its factor health on ``split`` (first ``limit`` rows): the
+    statistics of the module doc, and (``interventions``) whether the LM uses the thought at all
+    (:mod:`flrec.models.health`: swap/mean/E0 deltas of the rec loss, user share of the written thought)."""
+    model, rows, trace, intents, builder = trace_split(model_dir, dataset, split, limit, batch_size, with_builder=True)
     report = summarize(trace, rows, intents, n_perm=n_perm)
+    if interventions:
+        report.update(intervention_report(model, builder, rows, dataset.catalogue, batch_size))
     report.update(model=str(model_dir), split=split, reasoner=model.config.reasoner, keys=model.config.keys)
     return report
 
@@ -318,7 +324,11 @@ def format_report(rep: dict) -> str:
         return "n/a" if x is None else f"{x:.3f}"
 
     lines = [f"factor diagnostics ({rep['rows']} {rep.get('split', '')} rows, K={rep['num_factors']}):",
-             f"  thought cross-row cosine  {f(rep['thought_cross_row_cosine'])}   (1 = the same thought for every user)",
+             f"  z cross-row cosine        {f(rep['z_cross_row_cosine'])}   (before the write path; 1 = the same z "
+             "for every user)"]
+    if rep.get("thought_cross_row_cosine") is not None:
+        lines.append(f"  thought cross-row cosine  {f(rep['thought_cross_row_cosine'])}   (what the LM receives)")
+    lines += [
              f"  gate usage entropy ratio  {f(rep['gate_usage_entropy_ratio'])}   (0 = one factor for everyone)",
              f"  argmax factor histogram   {rep['argmax_histogram']}",
              f"  active factors per row    {rep['active_factors']:.2f}   (gate >= {ACTIVE_GATE})",
@@ -328,4 +338,6 @@ def format_report(rep: dict) -> str:
                      f"{f(rep['target_intent_share_uniform'])} over {rep['target_intent_rows']} rows")
         lines.append(f"  MI(argmax factor; dominant intent) {rep['argmax_intent_mi']:.4f} nats, "
                      f"permutation p = {rep['argmax_intent_mi_p']:.3g}")
+    if "thought_swap_delta" in rep:
+        lines.append(format_interventions(rep))
     return "\n".join(lines)

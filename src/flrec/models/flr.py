@@ -36,6 +36,7 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.T
 
 
 KEY_MODES = ("tokens", "history", "items")
+VALUE_MODES = ("hidden", "embeddings")
 POSITION_MODES = ("absolute", "relative", "none")
 QUERY_MODES = ("prototypes", "thought")
 
@@ -55,6 +56,9 @@ class ReasonerOutput:
     # (B, D) the next item's own state (mean over its title's tokens, detached, centred like the keys);
     # set by the model after the target pass, for the target_nce regulariser. None elsewhere.
     target_state: torch.Tensor | None = None
+    # (B, D) the embedding written into the LM's thought position from this step's z (set by the
+    # model, which owns the write path): what the LM receives, so cross-row terms act on it.
+    thought: torch.Tensor | None = None
 
 
 def item_keys(hidden: torch.Tensor, items: torch.Tensor, mask: torch.Tensor):
@@ -117,21 +121,23 @@ class FactorizedLatentReasoner(nn.Module):
     def __init__(self, hidden_size: int, num_factors: int = 4, gate_hidden: int = 256, rope_base: float = 10000.0,
                  keys: str = "tokens", positions: str = "absolute", temperature: float = 1.0,
                  center: bool = False, center_momentum: float = 0.05, query: str = "prototypes",
-                 thought_key: bool = True):
+                 thought_key: bool = True, values: str = "hidden"):
         super().__init__()
         if hidden_size % 2:
             raise ValueError("hidden_size must be even for RoPE")
-        if keys not in KEY_MODES or positions not in POSITION_MODES or query not in QUERY_MODES:
-            raise ValueError(f"keys must be one of {KEY_MODES}, positions one of {POSITION_MODES} and query one "
-                             f"of {QUERY_MODES}")
+        if (keys not in KEY_MODES or positions not in POSITION_MODES or query not in QUERY_MODES
+                or values not in VALUE_MODES):
+            raise ValueError(f"keys must be one of {KEY_MODES}, positions one of {POSITION_MODES}, query one "
+                             f"of {QUERY_MODES} and values one of {VALUE_MODES}")
         d, k = hidden_size, num_factors
         self.hidden_size, self.num_factors, self.rope_base = d, k, rope_base
         self.keys, self.positions, self.temperature = keys, positions, float(temperature)
         self.center, self.center_momentum, self.query = center, center_momentum, query
-        self.thought_key = thought_key
+        self.thought_key, self.values = thought_key, values
         if center:
             self.register_buffer("key_mean", torch.zeros(d))
             self.register_buffer("key_mean_batches", torch.zeros((), dtype=torch.long))
+        self._pending_mean: torch.Tensor | None = None  # (2, D): sum and count of keys since the last commit
         self.prototypes = nn.Parameter(torch.empty(k, d))
         self.w_q = nn.Linear(d, d)
         self.w_k = nn.Linear(d, d)
@@ -156,6 +162,8 @@ class FactorizedLatentReasoner(nn.Module):
         for lin in (self.w_q, self.w_k, self.w_v):
             nn.init.normal_(lin.weight, std=d**-0.5)
             nn.init.zeros_(lin.bias)
+        if self.values == "embeddings":  # z starts as a mix of the history's own input embeddings
+            nn.init.eye_(self.w_v.weight)
         nn.init.normal_(self.gate[0].weight, std=(self.num_factors * d) ** -0.5)
         nn.init.zeros_(self.gate[0].bias)
         nn.init.zeros_(self.gate[2].weight)
@@ -186,11 +194,15 @@ class FactorizedLatentReasoner(nn.Module):
             pos = (last - pos).clamp(min=0)
         return src, key_mask, key_items, pos
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, items: torch.Tensor | None = None) -> ReasonerOutput:
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, items: torch.Tensor | None = None,
+                embeds: torch.Tensor | None = None) -> ReasonerOutput:
         """``hidden`` (B, L, D) last-layer states ending in the thought column, ``mask`` (B, L) with 1 for
-        real tokens, ``items`` (B, L) the history item of each token (-1 elsewhere; needed unless keys=tokens).
+        real tokens, ``items`` (B, L) the history item of each token (-1 elsewhere; needed unless keys=tokens),
+        ``embeds`` (B, L, D) the same positions' *input* embeddings (needed with values=embeddings).
         """
         out_dtype = hidden.dtype
+        if self.values == "embeddings" and (embeds is None or embeds.shape != hidden.shape):
+            raise ValueError("values=embeddings needs the prompt's input embeddings (embeds, same shape as hidden)")
         with torch.autocast(hidden.device.type, enabled=False):
             mask = mask.bool()
             # Padded positions can hold garbage (even NaN from fully-masked attention rows); a zero
@@ -200,7 +212,9 @@ class FactorizedLatentReasoner(nn.Module):
             src, key_mask, key_items, pos = self._select_keys(hidden, mask, items)
             thought = src[:, -1]  # the thought's state is the last source column in every key mode
             if self.center:
-                mean = self._running_key_mean(src, key_mask).to(acc)
+                mean = self.key_mean.to(acc)
+                if self.training:
+                    self._accumulate_key_mean(src, key_mask)
                 thought = thought - mean
                 src = (src - mean).masked_fill(~key_mask[..., None], 0.0)
             queries = self.prototypes.to(acc)  # (K, D), the same for every row (the paper)
@@ -210,7 +224,13 @@ class FactorizedLatentReasoner(nn.Module):
             k = _linear(src, self.w_k)
             if self.positions != "none":
                 k = apply_rope(k, pos, self.rope_base)
-            v = _linear(src, self.w_v)
+            if self.values == "embeddings":
+                # Values in the space the thought is written into: last-layer states are not input
+                # embeddings, and a frozen LM cannot read a projection of them at first (issue #24).
+                vsrc = self._select_keys(embeds.to(acc).masked_fill(~mask[..., None], 0.0), mask, items)[0]
+                v = _linear(vsrc.masked_fill(~key_mask[..., None], 0.0), self.w_v)
+            else:
+                v = _linear(src, self.w_v)
             # Per-row queries only with query=thought: the paper's shared (K, D) queries keep their own
             # contraction, whose rounding the saved models and the 2-process equality test were made with.
             spec = "bkd,bld->bkl" if q.dim() == 3 else "kd,bld->bkl"
@@ -228,22 +248,27 @@ class FactorizedLatentReasoner(nn.Module):
         x = x.to(torch.promote_types(x.dtype, torch.float32))
         return x - self.key_mean.to(x.dtype) if self.center else x
 
+    @torch.no_grad()
+    def _accumulate_key_mean(self, src: torch.Tensor, key_mask: torch.Tensor) -> None:
+        w = key_mask[..., None].to(src.dtype)
+        stats = torch.stack([(src * w).sum((0, 1)), w.sum().expand(src.shape[-1])])
+        self._pending_mean = stats if self._pending_mean is None else self._pending_mean + stats
 
     @torch.no_grad()
-    def _running_key_mean(self, src: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """The EMA of the real keys' mean state over *earlier* training batches (0 before the first).
+    def commit_key_mean(self) -> None:
+        """Fold the keys seen since the last call into the running mean (EMA; the first batch sets it).
 
-        The current batch is used only to update it afterwards (in training mode), so a row's output
-        never depends on the other rows of its batch; the first batch sets the EMA outright.
+        Called after each optimizer step (:meth:`FLRRecommender.on_train_step`), so every forward of a
+        step (each refinement step, the regulariser pass) reads the mean of *earlier* batches only,
+        and a row's output never depends on the other rows of its batch.
         """
-        mean = self.key_mean.clone()
-        if self.training:
-            w = key_mask[..., None].to(src.dtype)
-            batch_mean = (src * w).sum((0, 1)) / w.sum().clamp(min=1)
-            m = 1.0 if int(self.key_mean_batches) == 0 else self.center_momentum
-            self.key_mean.mul_(1 - m).add_(batch_mean.to(self.key_mean.dtype), alpha=m)
-            self.key_mean_batches += 1
-        return mean
+        total, self._pending_mean = self._pending_mean, None
+        if not self.center or total is None:
+            return
+        batch_mean = total[0] / total[1].clamp(min=1)
+        m = 1.0 if int(self.key_mean_batches) == 0 else self.center_momentum
+        self.key_mean.mul_(1 - m).add_(batch_mean.to(self.key_mean.dtype), alpha=m)
+        self.key_mean_batches += 1
 
 
 def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:

@@ -132,15 +132,25 @@ def target_nce_loss(attn: torch.Tensor, gates: torch.Tensor, key_states: torch.T
     return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
 
 
-# name -> (function, what it reads from a ReasonerOutput)
+def written_thought_similarity_loss(thought: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
+    """:func:`thought_similarity_loss` of the embedding written into the LM (``z`` if none was set).
+
+    On ``z`` the term can be satisfied upstream of a write path (a gate, a residual constant) that the
+    LM's input never shows; on the written embedding it asks for what the LM receives to differ.
+    """
+    return thought_similarity_loss(z if thought is None else thought)
+
+
+# name -> (function, what it reads from a ReasonerOutput, its lower bound)
 REGULARISERS: dict[str, tuple] = {}
 
 
-def register_regulariser(name: str, reads: tuple[str, ...]):
-    """Register ``fn(*[getattr(step_output, r) for r in reads], **params)`` under ``name``."""
+def register_regulariser(name: str, reads: tuple[str, ...], floor: float = 0.0):
+    """Register ``fn(*[getattr(step_output, r) for r in reads], **params)`` under ``name``; ``floor`` is
+    the least value it can take (the uncertainty weighting works on ``value − floor`` ≥ 0)."""
 
     def wrap(fn):
-        REGULARISERS[name] = (fn, reads)
+        REGULARISERS[name] = (fn, reads, float(floor))
         return fn
 
     return wrap
@@ -149,8 +159,8 @@ def register_regulariser(name: str, reads: tuple[str, ...]):
 register_regulariser("orth", ("factors",))(orthogonality_loss)
 register_regulariser("div", ("attn",))(attention_diversity_loss)
 register_regulariser("sparse", ("gates",))(sparsity_loss)
-register_regulariser("thought_sim", ("z",))(thought_similarity_loss)
-register_regulariser("routing", ("gates",))(routing_loss)
+register_regulariser("thought_sim", ("thought", "z"), floor=-1.0)(written_thought_similarity_loss)
+register_regulariser("routing", ("gates",), floor=-1.0)(routing_loss)
 register_regulariser("attn_entropy", ("attn", "key_mask"))(attention_entropy_floor_loss)
 register_regulariser("target_nce", ("attn", "gates", "key_states", "target_state"))(target_nce_loss)
 AUX_LOSSES: tuple[str, ...] = ("orth", "div", "sparse")  # the paper's three
@@ -160,15 +170,21 @@ _PARAMS = {"attn_entropy": {"entropy_floor": "floor"}, "target_nce": {"nce_tempe
 class FLRObjective(nn.Module):
     """``L = L_rec + r(t) Σ_i w_i(L_i)`` over the enabled regularisers.
 
-    * ``uncertainty`` (Kendall et al. 2018; paper §5.2): ``w_i(L) = exp(−s_i)/2 · L + s_i/2`` with
-      learnable ``s_i`` initialised to 0 (λ_i = 1/(2e^{s_i}) = 0.5 at start). The ``s_i/2`` term
-      is what stops every λ_i from collapsing to zero.
+    * ``uncertainty`` (Kendall et al. 2018; paper §5.2): ``w_i(L) = exp(−s_i)/2 · (L − L_min) + s_i/2``
+      with learnable ``s_i`` initialised to 0 (λ_i = 1/(2e^{s_i}) = 0.5 at start) and ``L_min`` the
+      regulariser's lower bound (0 for the paper's three). The ``s_i/2`` term stops every λ_i from
+      collapsing to zero; its optimum is ``s_i = log(L − L_min)``, so a term that can be negative (or
+      sits at its bound, e.g. ``target_nce`` in GRPO) would drive ``s_i`` to −∞ and λ_i up
+      exponentially: hence the shift, and ``s_i`` is clamped to ``[S_MIN, S_MAX]`` in the loss (its
+      gradient is zero beyond, so it stays bounded).
     * ``fixed``: ``w_i(L) = λ_i · L``.
 
     ``r(t) = min(1, t / warmup_steps)`` over optimizer steps ``t`` (a persistent buffer that the
     trainer sets through ``FLRRecommender.on_train_step``, so a resumed run continues the ramp). It
     scales the whole ``w_i``, so the uncertainty optimum of ``s_i`` does not move while it ramps.
     """
+
+    S_MIN, S_MAX = -4.0, 10.0  # λ in [0.5e-10, 0.5e4 ≈ 27]
 
     def __init__(self, enabled: tuple[str, ...] = AUX_LOSSES, weighting: str = "uncertainty",
                  fixed_weights: dict[str, float] | None = None, warmup_steps: int = 0,
@@ -189,7 +205,7 @@ class FLRObjective(nn.Module):
         """Each enabled loss averaged over the refinement steps' :class:`ReasonerOutput`."""
         out = {}
         for name in self.enabled:
-            fn, reads = REGULARISERS[name]
+            fn, reads, _ = REGULARISERS[name]
             kw = {arg: self.params[p] for p, arg in _PARAMS.get(name, {}).items() if p in self.params}
             out[name] = torch.stack([fn(*(getattr(s, r) for r in reads), **kw) for s in steps]).mean()
         return out
@@ -204,7 +220,8 @@ class FLRObjective(nn.Module):
         r = self.ramp()
         if self.weighting == "fixed":
             return {n: r * w for n, w in self.fixed_weights.items()}
-        return {n: r * float(0.5 * torch.exp(-p.detach())) for n, p in self.log_vars.items()}
+        return {n: r * float(0.5 * torch.exp(-p.detach().clamp(self.S_MIN, self.S_MAX)))
+                for n, p in self.log_vars.items()}
 
     def forward(self, rec_loss: torch.Tensor, aux: dict[str, torch.Tensor]) -> torch.Tensor:
         r = self.ramp()
@@ -213,6 +230,7 @@ class FLRObjective(nn.Module):
             if self.weighting == "fixed":
                 total = total + r * self.fixed_weights[name] * value
             else:
-                s = self.log_vars[name]
-                total = total + r * (0.5 * torch.exp(-s) * value + 0.5 * s)
+                s = self.log_vars[name].clamp(self.S_MIN, self.S_MAX)
+                shifted = value - REGULARISERS[name][2]
+                total = total + r * (0.5 * torch.exp(-s) * shifted + 0.5 * s)
         return total

@@ -88,7 +88,8 @@ def build_reasoner(config, hidden_size: int) -> nn.Module:
         return FactorizedLatentReasoner(hidden_size, config.num_factors, config.gate_hidden, config.rope,
                                         keys=config.keys, positions=config.key_positions,
                                         temperature=config.attn_temperature, center=config.center_keys,
-                                        query=config.query, thought_key=config.thought_key)
+                                        query=config.query, thought_key=config.thought_key,
+                                        values=config.values)
     if config.reasoner == "latentr3":
         return LatentR3Reasoner(hidden_size, config.rope)
     if config.reasoner == "softprompt":

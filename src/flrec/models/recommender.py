@@ -32,33 +32,16 @@ from flrec.errors import ConfigError, FlrecError
 from flrec.models.compat import cache_kwarg, crop_cache, expand_cache, fork_cache, new_cache
 from flrec.models.flr import EmbeddingScale, FactorizedLatentReasoner, ReasonerOutput, positions_from_mask  # noqa: F401
 from flrec.models.freeze import frozen_bottom_no_grad, parse_top, set_top_trainable
+from flrec.models.health import health_stats
 from flrec.models.losses import REGULARISERS, FLRObjective
 from flrec.models.reasoners import build_reasoner
 from flrec.models.sharing import hoist_shared_prefix, shared_head_len
 from flrec.models.state import PrefillState
 
 CONFIG_NAME = "flr_config.json"
+# 2: the soft-prompt control's thought is not rescaled by default (models saved before resolve it as on).
+FORMAT_VERSION = 2
 STATE_NAME = "flr_state.safetensors"
-
-
-@torch.no_grad()
-def health_stats(out: ReasonerOutput) -> dict[str, torch.Tensor]:
-    """Batch health of the factors, logged every step (see ``flrec analyze factors`` for the full report).
-
-    ``thought_cos``: mean pairwise cosine of z across the batch's rows (1 = a constant soft prompt);
-    ``gate_usage``: entropy of the batch-mean gate / ln K (0 = every row picks the same factor);
-    ``gate_max``: mean largest gate; ``hist_attn``: mean attention mass on history-title keys.
-    """
-    from flrec.analysis.factors import gate_usage_entropy_ratio, thought_cross_row_cosine
-
-    stats = {"gate_max": out.gates.float().max(-1).values.mean()}
-    if out.z.shape[0] > 1:
-        stats["thought_cos"] = thought_cross_row_cosine(out.z)
-    if out.gates.shape[1] > 1:
-        stats["gate_usage"] = gate_usage_entropy_ratio(out.gates)
-    if out.key_items is not None:
-        stats["hist_attn"] = (out.attn * (out.key_items >= 0)[:, None, :]).sum(-1).mean()
-    return stats
 
 
 @dataclass
@@ -95,7 +78,9 @@ REASONER_DEFAULTS = {
     # LatentR3: its keys exclude the thought and its query is the pre-thought state, so a second
     # step reproduces the first exactly; its code has no embedding rescaling and RoPE base 1000.
     "latentr3": (1, (), False, 1000.0),
-    "softprompt": (1, (), True, 10000.0),
+    # softprompt: the constant is trained exactly as FLR trains E0 (initialised from the thought token's
+    # embedding, no rescaling, the FLR learning rate), so a loss gap to FLR measures the user part alone.
+    "softprompt": (1, (), False, 10000.0),
     "none": (0, (), False, 10000.0),
 }
 
@@ -133,6 +118,10 @@ class FLRConfig(ConfigBase):
         "initialised to 0) instead of scale(z): training starts from the soft-prompt control and lets user "
         "information in only as far as it lowers the loss (false: scale(z), the paper; null = the reasoner's: "
         "on for flr, off for latentr3/softprompt as in their designs)")
+    values: Literal["hidden", "embeddings"] = option(
+        "hidden", "what a factor's value (and so the written thought) is made of: hidden = a projection of the "
+        "keys' last-layer states (the paper); embeddings = the same positions' input embeddings through W_v "
+        "(initialised to the identity), so the thought is written in the space the LM reads its inputs in")
     thought_key: bool = option(False, "the thought's own state is a key/value (true: the paper); false leaves it "
                                "out, which with query=thought removes a free sink (its query matches its own key)")
     target_nce_temperature: float = option(0.1, "target_nce regulariser: temperature of its in-batch InfoNCE")
@@ -140,7 +129,8 @@ class FLRConfig(ConfigBase):
                                "projecting: removes the user-independent component shared by all last-layer states")
     rope_base: float | None = option(None, "RoPE base for the keys (null = the reasoner's: flr 10000, latentr3 1000)")
     embed_scale: bool | None = option(None, "RMS-normalise z and rescale it to the input-embedding RMS "
-                                      "(null = on for flr/softprompt, off for latentr3 as in its code)")
+                                      "(null = on for flr, off for latentr3 as in its code and for the softprompt control, whose "
+                                      "constant is trained as FLR trains E0)")
     aux_losses: list[str] | None = option(
         None, "enabled regularisers (null = the reasoner's: flr orth,div,thought_sim,routing,target_nce; the paper's "
         "eqs. 5-7 are orth,div,sparse): any of orth, div, sparse, thought_sim, routing, attn_entropy, target_nce "
@@ -251,6 +241,9 @@ class FLRRecommender(nn.Module):
             self.scale = EmbeddingScale(d, init_rms=rms, enabled=config.scale_thought)
             # E^(0)[thought]: a separate parameter so it trains even with a frozen embedding matrix.
             self.thought_init = nn.Parameter(init)
+            if config.reasoner == "softprompt":  # the matched control: its constant starts where E0 does
+                with torch.no_grad():
+                    self.reasoner.vector.copy_(init)
             if config.residual:  # zero: the model starts as the soft-prompt control
                 self.thought_gate = nn.Parameter(torch.zeros(d))
         self.objective = FLRObjective(config.aux, config.loss_weighting, config.fixed_weights,
@@ -267,8 +260,12 @@ class FLRRecommender(nn.Module):
         return e
 
     def on_train_step(self, step: int) -> None:
-        """Called by the trainer after each optimizer step (drives the regulariser warm-up)."""
+        """Called by the trainer after each optimizer step: drives the regulariser warm-up and folds
+        the step's key statistics into the reasoner's running key mean (used from the next step on)."""
         self.objective.step.fill_(step)
+        commit = getattr(getattr(self, "reasoner", None), "commit_key_mean", None)
+        if callable(commit):
+            commit()
 
     # ----------------------------------------------------------------------------------- plumbing
     @property
@@ -351,6 +348,7 @@ class FLRRecommender(nn.Module):
             h_prefix = self._encode(prompt_ids[:, :-1], prompt_mask[:, :-1], positions[:, : p - 1], cache)
         e = self.thought_init.to(h_prefix.dtype).expand(prompt_ids.shape[0], -1)
         detach_aux = self._detach_aux()
+        emb_prefix = self._embed(prompt_ids[:, :-1]) if self._values_from_embeddings else None
         steps: list[ReasonerOutput] = []
         aux_steps: list[ReasonerOutput] = []
         for _ in range(self.config.steps):
@@ -358,11 +356,29 @@ class FLRRecommender(nn.Module):
             crop_cache(cache, p - 1)  # drop this step's thought; the prefix stays as it was
             # Keys/values cover the prompt *including* the thought, so step n+1 sees a changed state.
             h = torch.cat([h_prefix, h_t], dim=1)
-            out = self.reasoner(h, prompt_mask, prompt_items)
+            emb = None if emb_prefix is None else torch.cat([emb_prefix, e[:, None].to(emb_prefix.dtype)], dim=1)
+            out = self._reason(h, prompt_mask, prompt_items, emb)
             steps.append(out)
-            aux_steps.append(self.reasoner(h.detach(), prompt_mask, prompt_items) if detach_aux else out)
+            if detach_aux:
+                aux = self._reason(h.detach(), prompt_mask, prompt_items, None if emb is None else emb.detach())
+                aux_steps.append(aux)
+            else:
+                aux_steps.append(out)
             e = self._write_thought(out.z).to(h_prefix.dtype)
+            out.thought = e
+            if detach_aux:
+                aux_steps[-1].thought = self._write_thought(aux_steps[-1].z)
         return e, cache, steps, aux_steps
+
+    @property
+    def _values_from_embeddings(self) -> bool:
+        return getattr(self.reasoner, "values", "hidden") == "embeddings"
+
+    def _reason(self, hidden, mask, items, embeds=None) -> ReasonerOutput:
+        """One reasoner call; ``embeds`` (the positions' input embeddings) only for values=embeddings."""
+        if embeds is None:
+            return self.reasoner(hidden, mask, items)
+        return self.reasoner(hidden, mask, items, embeds=embeds)
 
     def forward(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, target_ids: torch.Tensor,
                 target_mask: torch.Tensor, prompt_items: torch.Tensor | None = None, **_: object) -> dict:
@@ -435,14 +451,59 @@ class FLRRecommender(nn.Module):
         for _ in range(self.config.steps):
             embeds = torch.cat([base[:, :-1], e[:, None]], dim=1)
             h = self._run(embeds, prompt_mask, positions[:, :p])
-            out = self.reasoner(h, prompt_mask, prompt_items)
+            emb = embeds if self._values_from_embeddings else None
+            out = self._reason(h, prompt_mask, prompt_items, emb)
             steps.append(out)
-            aux_steps.append(self.reasoner(h.detach(), prompt_mask, prompt_items) if detach_aux else out)
+            if detach_aux:
+                aux_steps.append(self._reason(h.detach(), prompt_mask, prompt_items,
+                                              None if emb is None else emb.detach()))
+            else:
+                aux_steps.append(out)
             e = self._write_thought(out.z).to(base.dtype)
+            out.thought = e
+            if detach_aux:
+                aux_steps[-1].thought = self._write_thought(aux_steps[-1].z)
         embeds = torch.cat([base[:, :-1], e[:, None], self._embed(target_ids)], dim=1)
         hidden = self._run(embeds, mask, positions)
         self._attach_target(aux_steps, hidden[:, p:], target_mask)
         return self._loss(hidden[:, p - 1 : -1], target_ids, target_mask, steps, aux_steps)
+
+    @torch.no_grad()
+    def row_losses(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, target_ids: torch.Tensor,
+                   target_mask: torch.Tensor, prompt_items: torch.Tensor | None = None,
+                   thought: torch.Tensor | None = None, return_z: bool = False,
+                   prefix: PromptPrefix | None = None):
+        """Per-row teacher-forced rec loss (mean NLL over the row's target tokens) and the thought
+        embedding the LM received, ``(losses (B,), e (B, D))`` (+ the last step's ``z`` with ``return_z``).
+
+        ``thought`` (B, D) replaces the model's own: the refinement steps are skipped and the LM gets
+        exactly this embedding at the thought position (the intervention of :mod:`flrec.models.health`).
+        ``prefix`` (:meth:`encode_prompt` of the same prompts) reuses an encoded prompt.
+        """
+        if not self.config.uses_thought:
+            raise FlrecError("row_losses needs a thought token (reasoner=none has none)")
+        prompt_ids, prompt_mask, prompt_items = self.layout(prompt_ids, prompt_mask, prompt_items)
+        mask = torch.cat([prompt_mask, target_mask], dim=1)
+        positions = positions_from_mask(mask)
+        p = prompt_ids.shape[1]
+        z = None
+        if thought is None:
+            e, cache, steps, _ = self.refine(prompt_ids, prompt_mask, positions, prompt_items, prefix=prefix)
+            z = steps[-1].z
+        else:
+            self._check_thought(prompt_ids)
+            if prefix is not None:
+                cache, h = fork_cache(prefix.cache), prefix.hidden
+            else:
+                cache = new_cache(self.causal_lm)
+                h = self._encode(prompt_ids[:, :-1], prompt_mask[:, :-1], positions[:, : p - 1], cache)
+            e = thought.to(h.dtype)
+        hidden = self._run(torch.cat([e[:, None], self._embed(target_ids)], dim=1), mask, positions[:, p - 1 :], cache)
+        logits = self._lm_head(hidden[:, :-1])
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        nll = F.cross_entropy(logits.transpose(1, 2), target_ids, reduction="none") * target_mask
+        losses = nll.sum(1) / target_mask.sum(1).clamp(min=1)
+        return (losses, e, z) if return_z else (losses, e)
 
     # ------------------------------------------------------------------- per-token scores (GRPO)
     @torch.no_grad()
@@ -597,7 +658,7 @@ class FLRRecommender(nn.Module):
         atomic_write_json(path / CONFIG_NAME, {
             "flr": self.config.to_dict(), "backbone_spec": self.backbone_spec,
             "thought_token_id": self.thought_token_id, "trainable_mode": self.trainable_mode,
-            "prompt": self.prompt_settings,
+            "prompt": self.prompt_settings, "format": FORMAT_VERSION,
         })
 
     @classmethod
@@ -612,7 +673,7 @@ class FLRRecommender(nn.Module):
             raise FlrecError(f"{path} is not an flrec model directory ({CONFIG_NAME} missing); pass a trained run's model dir")
         meta = json.loads((path / CONFIG_NAME).read_text())
         state = load_file(str(path / STATE_NAME))
-        cfg = FLRConfig.from_dict(_migrate_flr_config(meta["flr"], state))
+        cfg = FLRConfig.from_dict(_migrate_flr_config(meta["flr"], state, meta.get("format", 1)))
         spec = backbone_override or (str(path / "backbone") if (path / "backbone").is_dir() else meta["backbone_spec"])
         backbone, tokenizer = load_backbone(spec, dtype=dtype)
         if (path / "tokenizer").is_dir():
@@ -636,10 +697,13 @@ class FLRRecommender(nn.Module):
         return model.to(dtype), tokenizer
 
 
-def _migrate_flr_config(saved: dict, state: dict[str, torch.Tensor]) -> dict:
+def _migrate_flr_config(saved: dict, state: dict[str, torch.Tensor], fmt: int = FORMAT_VERSION) -> dict:
     """Read configs written before an option existed (or its default changed) as what they trained with;
-    ``state`` is the saved FLR weights."""
+    ``state`` is the saved FLR weights, ``fmt`` the saved folder's format version."""
     saved = dict(saved)
+    if fmt < 2 and saved.get("reasoner") == "softprompt" and saved.get("embed_scale") is None:
+        saved["embed_scale"] = True
+    saved.setdefault("values", "hidden")
     if saved.get("aux_losses") is None and saved.get("reasoner", "flr") == "flr":
         # "the reasoner's default" has changed over versions: the saved loss weights name what it was.
         used = {k.rsplit(".", 1)[-1] for k in state if k.startswith("objective.log_vars.")}

@@ -437,6 +437,13 @@ class BIGRecRec(LLMRecommender):
     reasoner = "none"
 
 
+@register_recommender("softprompt")
+class SoftPromptRec(LLMRecommender):
+    """The control: one learned constant thought, trained exactly as FLR trains its E0."""
+
+    reasoner = "softprompt"
+
+
 @register_recommender("base")
 class BaseLLMRec(LLMRecommender):
     reasoner = "none"

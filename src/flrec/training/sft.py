@@ -22,6 +22,7 @@ from flrec.data.load import load_dataset
 from flrec.data.schema import Interaction, RecDataset
 from flrec.errors import ConfigError
 from flrec.evaluation.metrics import EVAL_KS
+from flrec.models.health import thought_interventions
 from flrec.models.recommender import FLRConfig, FLRRecommender
 from flrec.training.trainer import TRAIN_COSMETIC, TrainConfig, Trainer, is_ranking_metric
 from flrec.utils.dtypes import DTYPES
@@ -60,6 +61,11 @@ class SFTConfig(ConfigBase):
     valid_rank_beam: int = option(
         10, help="beam width (= titles ranked per row) of the validation ranking (valid_rank_rows); "
         "K above it are not reported")
+    thought_probe_rows: int = option(
+        64, help="at each validation, measure on the first N validation rows whether the LM uses the user's "
+        "thought: the rec-loss change when each row gets another row's thought (valid_thought_swap_delta), the "
+        "mean thought (valid_thought_const_delta) or E0, and the user share of the written thought (see "
+        "flrec.models.health); 0 = off. Does not change training")
     flr_lr_scale: float = option(10.0, help="learning-rate multiplier for the FLR parts (reasoner, thought "
                                  "embedding, scale, loss weights): they start from random init, the backbone "
                                  "is pretrained")
@@ -85,6 +91,8 @@ class SFTConfig(ConfigBase):
             v = getattr(self, key)
             if v is not None and v < 1:
                 raise ConfigError(f"{key} must be >= 1 or null (all rows), got {v}")
+        if self.thought_probe_rows < 0:
+            raise ConfigError(f"thought_probe_rows must be >= 0 (0 = off), got {self.thought_probe_rows}")
         if self.valid_rank_rows < 0:
             raise ConfigError(f"valid_rank_rows must be >= 0 (0 = no validation ranking), got {self.valid_rank_rows}")
         if self.valid_rank_beam < 1:
@@ -110,6 +118,11 @@ def valid_rank_ks(beam: int) -> tuple[int, ...]:
     return tuple(k for k in EVAL_KS if k <= beam) or (1,)
 
 
+# Logged as valid_<name> at each validation (flrec.models.health); never a selection metric by default.
+THOUGHT_PROBE_NAMES = ("thought_swap_delta", "thought_swap_delta_p", "thought_const_delta", "thought_init_delta",
+                       "thought_user_share", "thought_cross_row_cosine", "z_cross_row_cosine")
+
+
 def valid_rank_names(beam: int) -> tuple[str, ...]:
     """The validation ranking's values, largest K first (``ndcg@10`` leads: the progress bar shows it)."""
     return tuple(f"{m}@{k}" for k in reversed(valid_rank_ks(beam)) for m in ("ndcg", "hr"))
@@ -123,21 +136,34 @@ class SFTTrainer(Trainer):
 
     def __init__(self, *args: Any, dataset: RecDataset | None = None, tokenizer: Any = None,
                  rank_rows: Sequence[Interaction] = (), rank_beam: int = 10, rank_batch_size: int = 8,
-                 **kwargs: Any):
+                 probe_batches: Sequence[dict] = (), **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.rank_rows, self.rank_beam, self.rank_batch_size = list(rank_rows), rank_beam, rank_batch_size
+        # Collated validation batches for the thought interventions (flrec.models.health), every validation.
+        self.probe_batches = list(probe_batches)
         self.rank_dataset, self.rank_tokenizer = dataset, tokenizer
         if self.rank_rows and (dataset is None or tokenizer is None):
             raise ValueError("SFTTrainer: rank_rows need the dataset and the tokenizer")
         self._recommender = None
 
     def extra_validation_names(self) -> tuple[str, ...]:
-        return valid_rank_names(self.rank_beam) if self.rank_rows else ()
+        names = valid_rank_names(self.rank_beam) if self.rank_rows else ()
+        return names + (THOUGHT_PROBE_NAMES if self.probe_batches else ())
 
     def extra_validation(self, step: int) -> dict[str, float]:
-        """Title-level HR/NDCG@K of the fixed validation rows under the current weights (none without rows)."""
-        if not self.rank_rows:
-            return {}
+        """Title-level HR/NDCG@K of the fixed validation rows under the current weights (none without rows),
+        and the thought interventions on ``probe_batches`` (does the LM use the user's thought?)."""
+        out = self._thought_probe() if self.probe_batches else {}
+        return {**out, **self._valid_ranking()} if self.rank_rows else out
+
+    def _thought_probe(self) -> dict[str, float]:
+        model = self.accelerator.unwrap_model(self.model)
+        dev = self.accelerator.device
+        batches = [{k: v.to(dev) if torch.is_tensor(v) else v for k, v in b.items()} for b in self.probe_batches]
+        rep = thought_interventions(model, batches)
+        return {k: float("nan") if rep.get(k) is None else float(rep[k]) for k in THOUGHT_PROBE_NAMES}
+
+    def _valid_ranking(self) -> dict[str, float]:
         from flrec.evaluation.runner import evaluate_rankings
 
         acc = self.accelerator
@@ -199,7 +225,7 @@ def build_model(cfg: SFTConfig, dataset: RecDataset):
 def sft_fingerprint(cfg: SFTConfig, dataset: RecDataset) -> dict:
     """What determines an SFT run's result: the config (minus where files go, progress and logging),
     the train/valid rows and titles (a content hash: the data path itself may move) and the backbone."""
-    ignore = ("run_dir", "data", *(f"train.{k}" for k in TRAIN_COSMETIC))
+    ignore = ("run_dir", "data", "thought_probe_rows", *(f"train.{k}" for k in TRAIN_COSMETIC))
     return make_fingerprint(config_identity(cfg, ignore), data={"hash": dataset_hash(dataset, ("train", "valid"))},
                             backbone=model_identity(cfg.backbone))
 
@@ -238,12 +264,16 @@ def run_sft(cfg: SFTConfig, dataset: RecDataset | None = None) -> dict:
         m.save_pretrained(path, tokenizer)
 
     rank_rows = list(dataset["valid"][: cfg.valid_rank_rows]) if valid_ex is not None else []
-    trainer = SFTTrainer(model, train_ex, valid_ex, partial(collate_left_padded, pad_id=tokenizer.pad_token_id),
+    collate = partial(collate_left_padded, pad_id=tokenizer.pad_token_id)
+    probe_ex = (valid_ex or [])[: cfg.thought_probe_rows] if cfg.flr.uses_thought else []
+    bs = cfg.train.eval_batch_size or cfg.train.micro_batch_size
+    probe = [collate(probe_ex[i : i + bs]) for i in range(0, len(probe_ex), bs)] if len(probe_ex) >= 2 else []
+    trainer = SFTTrainer(model, train_ex, valid_ex, collate,
                          cfg.train, param_groups=param_groups(model, cfg.train.lr, cfg.flr_lr_scale), save_fn=save_fn,
                          run_config=cfg, stage="sft", fingerprint=sft_fingerprint(cfg, dataset),
                          lengths=example_lengths(train_ex), dataset=dataset, tokenizer=tokenizer, rank_rows=rank_rows,
                          rank_beam=cfg.valid_rank_beam,
-                         rank_batch_size=cfg.train.eval_batch_size or cfg.train.micro_batch_size)
+                         rank_batch_size=bs, probe_batches=probe)
     result = trainer.train()
     # train_rows = rows available; rows_seen = examples actually consumed (steps x batch, with repeats).
     return {"run_dir": cfg.run_dir, "model_dir": str(result.best_dir), "best_step": result.best_step,
