@@ -4,7 +4,8 @@ They differ only in :class:`~flrec.models.recommender.FLRConfig` (``reasoner``) 
 they train; all share SFT (:mod:`flrec.training.sft`) and constrained beam-search ranking.
 
 * ``flr`` — K factors, gate, N=2 refinement steps, three regularisers (the paper).
-* ``latentr3`` — one attention head queried by the pre-thought state, one step, no regularisers.
+* ``latentr3_sft`` — LatentR3's SFT stage only: one attention head queried by the pre-thought state,
+  one step, no regularisers. ``latentr3`` (:mod:`flrec.recommenders.grpo`) adds its RL stage.
 * ``bigrec`` — the same SFT without a thought token; grounding by the title trie (as the paper's
   protocol does for every generative method).
 * ``base`` — the untuned backbone with the same prompt and constrained decoding.
@@ -427,8 +428,10 @@ class FLRRec(LLMRecommender):
     reasoner = "flr"
 
 
-@register_recommender("latentr3")
-class LatentR3Rec(LLMRecommender):
+@register_recommender("latentr3_sft")
+class LatentR3SFTRec(LLMRecommender):
+    """LatentR3's SFT stage alone (``latentr3`` is both stages)."""
+
     reasoner = "latentr3"
 
 
