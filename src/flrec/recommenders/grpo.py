@@ -72,6 +72,11 @@ class _GRPORec(LLMRecommender):
     variant: ClassVar[str] = "flr"
     preset: ClassVar[str | None] = None  # None: the user's grpo.preset, else the variant's
 
+    def __init__(self, catalogue=None, config: LLMRecConfig | None = None):
+        if config is not None and not isinstance(config, self.config_cls):  # e.g. one LLM YAML for every method
+            config = self.config_cls.from_dict(config.to_dict(), source=f"{self.name} config")
+        super().__init__(catalogue, config)
+
     def grpo_settings(self, start: Path, out: str) -> GRPOConfig:
         """The GRPO stage's config (the hook a two-stage method overrides through its class variables)."""
         cfg: GRPORecConfig = self.config  # type: ignore[assignment]

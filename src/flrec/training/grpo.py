@@ -123,7 +123,11 @@ class GRPOConfig(ConfigBase):
         None, help="the values of null num_iterations, beta_kl, noise, noise_scale and trainable (null = the "
         "variant's). flr: 2 / 0.04 / relative / 0.5 / flr (flrec's FLR-GRPO); latentr3: 1 / 0 / absolute / 1.5 / "
         "qkv (LatentR3's code). LR-GRPO with preset=flr isolates reward and baseline against FLR-GRPO")
-    group_size: int = option(8, help="G, samples per prompt (sample 1 noise-free, 2..G with noise on the thought)")
+    group_size: int = option(
+        8, help="G, samples per prompt (sample 1 noise-free, 2..G with noise on the thought). No sample is decoded: "
+        "every sample's completion is the ground-truth title (teacher forcing, as eq. 12 and LatentR3), scored "
+        "under its thought, so the loss is an advantage-weighted likelihood of the target, not an unbiased "
+        "policy gradient of the expected reward")
     prompts_per_step: int = option(8, help="prompts whose rollouts make one optimizer step, per process "
                                    "(independent of group_size: a step scores prompts_per_step x group_size samples)")
     prompts_per_micro_batch: int | None = option(
