@@ -693,14 +693,17 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=fmt)
     s.add_argument("--data", required=True, help="D3 dataset dir or embedded:synth")
     s.add_argument("--model", action="append", required=True, metavar="METHOD=RUN_DIR",
-                   help="repeatable: bigrec=RUN, latentr3=RUN, flr=RUN, cot=RUN (cot: a no-thought model, e.g. bigrec's)")
+                   help="repeatable: bigrec=RUN, latentr3=RUN, flr=RUN, cot=RUN (cot: a no-thought model, e.g. bigrec's, "
+                   "that writes its own rationale before the title)")
     s.add_argument("--split", default="test", help="split whose rows are timed")
     s.add_argument("--limit", type=int, default=100, help="users timed (the paper: 100)")
     s.add_argument("--batch-size", type=int, default=4, help="users per recommend() call (the paper: 4)")
     s.add_argument("--repeats", type=int, default=3, help="repetitions averaged (the paper: 3)")
     s.add_argument("--beam", type=int, default=10, help="beam width")
     s.add_argument("--cot-beam", type=int, help="beam of the cot method (the paper: 1; default: --beam)")
-    s.add_argument("--rationale-tokens", type=int, default=32, help="cot: most rationale tokens per user")
+    s.add_argument("--rationale-tokens", type=int, default=None,
+                   help="cot: cap on its self-generated rationale per user (default: the method's 256, i.e. until "
+                   "the model starts the title); the report gives the measured length and the rows that hit the cap")
     s.add_argument("--out", help="write cost.json into this folder (read by flrec report)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing cost.json")
     s.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
