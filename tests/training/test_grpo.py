@@ -449,3 +449,29 @@ def test_latentr3_rl_stage_noise_is_absolute_and_baseline_global(latentr3_rl, la
     # one baseline for all groups (the mean of their noise-free rewards), one L2 norm
     dev = ro.rewards - ro.rewards[::g].mean()
     torch.testing.assert_close(ro.advantages, dev / (dev.norm() + cfg.adv_eps))
+
+
+def test_shipped_five_row_config_gives_each_method_its_own_settings():
+    from pathlib import Path
+
+    from flrec.evaluation.compare import CompareConfig
+    from flrec.recommenders.base import get_recommender
+
+    root = Path(__file__).resolve().parents[2]
+    cmp = CompareConfig.load(root / "configs" / "compare" / "synth-latent-rl-cpu.yaml")
+    assert sorted(cmp.methods) == sorted(["latentr3_sft", "latentr3", "flr", "flr_grpo", "lr_grpo"])
+    assert len(cmp.seeds) >= 3 and cmp.limit is None and cmp.data == "embedded:synth"
+    order = cmp.methods.index
+    assert order("flr") < min(order("flr_grpo"), order("lr_grpo")) and order("latentr3_sft") < order("latentr3")
+    want = {"flr_grpo": ("flr", "flr", 2, "relative", "flr"), "lr_grpo": ("flr", "latentr3", 1, "absolute", "qkv"),
+            "latentr3": ("latentr3_sft", "latentr3", 1, "absolute", "qkv")}
+    for method, (start, preset, iters, noise, trainable) in want.items():
+        cls = get_recommender(method)
+        cfg = cls.config_cls.from_dict({**cmp.method_config(method), "seed": 1})
+        assert cfg.sft_dir == f"{cmp.out}/cells/{start}/seed{{seed}}/sft", method
+        g = cls(None, cfg).grpo_settings(Path("start"), "out")
+        assert (g.preset, g.num_iterations, g.noise, g.trainable) == (preset, iters, noise, trainable), method
+    # the earlier Table 4 configs keep FLR-GRPO's settings for lr_grpo (what they measured)
+    for name in ("grpo-synth-cpu.yaml", "grpo-cds-cpu.yaml"):
+        rec = get_recommender("lr_grpo").config_cls.load(root / "configs" / "recommenders" / name)
+        assert rec.grpo_config("x", variant="lr").preset == "flr"
