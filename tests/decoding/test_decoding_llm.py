@@ -371,3 +371,7 @@ def test_llm_dir_reuses_a_trained_model_and_its_tuned_decoding(ds, tmp_path, mon
     after = cell_fingerprint("flr", 3, cc, "h")
     assert before != after and before["config.llm_dir"] == after["config.llm_dir"]
     assert cell_fingerprint("flr", 3, cc, "h") == after  # deterministic
+    # without llm_dir, use_tuned_decoding cannot change a cell (nothing is loaded): not in its fingerprint
+    trained = CompareConfig(data="x", methods=["flr"], method_configs={"flr": cfg.to_dict()})
+    assert "config.use_tuned_decoding" not in cell_fingerprint("flr", 3, trained, "h")
+    assert after["config.use_tuned_decoding"] is False
