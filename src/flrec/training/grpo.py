@@ -330,6 +330,9 @@ class GRPOTrainer(Trainer):
         if not inner.config.uses_thought:
             raise FlrecError("GRPO explores by perturbing the thought; this model has none (reasoner=none)")
         self.sigma = noise_sigma(grpo, inner)
+        if not any(trains(grpo.trainable, n) for n, _ in model.named_parameters()):
+            raise ConfigError(f"trainable={grpo.trainable}: this model's reasoner ({inner.config.reasoner}) has no such "
+                              "parameters; set trainable=flr (or preset=flr)")
         # The reference: a frozen copy of the SFT FLR parameters and buffers (not the backbone, which
         # the policy shares and never changes); evaluated with torch.func.functional_call.
         self.ref_state = {k: v.detach().clone() for k, v in model.state_dict().items()
