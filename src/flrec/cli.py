@@ -191,6 +191,8 @@ def cmd_train_grpo(a) -> None:
     head = "reused the finished run (same settings)" if res.get("reused") else f"trained {res['steps']} steps"
     print(f"{head} of {res['variant']}-GRPO from {res['start']}: {res['prompts_seen']} prompts seen "
           f"(of {res['train_rows']} training rows), reward {res['reward']}, advantage {res['advantage']}")
+    print(f"preset {res['preset']}: {res['num_iterations']} iteration(s) per rollout, beta_kl {res['beta_kl']}, "
+          f"noise {res['noise']}, trainable {res['trainable']}")
     best = res["best_valid_neg_reward"]
     print(f"best step {res['best_step']}" + ("" if best is None else f", validation reward {-best:.4f}"))
     print(f"model: {res['model_dir']}  (log: {res['run_dir']}/log.jsonl)")
@@ -223,6 +225,8 @@ def cmd_evaluate(a) -> None:
 
         dtype = resolve_inference_dtype(a.dtype)  # the fingerprint records what actually ran
         rec = load_llm_recommender(model_dir, ds, dtype=dtype, beam=cfg.beam)
+        if a.use_tuned_decoding:  # logged, and recorded in the summary and fingerprint
+            rec.apply_tuned_decoding(model_dir)
         suffix = "" if cfg.shard is None else "-shard" + cfg.shard.replace("/", "of")
         out = Path(a.out) if a.out else Path(a.model) / f"eval-{cfg.split}{suffix}"
         identity = {"model": model_identity(model_dir), "dtype": dtype}
@@ -593,7 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(= train.overwrite=true); a run with the same settings is always resumed or reused")
     s.add_argument("--json", action="store_true", help="print the result as one JSON document")
     s.set_defaults(fn=cmd_train_sft)
-    s = with_config(tsub.add_parser("grpo", help="FLR-GRPO (or LR-GRPO: variant=lr) from an SFT run; only FLR trains",
+    s = with_config(tsub.add_parser("grpo", help="FLR-GRPO (or LR-GRPO: variant=lr) from an SFT run; only FLR parts train. "
+                                    "Teacher-forced: the ground-truth title scored under noisy thoughts "
+                                    "(advantage-weighted likelihood); `flrec config grpo` lists the presets",
                                     formatter_class=fmt))
     s.add_argument("--from", dest="from_run", help="the SFT run directory to start from (= from_run=RUN_DIR)")
     s.add_argument("--force", action="store_true",
@@ -617,6 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--merge", nargs="+", metavar="SHARD_DIR",
                    help="merge finished shard folders (every i of i/n) into --out instead of evaluating")
     s.add_argument("--out", help="output dir (default: MODEL/eval-SPLIT, or MODEL/eval-SPLIT-shardIofN)")
+    s.add_argument("--use-tuned-decoding", action="store_true",
+                   help="rank with the decoding.json flrec tune-decoding wrote into the model dir (default: ignore "
+                   "it); the adopted decoding is printed and recorded in the summary and fingerprint")
     s.add_argument("--force", action="store_true",
                    help="recompute --out if it holds an evaluation with other settings (model, data, beam, ...)")
     s.add_argument("--json", action="store_true", help="stdout: exactly one JSON document (notes go to stderr)")
@@ -625,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = with_config(sub.add_parser("compare", help="train + evaluate several methods x seeds; table + t-test",
                                    formatter_class=fmt))
     s.add_argument("--data", help="D3 dataset folder (default: the config's data)")
-    s.add_argument("--methods", help="comma-separated, e.g. flr,latentr3,bigrec,base,sasrec,gru4rec,caser,alpharec,pop "
+    s.add_argument("--methods", help="comma-separated, e.g. flr,latentr3_sft,bigrec,base,sasrec,gru4rec,caser,alpharec,pop "
                    "(default: the config's methods)")
     s.add_argument("--seeds", help="comma-separated, e.g. 1,2,3 (default: the config's seeds, 1,2,3)")
     s.add_argument("--limit", type=int, help="evaluate only the first N rows of the split (default: all rows)")
@@ -684,14 +693,17 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=fmt)
     s.add_argument("--data", required=True, help="D3 dataset dir or embedded:synth")
     s.add_argument("--model", action="append", required=True, metavar="METHOD=RUN_DIR",
-                   help="repeatable: bigrec=RUN, latentr3=RUN, flr=RUN, cot=RUN (cot: a no-thought model, e.g. bigrec's)")
+                   help="repeatable: bigrec=RUN, latentr3=RUN, flr=RUN, cot=RUN (cot: a no-thought model, e.g. bigrec's, "
+                   "that writes its own rationale before the title)")
     s.add_argument("--split", default="test", help="split whose rows are timed")
     s.add_argument("--limit", type=int, default=100, help="users timed (the paper: 100)")
     s.add_argument("--batch-size", type=int, default=4, help="users per recommend() call (the paper: 4)")
     s.add_argument("--repeats", type=int, default=3, help="repetitions averaged (the paper: 3)")
     s.add_argument("--beam", type=int, default=10, help="beam width")
     s.add_argument("--cot-beam", type=int, help="beam of the cot method (the paper: 1; default: --beam)")
-    s.add_argument("--rationale-tokens", type=int, default=32, help="cot: most rationale tokens per user")
+    s.add_argument("--rationale-tokens", type=int, default=None,
+                   help="cot: cap on its self-generated rationale per user (default: the method's 256, i.e. until "
+                   "the model starts the title); the report gives the measured length and the rows that hit the cap")
     s.add_argument("--out", help="write cost.json into this folder (read by flrec report)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing cost.json")
     s.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")

@@ -257,7 +257,9 @@ def test_cot_writes_a_bounded_rationale_then_a_constrained_title(synth):
     cands, _ = rec.decode_candidates(rows)
     titles = sum(rec._title_len[i] for hyps in cands for i, _ in hyps)
     rationale = rec.last_generated_tokens - titles
-    assert len(rows) <= rationale <= 4 * len(rows)
+    assert len(rows) <= rationale <= 4 * len(rows) and rec.last_rationale_tokens == rationale
+    assert 0 <= rec.last_rationale_capped <= len(rows)
+    assert CoTRecConfig().rationale_tokens == 256  # a safety cap, not a length
     ranked = rec.recommend(rows, k=10)
     assert all(len(r) == 10 and len({t for t, _ in r}) == 10 for r in ranked)
     assert all(t in set(synth.catalogue.titles) for r in ranked for t, _ in r)
@@ -387,6 +389,9 @@ def test_analyze_disentangle_and_cost_cli_on_saved_tiny_models(synth, tmp_path, 
     assert list(cost["methods"]) == ["bigrec", "flr", "cot"]  # the paper's order
     toks = {m: st["generated_tokens_per_user"] for m, st in cost["methods"].items()}
     assert toks["cot"] > toks["bigrec"]  # same model: the rationale adds tokens
+    cot = cost["methods"]["cot"]  # the rationale length it measured, and how often the cap cut it
+    assert 1 <= cot["rationale_tokens_per_user"] <= 3 and 0 <= cot["rationale_capped_share"] <= 1
+    assert cost["rationale_cap"] == 3 and "rationale_tokens_per_user" not in cost["methods"]["bigrec"]
     assert main(["analyze", "cost", "--data", str(synth.root), "--model", "flr"]) == 2  # not METHOD=DIR
     assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
     text = (tmp_path / "report" / "report.md").read_text()

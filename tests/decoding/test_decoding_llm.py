@@ -171,7 +171,7 @@ def test_prior_cache_survives_a_new_recommender(rec, ds, tmp_path, monkeypatch):
     assert rec.recommend(ds["test"][:2], k=10) == first
 
 
-def test_tune_writes_decoding_json_and_evaluate_uses_it(rec, ds, tmp_path, capsys):
+def test_tune_writes_decoding_json_and_evaluate_uses_it(rec, ds, tmp_path, capsys, caplog):
     from flrec.decoding.tune import TuneConfig, tune_model_dir
     from flrec.evaluation.runner import EvalConfig, evaluate
     from flrec.serving.load import load_llm_recommender
@@ -197,17 +197,46 @@ def test_tune_writes_decoding_json_and_evaluate_uses_it(rec, ds, tmp_path, capsy
     # a hand-written choice makes the pick-up observable whatever the tiny model preferred
     (model_dir / DECODING_FILE).write_text(json.dumps({"length_penalty": 0.0, "decoding": {
         "scoring": "trie_renorm", "pmi_alpha": 0.5, "prior_cache_dir": str(tmp_path / "priors")}}))
-    served = load_llm_recommender(tmp_path / "saved", ds, beam=10)
+    served = load_llm_recommender(tmp_path / "saved", ds, beam=10)  # not asked for: ignored
+    assert served.config.decoding.scoring == "sum" and served.decoding_info()["tuned_from"] is None
+    assert served.apply_tuned_decoding(model_dir)  # asked for (flrec evaluate --use-tuned-decoding)
     assert served.config.decoding.scoring == "trie_renorm" and served.config.length_penalty == 0.0
+    assert "ranking with the tuned decoding" in caplog.text and '"scoring": "trie_renorm"' in caplog.text  # printed
     summary = evaluate(served, ds, EvalConfig(limit=4, protocol="item"), tmp_path / "eval")
     assert summary["decoding"]["scoring"] == "trie_renorm" and summary["decoding"]["pmi_alpha"] == 0.5
     assert summary["decoding"]["tuned_from"].endswith(DECODING_FILE)
+    fp = json.loads((tmp_path / "eval" / "fingerprint.json").read_text())
+    assert fp["tuned_decoding.scoring"] == "trie_renorm" and fp["tuned_decoding.length_penalty"] == 0.0
     assert set(summary["item_metrics"]) == set(summary["metrics"])
-    again = type(rec).load(tmp_path / "saved")  # a saved recommender picks it up too
+    assert type(rec).load(tmp_path / "saved").config.decoding.scoring == "sum"  # its config did not ask
+    asked = rec.config.replace(use_tuned_decoding=True)
+    again = type(rec).from_model_dir(model_dir, ds.catalogue, asked)
     assert again.config.decoding.scoring == "trie_renorm"
     (model_dir / DECODING_FILE).write_text('{"decoding": {"scoring": "mean"}}')
     with pytest.raises(ConfigError, match="scoring"):
-        load_llm_recommender(tmp_path / "saved", ds, beam=10)
+        type(rec).from_model_dir(model_dir, ds.catalogue, asked)
+
+
+def test_a_decoding_json_changes_nothing_unless_asked(rec, ds, tmp_path):
+    """A model folder with a decoding.json ranks exactly as without one, unless the user asks for it."""
+    from flrec.evaluation.runner import EvalConfig, evaluate
+
+    _set(rec)
+    rec.save(tmp_path / "saved")
+    model_dir = tmp_path / "saved" / "model"
+    rows = ds["test"][:4]
+    plain = type(rec).from_model_dir(model_dir, ds.catalogue, rec.config)
+    before = plain.recommend(rows, k=10)
+    ev_before = evaluate(plain, ds, EvalConfig(limit=4), tmp_path / "e1")
+    (model_dir / DECODING_FILE).write_text(json.dumps({"length_penalty": 0.0, "decoding": {"scoring": "trie_renorm"}}))
+    for quiet in (type(rec).from_model_dir(model_dir, ds.catalogue, rec.config), type(rec).load(tmp_path / "saved")):
+        assert quiet.recommend(rows, k=10) == before
+        assert quiet.decoding_info()["tuned_from"] is None and not quiet.config.use_tuned_decoding
+    ev_after = evaluate(type(rec).load(tmp_path / "saved"), ds, EvalConfig(limit=4), tmp_path / "e2")
+    assert ev_after["metrics"] == ev_before["metrics"]
+    assert not any(k.startswith("tuned_decoding") for k in json.loads((tmp_path / "e2" / "fingerprint.json").read_text()))
+    asked = type(rec).from_model_dir(model_dir, ds.catalogue, rec.config.replace(use_tuned_decoding=True))
+    assert asked.config.decoding.scoring == "trie_renorm" and asked.decoding_info()["use_tuned_decoding"]
 
 
 def test_flr_plus_sasrec_fits_saves_and_loads(ds, tmp_path):
@@ -252,7 +281,9 @@ def test_flr_plus_sasrec_fits_saves_and_loads(ds, tmp_path):
         cls(ds.catalogue, cfg.replace(llm_dir=str(tmp_path / "saved"), assistant_dir=str(tmp_path))).fit(ds)
     # the assisted method reads its own tuned file; plain FLR never loads an assisted directory as FLR
     (tmp_path / "saved" / "model" / "decoding+assistant.json").write_text('{"decoding": {"gamma": 0.0}}')
-    assert cls.load(tmp_path / "saved").config.decoding.gamma == 0.0
+    assert cls.load(tmp_path / "saved").config.decoding.gamma == 0.5  # not asked for: ignored
+    asked = cls.load(tmp_path / "saved")
+    assert asked.apply_tuned_decoding(tmp_path / "saved" / "model") and asked.config.decoding.gamma == 0.0
     with pytest.raises(ConfigError, match="unknown key 'assistant'"):
         get_recommender("flr").load(tmp_path / "saved")
     with pytest.raises(ConfigError, match="assistant"):
@@ -309,7 +340,7 @@ def test_tune_resumes_after_an_interruption(rec, ds, tmp_path, monkeypatch):
 
 
 def test_llm_dir_reuses_a_trained_model_and_its_tuned_decoding(ds, tmp_path, monkeypatch):
-    """``llm_dir``: fit loads the trained model instead of training, applies its decoding.json, refuses
+    """``llm_dir``: fit loads the trained model instead of training, applies its decoding.json when asked, refuses
     a model of another reasoner; a comparison cell's fingerprint follows the folder's files."""
     import flrec.recommenders.llm as llm_mod
     from flrec.evaluation.compare import CompareConfig, cell_fingerprint
@@ -333,8 +364,14 @@ def test_llm_dir_reuses_a_trained_model_and_its_tuned_decoding(ds, tmp_path, mon
         get_recommender("bigrec")(ds.catalogue, LLMRecConfig.from_dict(reuse)).fit(ds)
 
     (resolve_model_dir(tmp_path / "run") / DECODING_FILE).write_text('{"length_penalty": 0.0, "decoding": {"scoring": "trie_renorm"}}')
-    tuned = get_recommender("flr")(ds.catalogue, LLMRecConfig.from_dict(reuse)).fit(ds)
+    plain = get_recommender("flr")(ds.catalogue, LLMRecConfig.from_dict(reuse)).fit(ds)  # not asked for
+    assert plain.config.decoding.scoring == "sum" and plain.config.length_penalty == 1.0
+    tuned = get_recommender("flr")(ds.catalogue, LLMRecConfig.from_dict({**reuse, "use_tuned_decoding": True})).fit(ds)
     assert tuned.config.decoding.scoring == "trie_renorm" and tuned.config.length_penalty == 0.0
     after = cell_fingerprint("flr", 3, cc, "h")
     assert before != after and before["config.llm_dir"] == after["config.llm_dir"]
     assert cell_fingerprint("flr", 3, cc, "h") == after  # deterministic
+    # without llm_dir, use_tuned_decoding cannot change a cell (nothing is loaded): not in its fingerprint
+    trained = CompareConfig(data="x", methods=["flr"], method_configs={"flr": cfg.to_dict()})
+    assert "config.use_tuned_decoding" not in cell_fingerprint("flr", 3, trained, "h")
+    assert after["config.use_tuned_decoding"] is False

@@ -160,8 +160,9 @@ def test_llm_recommenders_leave_the_callers_config_alone():
 
     cfg = LLMRecConfig.from_dict({"sft": {"flr": {"num_factors": 3}, "max_history": 7}})
     before = cfg.to_dict()
-    recs = {name: get_recommender(name)(None, cfg) for name in ("latentr3", "bigrec", "flr")}
-    assert {n: r.config.sft.flr.reasoner for n, r in recs.items()} == {"latentr3": "latentr3", "bigrec": "none", "flr": "flr"}
+    recs = {name: get_recommender(name)(None, cfg) for name in ("latentr3", "latentr3_sft", "bigrec", "flr")}
+    assert {n: r.config.sft.flr.reasoner for n, r in recs.items()} == {
+        "latentr3": "latentr3", "latentr3_sft": "latentr3", "bigrec": "none", "flr": "flr"}
     # latentr3's own fixed values come from the reasoner, not from rewriting the keys.
     assert recs["latentr3"].config.sft.flr.num_factors == 3 and recs["latentr3"].config.sft.flr.aux == ()
     model = SimpleNamespace(prompt_settings={"domain": "CD"}, config=SimpleNamespace(uses_thought=False))

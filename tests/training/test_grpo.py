@@ -12,7 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from flrec.errors import ConfigError
 from flrec.models.recommender import FLRConfig, FLRRecommender
-from flrec.training.grpo import GRPOConfig, build_grpo_trainer, read_log, run_grpo
+from flrec.training.grpo import PRESETS, GRPOConfig, build_grpo_trainer, noise_sigma, read_log, run_grpo
 from flrec.training.rewards import (
     RewardInputs,
     get_advantage,
@@ -306,21 +306,23 @@ def test_grpo_config_fix_it_errors(sft_run):
     assert (cfg.train.micro_batch_size, cfg.train.grad_accum_steps) == (2, 4)  # G does not enter the batch sizes
 
 
-@pytest.mark.parametrize("method", ["flr_grpo", "lr_grpo"])
-def test_compare_methods_fit_from_the_same_sft_start_and_rank(method, sft_run, tiny_data, tmp_path):
+@pytest.mark.parametrize("method", ["flr_grpo", "lr_grpo", "latentr3"])
+def test_compare_methods_fit_from_the_same_sft_start_and_rank(method, sft_run, latentr3_sft_run, tiny_data, tmp_path):
     from flrec.evaluation.compare import CompareConfig
     from flrec.recommenders.base import get_recommender
 
-    CompareConfig(methods=["flr", "flr_grpo", "lr_grpo"])  # known to flrec compare
+    CompareConfig(methods=["flr", "flr_grpo", "lr_grpo", "latentr3_sft", "latentr3"])  # known to flrec compare
     cls = get_recommender(method)
     cfg = cls.config_cls.from_dict({
-        "sft_dir": str(sft_run), "seed": 0, "beam": 5, "batch_size": 4, "sft": {"backbone": "tiny:llama", "max_history": 4},
+        "sft_dir": str(latentr3_sft_run if method == "latentr3" else sft_run), "seed": 0, "beam": 5, "batch_size": 4, "sft": {"backbone": "tiny:llama", "max_history": 4},
         "grpo": {"group_size": 2, "prompts_per_step": 2, "train_limit": 4, "valid_limit": 2,
                  "train": {"max_steps": 2, "mixed_precision": "no", "progress": False}}})
     rec = cls(tiny_data.catalogue, cfg).fit(tiny_data, run_dir=tmp_path / method)
     info = json.loads((tmp_path / method / "grpo" / "finished.json").read_text())
     assert info["steps_done"] == 2
-    assert json.loads((tmp_path / method / "grpo" / "fingerprint.json").read_text())["variant"] == method.split("_")[0]
+    fp = json.loads((tmp_path / method / "grpo" / "fingerprint.json").read_text())
+    assert (fp["variant"], fp["preset"]) == {"flr_grpo": ("flr", "flr"), "lr_grpo": ("lr", "latentr3"),
+                                             "latentr3": ("lr", "latentr3")}[method]
     ranked = rec.recommend(tiny_data["test"][:3], k=5)
     titles = set(tiny_data.catalogue.titles)
     assert len(ranked) == 3 and all(r and all(t in titles for t, _ in r) for r in ranked)
@@ -329,6 +331,9 @@ def test_compare_methods_fit_from_the_same_sft_start_and_rank(method, sft_run, t
     assert [t for t, _ in again.recommend(tiny_data["test"][:3], k=5)[0]] == [t for t, _ in ranked[0]]
     with pytest.raises(ConfigError, match="set by the method"):
         cls.config_cls.from_dict({"grpo": {"variant": "lr"}})
+    if method == "latentr3":  # LatentR3's own RL settings are not a knob of the two-stage method
+        with pytest.raises(ConfigError, match="grpo.preset is set by the method"):
+            cls.config_cls.from_dict({"grpo": {"preset": "flr"}})
 
 
 def test_shipped_grpo_config_loads():
@@ -352,3 +357,121 @@ def test_shipped_grpo_comparison_configs_load():
     rec = GRPORecConfig.load(root / "recommenders" / "grpo-cds-cpu.yaml")
     assert "{seed}" in rec.sft_dir and rec.sft_dir.startswith(cmp.out)
     assert rec.grpo_config("x").train.max_steps % rec.grpo_config("x").num_iterations == 0
+
+
+# ------------------------------------------------------------------- LatentR3's RL stage, LR-GRPO presets
+@pytest.fixture(scope="module")
+def latentr3_sft_run(tmp_path_factory, tiny_data):
+    run = tmp_path_factory.mktemp("sft-latentr3") / "run"
+    cfg = SFTConfig.from_dict({"backbone": "tiny:llama", "run_dir": str(run), "train_limit": 32, "valid_limit": 8,
+                               "flr": {"reasoner": "latentr3"},
+                               "train": {"max_steps": 3, "micro_batch_size": 8, "lr": 3e-3, "mixed_precision": "no",
+                                         "progress": False}})
+    run_sft(cfg, tiny_data)
+    return run
+
+
+def test_presets_resolve_to_the_documented_values(sft_run):
+    ok = {"from_run": str(sft_run)}
+    flr = {"num_iterations": 2, "beta_kl": 0.04, "noise": "relative", "noise_scale": 0.5, "trainable": "flr"}
+    latentr3 = {"num_iterations": 1, "beta_kl": 0.0, "noise": "absolute", "noise_scale": 1.5, "trainable": "qkv"}
+    assert PRESETS == {"flr": flr, "latentr3": latentr3}
+
+    def knobs(cfg):
+        return cfg.preset, {k: getattr(cfg, k) for k in flr}, (cfg.reward_name, cfg.advantage_name)
+
+    assert knobs(GRPOConfig.from_dict(ok)) == ("flr", flr, ("hybrid", "group_baseline"))  # FLR-GRPO
+    lr = ("neg_perplexity", "global_baseline")
+    assert knobs(GRPOConfig.from_dict({**ok, "variant": "lr"})) == ("latentr3", latentr3, lr)  # LR-GRPO's default
+    assert knobs(GRPOConfig.from_dict({**ok, "variant": "lr", "preset": "flr"})) == ("flr", flr, lr)  # the other
+    mixed = GRPOConfig.from_dict({**ok, "variant": "lr", "num_iterations": 2, "train": {"max_steps": 4}})
+    assert (mixed.num_iterations, mixed.beta_kl) == (2, 0.0)  # a key that is set wins over the preset
+    again = GRPOConfig.from_dict(mixed.to_dict())  # resolved values round-trip
+    assert knobs(again) == knobs(mixed)
+    # the recommenders: lr_grpo defaults to LatentR3's stage 2 and takes preset flr; latentr3 fixes it
+    from flrec.recommenders.base import get_recommender
+
+    lr_rec = get_recommender("lr_grpo")
+    assert lr_rec.config_cls().grpo_config("x", variant="lr").preset == "latentr3"
+    assert lr_rec.config_cls.from_dict({"grpo": {"preset": "flr"}}).grpo_config("x", variant="lr").beta_kl == 0.04
+    two = get_recommender("latentr3")
+    assert two.variant == "lr" and two.preset == "latentr3" and two.reasoner == "latentr3"
+    assert get_recommender("latentr3_sft").reasoner == "latentr3"
+
+
+@pytest.fixture(scope="module")
+def latentr3_rl(latentr3_sft_run, tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("latentr3-rl") / "run"
+    cfg = grpo_cfg(latentr3_sft_run, out, variant="lr", train={"max_steps": 3, "save_every": 0, "eval_every": 0})
+    return cfg, run_grpo(cfg, tiny_data), out
+
+
+def test_latentr3_rl_stage_changes_only_qkv(latentr3_rl, latentr3_sft_run):
+    cfg, res, out = latentr3_rl
+    assert (res["preset"], res["trainable"], res["steps"]) == ("latentr3", "qkv", 3)
+    sft_state, sft_backbone = _flr_and_backbone(latentr3_sft_run / "best")
+    new_state, new_backbone = _flr_and_backbone(out / "best")
+    for k in sft_backbone:
+        assert torch.equal(sft_backbone[k], new_backbone[k]), k
+    moved = {k for k in sft_state if not torch.equal(sft_state[k], new_state[k])}
+    qkv = {k for k in sft_state if k.startswith(("reasoner.w_q.", "reasoner.w_k.", "reasoner.w_v."))}
+    assert moved and moved <= qkv  # scale.gain, thought_init and the backbone stay the SFT model's
+    assert set(sft_state) - qkv  # there were other FLR parameters that could have moved
+
+
+def test_latentr3_rl_stage_is_one_iteration_without_kl(latentr3_rl):
+    _, _, out = latentr3_rl
+    rows = _train_rows(out)
+    assert len(rows) == 3
+    assert all(r["ratio_dev"] == 0.0 and r["clip_frac"] == 0.0 for r in rows)  # the ratio is exactly 1
+    assert all("kl" not in r for r in rows)  # beta_KL = 0: no reference pass
+
+
+def test_latentr3_rl_stage_noise_is_absolute_and_baseline_global(latentr3_rl, latentr3_sft_run, tiny_data, tmp_path):
+    cfg, _, _ = latentr3_rl
+    trainer = build_grpo_trainer(cfg.replace(run_dir=str(tmp_path / "t")), tiny_data)
+    inner = trainer.accelerator.unwrap_model(trainer.model).model
+    assert trainer.sigma == 1.5
+    emb = inner.backbone.get_input_embeddings().weight
+    with torch.no_grad():
+        emb.mul_(10.0)  # another embedding scale: an absolute sigma does not follow it, a relative one does
+    assert noise_sigma(cfg, inner) == 1.5
+    rel = cfg.replace(noise="relative", noise_scale=0.5)
+    assert noise_sigma(rel, inner) == pytest.approx(0.5 * float(emb.pow(2).mean().sqrt()), rel=1e-5)
+    with torch.no_grad():
+        emb.div_(10.0)
+    batch = next(iter(trainer.train_loader))
+    ro = trainer.make_rollout(batch, (0, 0))
+    g = ro.group_size
+    assert (ro.noise[::g] == 0).all()
+    noisy = ro.noise.view(-1, g, ro.noise.shape[-1])[:, 1:]
+    assert 1.3 < float(noisy.pow(2).mean().sqrt()) < 1.7
+    # one baseline for all groups (the mean of their noise-free rewards), one L2 norm
+    dev = ro.rewards - ro.rewards[::g].mean()
+    torch.testing.assert_close(ro.advantages, dev / (dev.norm() + cfg.adv_eps))
+
+
+def test_shipped_five_row_config_gives_each_method_its_own_settings():
+    from pathlib import Path
+
+    from flrec.evaluation.compare import CompareConfig
+    from flrec.recommenders.base import get_recommender
+
+    root = Path(__file__).resolve().parents[2]
+    cmp = CompareConfig.load(root / "configs" / "compare" / "synth-latent-rl-cpu.yaml")
+    assert sorted(cmp.methods) == sorted(["latentr3_sft", "latentr3", "flr", "flr_grpo", "lr_grpo"])
+    assert len(cmp.seeds) >= 3 and cmp.limit is None and cmp.data == "embedded:synth"
+    order = cmp.methods.index
+    assert order("flr") < min(order("flr_grpo"), order("lr_grpo")) and order("latentr3_sft") < order("latentr3")
+    want = {"flr_grpo": ("flr", "flr", 2, "relative", "flr"), "lr_grpo": ("flr", "latentr3", 1, "absolute", "qkv"),
+            "latentr3": ("latentr3_sft", "latentr3", 1, "absolute", "qkv")}
+    for method, (start, preset, iters, noise, trainable) in want.items():
+        cls = get_recommender(method)
+        cfg = cls.config_cls.from_dict({**cmp.method_config(method), "seed": 1})
+        assert cfg.sft_dir == f"{cmp.out}/cells/{start}/seed{{seed}}/sft", method
+        g = cls(None, cfg).grpo_settings(Path("start"), "out")
+        assert (g.preset, g.num_iterations, g.noise, g.trainable) == (preset, iters, noise, trainable), method
+    # the earlier Table 4 configs keep FLR-GRPO's settings for lr_grpo (what they measured)
+    for name in ("grpo-synth-cpu.yaml", "grpo-cds-cpu.yaml"):
+        rec = get_recommender("lr_grpo").config_cls.load(root / "configs" / "recommenders" / name)
+        assert rec.grpo_config("x", variant="lr").preset == "flr"

@@ -44,7 +44,7 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_data):
     assert_same_flr_state(full["model_dir"], resumed["model_dir"])
 
 
-@pytest.mark.parametrize("method", ["flr", "latentr3", "bigrec"])
+@pytest.mark.parametrize("method", ["flr", "latentr3_sft", "bigrec"])
 def test_llm_recommenders_rank_catalogue_titles(tmp_path, tiny_data, method):
     cfg = LLMRecConfig.from_dict({"sft": sft_cfg(tmp_path, train={"max_steps": 2}, max_history=4).to_dict(),
                                   "beam": 5, "batch_size": 3})

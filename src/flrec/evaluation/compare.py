@@ -106,7 +106,7 @@ CellRunner = Callable[[str, int, RecDataset, Path, dict[str, Any], EvalConfig], 
 @dataclass
 class CompareConfig(ConfigBase):
     data: str = option("", help="D3 dataset folder (info.txt + train/valid/test.csv)")
-    methods: list[str] = option(factory=list, help="methods to compare, e.g. flr,latentr3,sasrec,pop")
+    methods: list[str] = option(factory=list, help="methods to compare, e.g. flr,latentr3_sft,sasrec,pop (latentr3: its SFT + RL stage)")
     seeds: list[int] = option(factory=lambda: [1, 2, 3], help="training seeds; every method runs every seed")
     method_seeds: dict[str, list[int]] = option(
         factory=dict, help="seeds of particular methods, overriding seeds (e.g. {flr: [0]} for a costly method "
@@ -262,6 +262,8 @@ def cell_fingerprint(method: str, seed: int, cfg: CompareConfig, data_hash: str)
         # decoding.json that tune-decoding rewrites: hash them, not just the path.
         dirs = method_cfg.input_dirs() if hasattr(method_cfg, "input_dirs") else {}
         inputs = {key: model_identity(path) for key, path in dirs.items()}
+        for key in method_cfg.inert_keys() if hasattr(method_cfg, "inert_keys") else ():
+            resolved.pop(key, None)
     conf = {k: v for k, v in config_identity(resolved).items() if not _COSMETIC_LEAVES & set(k.split("."))}
     ev = cfg.eval_config()
     base = {"method": method, "seed": seed, "split": ev.split, "limit": ev.limit, "beam": ev.beam}

@@ -203,12 +203,17 @@ def eval_fingerprint(recommender: Recommender, dataset: RecDataset, cfg: EvalCon
     """What an evaluation folder's rows depend on (``limit``, ``batch_size`` and ``ks`` may change).
 
     ``identity`` names the model (e.g. ``{"model": model_identity(dir), "dtype": "float32"}``, what
-    ``flrec evaluate`` passes); without it, the recommender's config (if it has one) stands in."""
+    ``flrec evaluate`` passes); without it, the recommender's config (if it has one) stands in. A tuned
+    decoding the recommender adopted (``use_tuned_decoding``) is recorded as ``tuned_decoding.*``."""
     if identity is None:
         conf = getattr(recommender, "config", None)
         identity = {"recommender": config_identity(conf, ("batch_size",))} if isinstance(conf, ConfigBase) else {}
     base = {"method": recommender.name, "split": cfg.split, "beam": cfg.beam, "seed": cfg.seed,
             "protocol": cfg.protocol}
+    info = getattr(recommender, "decoding_info", None)
+    dec = info() if callable(info) else {}
+    if dec.get("tuned_from"):  # a decoding file the user asked for (use_tuned_decoding): what it chose
+        identity = {**identity, "tuned_decoding": {k: v for k, v in dec.items() if k != "tuned_from"}}
     rows: dict[str, Any] = {"shard": cfg.shard or "0/1"}
     if cfg.shard is not None:  # block boundaries depend on the number of rows
         rows["limit"] = cfg.limit

@@ -1,11 +1,14 @@
-"""``cot``: explicit chain-of-thought before the title (the paper's CoT baseline, Fig. 9).
+"""``cot``: a self-generated rationale before the title (explicit reasoning's cost, the paper's Fig. 9).
 
-The LM first writes a short free-text rationale after the prompt (greedy, at most
-``rationale_tokens`` tokens, a row stops at a newline or EOS), then the title is decoded under the
-catalogue trie exactly as for the other generative methods. Training is BIGRec's SFT (no thought
-token): the rationale is produced only at inference, so this method measures what explicit
-reasoning *costs* under the same recommender contract; its accuracy is not the paper's CoT (which
-fine-tunes on rationales). ``last_generated_tokens`` counts rationale and title tokens.
+What it is: the LM first writes a free-text rationale after the prompt and ``rationale_prefix``
+(greedy, until it starts the answer — a newline or EOS — or ``rationale_tokens``, a generous safety cap
+of 256), then ``answer_prefix``, then the title under the catalogue trie exactly as for the other
+generative methods. Training is BIGRec's SFT (no thought token, no rationales): the rationale is the
+model's own, written only at inference. What it is not: the paper's CoT baseline, which fine-tunes on
+rationales distilled from a large LM (Rec-SAVER, Tsai et al.); its accuracy here says nothing about
+that one. Its cost is the point: ``last_generated_tokens`` counts rationale and title tokens,
+``last_rationale_tokens`` / ``last_rationale_capped`` the rationale tokens and the rows that hit the cap
+in the last ranking call (:mod:`flrec.analysis.cost` reports them).
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from flrec.recommenders.llm import LLMRecConfig, LLMRecommender
 
 @dataclass
 class CoTRecConfig(LLMRecConfig):
-    """An LLM recommender that writes a rationale before the constrained title."""
+    """An LLM recommender that writes its own rationale before the constrained title."""
 
-    rationale_tokens: int = option(32, help="most tokens of the free-text rationale per user (greedy)")
+    rationale_tokens: int = option(
+        256, help="cap on the self-generated rationale per user (greedy); a row's rationale ends earlier when the "
+        "model starts the answer (a newline or EOS). The default is a safety cap, not a length: a smaller one "
+        "truncates rationales and understates CoT's cost (the cost analysis reports the rows that hit it)")
     rationale_prefix: str = option("Let's think step by step about what the user wants next:",
                                    help="text appended after the prompt before the rationale")
     answer_prefix: str = option("\nAnswer:\n", help="text appended after the rationale, before the title")
@@ -41,7 +47,7 @@ class CoTRecConfig(LLMRecConfig):
 
 @register_recommender("cot")
 class CoTRec(LLMRecommender):
-    """BIGRec-style SFT; ranking = rationale (free generation) + trie-constrained title."""
+    """BIGRec-style SFT; ranking = a self-generated rationale (free greedy generation) + trie-constrained title."""
 
     reasoner = "none"
     config_cls: ClassVar[type] = CoTRecConfig
@@ -49,6 +55,12 @@ class CoTRec(LLMRecommender):
     def __init__(self, catalogue=None, config: CoTRecConfig | None = None):
         super().__init__(catalogue, config)
         self._stop_ids: torch.Tensor | None = None
+        self.last_rationale_tokens = 0  # rationale tokens written in the last ranking call, all rows
+        self.last_rationale_capped = 0  # rows of that call whose rationale hit rationale_tokens
+
+    def decode_candidates(self, rows, *args, **kwargs):
+        self.last_rationale_tokens = self.last_rationale_capped = 0
+        return super().decode_candidates(rows, *args, **kwargs)
 
     def _stop_tokens(self, vocab: int) -> torch.Tensor:
         """Bool (V,): tokens that end a rationale (EOS, or any token whose text holds a newline)."""
@@ -89,11 +101,13 @@ class CoTRec(LLMRecommender):
             tok = state.next_logits.argmax(-1)
             live = ~done
             self.last_generated_tokens += int(live.sum())
+            self.last_rationale_tokens += int(live.sum())
             ids = torch.where(live, tok, torch.full_like(tok, pad))[:, None]
             state = self._feed(state, ids, live[:, None].long())
             done |= stop[tok] & live
             if bool(done.all()):
                 break
+        self.last_rationale_capped += int((~done).sum())
         answer = self._text_ids(cfg.answer_prefix, b)
         if answer.shape[1]:
             state = self._feed(state, answer, torch.ones_like(answer))

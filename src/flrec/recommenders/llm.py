@@ -4,7 +4,8 @@ They differ only in :class:`~flrec.models.recommender.FLRConfig` (``reasoner``) 
 they train; all share SFT (:mod:`flrec.training.sft`) and constrained beam-search ranking.
 
 * ``flr`` — K factors, gate, N=2 refinement steps, three regularisers (the paper).
-* ``latentr3`` — one attention head queried by the pre-thought state, one step, no regularisers.
+* ``latentr3_sft`` — LatentR3's SFT stage only: one attention head queried by the pre-thought state,
+  one step, no regularisers. ``latentr3`` (:mod:`flrec.recommenders.grpo`) adds its RL stage.
 * ``bigrec`` — the same SFT without a thought token; grounding by the title trie (as the paper's
   protocol does for every generative method).
 * ``base`` — the untuned backbone with the same prompt and constrained decoding.
@@ -14,13 +15,15 @@ they train; all share SFT (:mod:`flrec.training.sft`) and constrained beam-searc
 Decoding options (``decoding.*``, :class:`~flrec.decoding.scoring.DecodingConfig`) choose the token
 score, the PMI prior correction, exclude-seen and how titles become ranked items; their defaults
 are today's decoding. ``flrec tune-decoding`` (:mod:`flrec.decoding.tune`) picks them on validation
-rows and writes them to the model directory as ``decoding.json``, which loading applies unless
-``use_tuned_decoding=false``.
+rows and writes them to the model directory as ``decoding.json``. Loading applies it only when asked
+(``use_tuned_decoding: true``; ``flrec evaluate --use-tuned-decoding``): it then logs the decoding it
+adopted, and :meth:`LLMRecommender.decoding_info` (an evaluation's summary and fingerprint) records it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -37,6 +40,7 @@ from flrec.recommenders.base import Ranked, Recommender, get_recommender, regist
 from flrec.training.sft import SFTConfig, build_model, run_sft
 from flrec.utils.dtypes import DTYPES
 
+log = logging.getLogger(__name__)
 DECODING_FILE = "decoding.json"  # tuned decoding of a model directory (flrec tune-decoding)
 ASSISTED_DECODING_FILE = "decoding+assistant.json"  # the same, tuned with an ID-model assistant
 ItemRanked = list[tuple[int, float]]  # item ids, best first, with scores
@@ -68,10 +72,12 @@ class LLMRecConfig(ConfigBase):
     decoding: DecodingConfig = option(
         factory=DecodingConfig, help="decoding scoring, PMI prior, assistant mixing, exclude-seen, item-level split")
     use_tuned_decoding: bool = option(
-        True, help="when loading a model directory, apply the decoding.json that flrec tune-decoding wrote there")
+        False, help="when loading a model directory, apply the decoding.json that flrec tune-decoding wrote there "
+        "(off: a file in the folder never changes the ranking unless asked for; on: the adopted decoding is "
+        "logged and recorded in the evaluation's summary and fingerprint)")
     llm_dir: str | None = option(
         None, help="use this trained model (a run dir or model dir, e.g. a comparison's flr cell) instead of "
-        "training one in fit; its tuned decoding applies unless use_tuned_decoding=false. A comparison "
+        "training one in fit; its tuned decoding applies with use_tuned_decoding=true. A comparison "
         "fingerprints the folder's files, so re-tuning or retraining it reruns the cell")
 
     def __post_init__(self) -> None:
@@ -79,6 +85,11 @@ class LLMRecConfig(ConfigBase):
             raise ConfigError("beam must be >= 1 (the paper uses 10)")
         if self.seed is not None:
             self.sft = self.sft.replace(seed=self.seed, train=self.sft.train.replace(seed=self.seed))
+
+    def inert_keys(self) -> tuple[str, ...]:
+        """Keys that cannot change what ``fit`` yields here (a comparison cell's fingerprint leaves them
+        out): ``use_tuned_decoding`` unless a trained model is loaded (``llm_dir``)."""
+        return ("use_tuned_decoding",) if self.llm_dir is None else ()
 
     def input_dirs(self) -> dict[str, str]:
         """Folders whose contents (not only whose names) decide what ``fit`` yields: ``{key: path}``
@@ -194,7 +205,7 @@ class LLMRecommender(Recommender):
         """The decoding in use (recorded in evaluation summaries): options, length penalty, where
         they came from (``tuned_from``: the decoding file applied at load, if any) and the assistant."""
         return {"length_penalty": self.config.length_penalty, **self.config.decoding.to_dict(),
-                "tuned_from": getattr(self, "_tuned_from", None),
+                "use_tuned_decoding": self.config.use_tuned_decoding, "tuned_from": getattr(self, "_tuned_from", None),
                 "assistant": None if self.assistant is None else self.assistant.name}
 
     # ------------------------------------------------------------------------------------ ranking
@@ -393,7 +404,7 @@ class LLMRecommender(Recommender):
     def from_model_dir(cls, model_dir: str | Path, catalogue: Catalogue, config: LLMRecConfig | None = None,
                        domain: str | None = None) -> LLMRecommender:
         """Wrap an SFT run's ``best/`` directory for ranking (what ``flrec evaluate --model`` does);
-        its ``decoding.json`` (``flrec tune-decoding``) is applied unless ``config.use_tuned_decoding`` is off."""
+        its ``decoding.json`` (``flrec tune-decoding``) is applied only with ``config.use_tuned_decoding``."""
         model, tokenizer = _load_model(model_dir)
         rec = cls(catalogue, config)
         rec._attach(model, tokenizer, None, domain=domain)
@@ -412,8 +423,22 @@ class LLMRecommender(Recommender):
     tuned_file: ClassVar[str] = DECODING_FILE
 
     def _apply_tuned(self, model_dir: Path) -> None:
-        if self.config.use_tuned_decoding and (model_dir / self.tuned_file).is_file():
-            self.apply_decoding_file(model_dir / self.tuned_file)
+        if self.config.use_tuned_decoding:
+            self.apply_tuned_decoding(model_dir)
+
+    def apply_tuned_decoding(self, model_dir: str | Path) -> bool:
+        """Adopt ``model_dir``'s tuned decoding file (``decoding.json``) and log it; False (and a
+        warning) when there is none. Sets ``use_tuned_decoding`` so the config says what ranks."""
+        path = Path(model_dir) / self.tuned_file
+        self.config = self.config.replace(use_tuned_decoding=True)
+        if not path.is_file():
+            log.warning("use_tuned_decoding: %s has no %s (run flrec tune-decoding); ranking with the configured "
+                        "decoding", model_dir, self.tuned_file)
+            return False
+        self.apply_decoding_file(path)
+        chosen = {k: v for k, v in self.decoding_info().items() if k not in ("tuned_from", "use_tuned_decoding")}
+        log.warning("%s: ranking with the tuned decoding %s", path, json.dumps(chosen, sort_keys=True))
+        return True
 
 
 def _load_model(model_dir: str | Path):
@@ -427,8 +452,10 @@ class FLRRec(LLMRecommender):
     reasoner = "flr"
 
 
-@register_recommender("latentr3")
-class LatentR3Rec(LLMRecommender):
+@register_recommender("latentr3_sft")
+class LatentR3SFTRec(LLMRecommender):
+    """LatentR3's SFT stage alone (``latentr3`` is both stages)."""
+
     reasoner = "latentr3"
 
 

@@ -1,28 +1,49 @@
-"""Stage 2: FLR-GRPO — reinforcement learning in the factorised latent space (paper §4.2, eqs. 9–13).
+"""Stage 2: latent-space GRPO — FLR-GRPO (paper §4.2, eqs. 9–13) and LR-GRPO (LatentR3's stage 2).
 
 ``flrec train grpo --from RUN_DIR --config configs/grpo.yaml`` is :func:`run_grpo` on a
-:class:`GRPOConfig`. It starts from an SFT'd FLR model; the backbone and LM head stay frozen and only
-the FLR parameters (reasoner, thought scale, initial thought) and the regularisers' uncertainty
-weights train. The loop is the generic :class:`~flrec.training.trainer.Trainer`; this module only
-overrides its hooks:
+:class:`GRPOConfig`. It starts from an SFT'd model; the backbone and LM head stay frozen and only the
+parameters ``trainable`` names train. The loop is the generic :class:`~flrec.training.trainer.Trainer`;
+this module only overrides its hooks.
+
+**What it optimises.** There is no sampling. Each prompt is repeated G times; the *completion of
+every sample is the ground-truth title* (teacher forcing, as LatentR3 and eq. 12 do) and exploration
+is noise on the thought embedding: sample 1 of a group keeps the noise-free thought, samples 2..G get
+``thought + N(0, sigma^2 I)`` (eq. 9). The reward of a sample scores the target under its noisy
+thought (eq. 10), the advantage compares it with the noise-free one (eq. 11), and the loss is the
+clipped surrogate on the target's token log-probs (eq. 12). Its gradient is therefore an
+*advantage-weighted likelihood* of the ground truth — it raises the target's probability under the
+thoughts that scored it better — not an unbiased policy gradient of the expected reward (the
+"actions" are never sampled from the policy). The k3 KL term likewise compares the two modules on
+the target tokens only.
+
+**Settings that are ours, not the paper's** (two presets, :data:`PRESETS`): ``num_iterations`` (optimizer
+steps per rollout batch: the paper gives the clip bounds but not how often a rollout is reused; with
+1 the ratio is exactly 1 and the clip never acts), ``beta_kl`` (the paper has a KL term but gives no
+weight; 0.04 is DeepSeekMath's), the noise scale and unit (no sigma in the paper) and which
+parameters train. ``preset=flr`` is flrec's FLR-GRPO (2 iterations, beta 0.04, sigma 0.5 relative to
+the embedding RMS, all FLR parameters); ``preset=latentr3`` is LatentR3's stage 2 as its code runs it
+(1 iteration, beta 0, an absolute sigma of 1.5, only the reasoner attention's Q/K/V).
+``variant`` picks reward and advantage (flr: eq. 10 hybrid + eq. 11 per-group; lr: negative
+perplexity + one global baseline) and the default preset (flr -> flr, lr -> latentr3).
+
+Hooks:
 
 * ``prepare_batch`` turns B prompts into a :class:`Rollout`: each prompt's prefix is encoded once
   by the frozen backbone, without gradients (:meth:`FLRRecommender.encode_prompt`), and shared by
-  its G samples; the N refinement steps run once per prompt; sample 1 of every group keeps the
-  noise-free thought, samples 2..G add N(0, σ²I) to it (eq. 9), with σ relative to the input
-  embeddings' RMS and the noise stored so every optimisation pass reuses it. The completion is the
-  ground-truth title (teacher forcing, as LatentR3: no decoding), so one scoring pass gives the
-  rewards (eq. 10, :mod:`flrec.training.rewards`), the old log-probs and the reference log-probs.
+  its G samples; the N refinement steps run once per prompt; the noise is stored so every
+  optimisation pass reuses it. One scoring pass gives the rewards (:mod:`flrec.training.rewards`),
+  the old log-probs and the reference log-probs.
 * ``compute_loss`` re-runs only the refinement and the thought + target positions against the
   shared prefix, with gradients: the clipped surrogate with asymmetric bounds (eq. 12), the k3
-  reverse KL to a frozen copy of the SFT FLR parameters (the backbone is shared, never copied) and
-  the regularisers under their learned weights (eq. 13).
+  reverse-KL estimate to a frozen copy of the SFT module (the backbone is shared, never copied) and
+  the regularisers under their learned weights (eq. 13). With ``num_iterations=1`` the old log-probs
+  are the current ones detached, so the ratio is exactly 1 (REINFORCE with a baseline).
 * ``make_train_sampler`` repeats every rollout batch ``num_iterations`` times in a row, so the
   loop's exact-resume bookkeeping (data position, RNG, checkpoints) covers GRPO unchanged.
 
 Batching: ``prompts_per_step`` (per process) and ``group_size`` are independent; a micro-batch holds
 ``prompts_per_micro_batch`` whole groups, so a group is never split across micro-batches or
-processes. LR-GRPO (LatentR3's stage 2, the paper's Table 4 ablation) is ``variant=lr``.
+processes.
 """
 
 from __future__ import annotations
@@ -51,17 +72,41 @@ from flrec.training.rewards import (
 )
 from flrec.training.trainer import TRAIN_COSMETIC, TrainConfig, Trainer, TrainState
 
-# variant -> (reward, advantage estimator): what "flr" and "lr" mean when reward/advantage are null.
+# variant -> (reward, advantage estimator, preset): what "flr" and "lr" mean for the keys left null.
 VARIANTS = {
-    "flr": ("hybrid", "group_baseline"),  # the paper: eq. 10 reward, eq. 11 per-group advantage
-    "lr": ("neg_perplexity", "global_baseline"),  # LatentR3: negative perplexity, one batch baseline
+    "flr": ("hybrid", "group_baseline", "flr"),  # the paper: eq. 10 reward, eq. 11 per-group advantage
+    "lr": ("neg_perplexity", "global_baseline", "latentr3"),  # LatentR3: negative perplexity, one batch baseline
+}
+# preset -> the optimisation settings it gives the keys left null (none of them is in the paper).
+PRESETS: dict[str, dict[str, Any]] = {
+    # flrec's FLR-GRPO: the clip acts on a rollout's second pass, DeepSeekMath's KL weight, noise in the
+    # embedding's own unit, every FLR parameter trains (the paper: "update only the FLR parameters").
+    "flr": {"num_iterations": 2, "beta_kl": 0.04, "noise": "relative", "noise_scale": 0.5, "trainable": "flr"},
+    # LatentR3's stage 2 as its code runs it (notes §4): ratio always 1, no reference model,
+    # randn * 1.5 on the thought, only the attention's Q/K/V.
+    "latentr3": {"num_iterations": 1, "beta_kl": 0.0, "noise": "absolute", "noise_scale": 1.5, "trainable": "qkv"},
+}
+# trainable -> which parameters of the GRPOPolicy (whose FLR model is ``model.``) train
+TRAINABLE_PREFIXES = {
+    "flr": ("model.",),  # everything but the backbone (excluded below)
+    "qkv": ("model.reasoner.w_q.", "model.reasoner.w_k.", "model.reasoner.w_v."),
 }
 _TRAIN_DEFAULTS = TrainConfig()
 
 
+def trains(trainable: str, name: str) -> bool:
+    """Whether GRPO with ``trainable`` (flr | qkv) trains the policy parameter ``name`` (never the backbone)."""
+    return name.startswith(TRAINABLE_PREFIXES[trainable]) and not name.startswith("model.backbone.")
+
+
 @dataclass
 class GRPOConfig(ConfigBase):
-    """One GRPO run: the SFT start, exploration, reward, objective, batching and the optimisation."""
+    """One GRPO run: the SFT start, exploration, reward, objective, batching and the optimisation.
+
+    The completions are the teacher-forced ground-truth titles scored under noisy thoughts, so the
+    objective is an advantage-weighted likelihood of the target (see the module doc), not an unbiased
+    policy gradient. Keys left null take the ``variant``'s / ``preset``'s values (:data:`PRESETS`).
+    """
 
     from_run: str = option("", help="the SFT run directory to start from (its best/ model), or a model directory "
                            "(one holding flr_config.json)")
@@ -70,26 +115,42 @@ class GRPOConfig(ConfigBase):
     run_dir: str = option("runs/grpo", help="run directory (checkpoints, log.jsonl, best/ = the trained model)")
     seed: int = option(0, help="seed of the row subsample, the thought noise and training")
     variant: Literal["flr", "lr"] = option(
-        "flr", help="flr: FLR-GRPO (hybrid reward, per-group noise-free baseline, eq. 11); lr: LR-GRPO, LatentR3's "
-        "stage 2 (negative-perplexity reward, one noise-free baseline for all groups of a micro-batch, gathered over "
-        "processes, one L2 norm over all their rewards). Sets the defaults of reward and advantage only: the noise, "
-        "clip, KL and iterations stay shared, so the ablation isolates reward and baseline (LatentR3 itself ran "
-        "num_iterations=1 beta_kl=0 with an absolute sigma of 1.5)")
-    group_size: int = option(8, help="G, samples per prompt (sample 1 noise-free, 2..G with noise on the thought)")
+        "flr", help="reward and advantage of null reward/advantage, and the default preset. flr: FLR-GRPO (hybrid "
+        "reward, eq. 10; per-group noise-free baseline, eq. 11; preset flr). lr: LR-GRPO, LatentR3's stage 2 "
+        "(negative-perplexity reward; one baseline = the mean noise-free reward of all groups of a micro-batch, "
+        "gathered over processes, and one L2 norm over all their deviations; preset latentr3)")
+    preset: Literal["flr", "latentr3"] | None = option(
+        None, help="the values of null num_iterations, beta_kl, noise, noise_scale and trainable (null = the "
+        "variant's). flr: 2 / 0.04 / relative / 0.5 / flr (flrec's FLR-GRPO); latentr3: 1 / 0 / absolute / 1.5 / "
+        "qkv (LatentR3's code). LR-GRPO with preset=flr isolates reward and baseline against FLR-GRPO")
+    group_size: int = option(
+        8, help="G, samples per prompt (sample 1 noise-free, 2..G with noise on the thought). No sample is decoded: "
+        "every sample's completion is the ground-truth title (teacher forcing, as eq. 12 and LatentR3), scored "
+        "under its thought, so the loss is an advantage-weighted likelihood of the target, not an unbiased "
+        "policy gradient of the expected reward")
     prompts_per_step: int = option(8, help="prompts whose rollouts make one optimizer step, per process "
                                    "(independent of group_size: a step scores prompts_per_step x group_size samples)")
     prompts_per_micro_batch: int | None = option(
         None, help="prompts (with all their G samples) per forward/backward pass; prompts_per_step must be a multiple "
         "(null = prompts_per_step). Lower it to save memory; the noise draws, the cross-row regularisers and "
         "LR-GRPO's batch baseline are per micro-batch, so the result changes slightly")
-    num_iterations: int = option(
-        2, help="optimizer steps per batch of rollouts (each a full pass over it). With 1 the policy ratio is "
-        "always 1 and the clip never acts (LatentR3's setting, plain REINFORCE); 2 is the smallest value where "
-        "the asymmetric clip bounds the second update, and it halves the rollout cost per step")
-    noise_scale: float = option(
-        0.5, help="sigma of the thought noise, relative to the RMS of the input embedding matrix (the scale the "
-        "thought is rescaled to): at 0.5 the noise's RMS is about half the thought's. LatentR3 used an absolute 1.5, "
-        "which means a different perturbation for every backbone's embedding scale")
+    num_iterations: int | None = option(
+        None, help="optimizer steps per batch of rollouts, each a full pass over it (null = the preset's: flr 2, "
+        "latentr3 1). Not from the paper, which gives clip bounds but not this. With 1 the old log-probs are the "
+        "current ones detached: the ratio is exactly 1 and the clip never acts (LatentR3's setting, REINFORCE "
+        "with a baseline); 2 is the smallest value where the asymmetric clip bounds the second update, and it "
+        "halves the rollout cost per step")
+    noise: Literal["relative", "absolute"] | None = option(
+        None, help="unit of noise_scale (null = the preset's). relative: sigma = noise_scale x the RMS of the input "
+        "embedding matrix (the scale the thought is rescaled to), the same perturbation on any backbone; "
+        "absolute: sigma = noise_scale per dimension, as LatentR3's randn * 1.5")
+    noise_scale: float | None = option(
+        None, help="sigma of the thought noise on samples 2..G, in the unit of noise (null = the preset's: flr 0.5 "
+        "relative, i.e. the noise's RMS is about half the thought's; latentr3 1.5 absolute). Not in the paper")
+    trainable: Literal["flr", "qkv"] | None = option(
+        None, help="what trains, the backbone and LM head always frozen (null = the preset's). flr: every FLR "
+        "parameter (reasoner, gate, prototypes, thought scale and initial thought, regulariser weights), the "
+        "paper's choice; qkv: only the reasoner attention's Q/K/V projections, as LatentR3's stage 2")
     reward: str | None = option(None, help="registered reward (flrec.training.rewards.REWARDS: hybrid, "
                                 "token_confidence, exact_match, rank, neg_perplexity; null = the variant's)")
     reward_params: dict[str, float] = option(
@@ -100,8 +161,10 @@ class GRPOConfig(ConfigBase):
     adv_eps: float = option(1e-6, help="epsilon in the advantage's denominator (eq. 11)")
     clip_low: float = option(0.2, help="epsilon_l: the ratio is clipped below at 1 - clip_low (eq. 12)")
     clip_high: float = option(0.28, help="epsilon_h: the ratio is clipped above at 1 + clip_high (DAPO's 0.28)")
-    beta_kl: float = option(0.04, help="weight of the k3 reverse KL to the frozen SFT FLR module (0 = no reference "
-                            "pass); 0.04 as DeepSeekMath's GRPO")
+    beta_kl: float | None = option(
+        None, help="weight of the k3 estimate of the reverse KL to the frozen SFT module, on the target tokens "
+        "(0 = no reference pass; null = the preset's: flr 0.04, DeepSeekMath's GRPO weight, as the paper names a "
+        "KL term but no weight; latentr3 0, LatentR3 has no reference model)")
     train_limit: int | None = option(None, help="train on a random subset of this many rows (None = all)")
     valid_limit: int | None = option(256, help="validation rows (random subset; None = all); validation scores "
                                      "the noise-free thought")
@@ -113,6 +176,10 @@ class GRPOConfig(ConfigBase):
         "1e-4, 5e-4, 1e-5, 5e-5")
 
     def __post_init__(self) -> None:
+        self.preset = self.preset or VARIANTS[self.variant][2]
+        for key, value in PRESETS[self.preset].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
         if not self.from_run:
             raise ConfigError("from_run is empty; pass the SFT run directory (flrec train grpo --from RUN_DIR)")
         if self.group_size < 2:
@@ -242,6 +309,16 @@ class RolloutRepeatSampler(Sampler[int]):
         return (self.n // self.chunk) * self.chunk * self.repeats
 
 
+def noise_sigma(cfg: GRPOConfig, model: FLRRecommender) -> float:
+    """The thought noise's sigma: ``noise_scale`` itself (absolute) or times the input embeddings' RMS
+    (relative; the thought is rescaled to that RMS, see EmbeddingScale)."""
+    if cfg.noise == "absolute":
+        return float(cfg.noise_scale)
+    with torch.no_grad():
+        emb = model.backbone.get_input_embeddings().weight
+        return cfg.noise_scale * emb.float().pow(2).mean().sqrt().item()
+
+
 class GRPOTrainer(Trainer):
     """The generic trainer with GRPO's hooks (see the module doc). ``model`` is a :class:`GRPOPolicy`
     whose inner FLR model's backbone is frozen by the trainable filter."""
@@ -252,10 +329,10 @@ class GRPOTrainer(Trainer):
         inner = model.model
         if not inner.config.uses_thought:
             raise FlrecError("GRPO explores by perturbing the thought; this model has none (reasoner=none)")
-        with torch.no_grad():
-            emb = inner.backbone.get_input_embeddings().weight
-            # sigma relative to the embedding scale (the thought is rescaled to it, see EmbeddingScale)
-            self.sigma = grpo.noise_scale * emb.float().pow(2).mean().sqrt().item()
+        self.sigma = noise_sigma(grpo, inner)
+        if not any(trains(grpo.trainable, n) for n, _ in model.named_parameters()):
+            raise ConfigError(f"trainable={grpo.trainable}: this model's reasoner ({inner.config.reasoner}) has no such "
+                              "parameters; set trainable=flr (or preset=flr)")
         # The reference: a frozen copy of the SFT FLR parameters and buffers (not the backbone, which
         # the policy shares and never changes); evaluated with torch.func.functional_call.
         self.ref_state = {k: v.detach().clone() for k, v in model.state_dict().items()
@@ -263,7 +340,7 @@ class GRPOTrainer(Trainer):
         self._buffer: dict[int, tuple[tuple[int, int], Rollout]] = {}
         self.start_dir: Path | None = None  # the SFT model directory (set by build_grpo_trainer)
         super().__init__(model, train_dataset, valid_dataset, collate_fn, config,
-                         trainable_filter=lambda name, _p: not name.startswith("model.backbone."), **kwargs)
+                         trainable_filter=lambda name, _p: trains(grpo.trainable, name), **kwargs)
         if len(self._sampler) == 0:
             need = self._chunk()
             raise FlrecError(f"GRPO needs at least prompts_per_step x processes = {need} training rows, got "
@@ -358,14 +435,19 @@ class GRPOTrainer(Trainer):
         out = self.model(**ro.model_inputs())
         logp = out["logprobs"]
         mask = ro.target_mask.to(logp.dtype)
-        ratio = torch.exp(logp - ro.old_logprobs)
+        # one pass per rollout: pi_old is the current policy, so the ratio is exactly 1 (its gradient
+        # is grad log pi); recomputed log-probs could differ from the rollout's in the last bit
+        old = logp.detach() if cfg.num_iterations == 1 else ro.old_logprobs
+        ratio = torch.exp(logp - old)
         adv = ro.advantages[:, None].to(logp.dtype)
         clipped = torch.clamp(ratio, 1 - cfg.clip_low, 1 + cfg.clip_high)
         per_token = -torch.minimum(ratio * adv, clipped * adv)  # eq. 12, negated (we minimise)
         logs = dict(ro.stats)
         if ro.ref_logprobs is not None:
             delta = ro.ref_logprobs - logp
-            kl = torch.exp(delta) - delta - 1  # k3: unbiased, always >= 0
+            # k3 (Schulman): >= 0; an unbiased KL estimator only for tokens sampled from the policy, and
+            # these are the teacher-forced targets, so it is a penalty on their log-prob gap, not the KL
+            kl = torch.exp(delta) - delta - 1
             per_token = per_token + cfg.beta_kl * kl
             logs["kl"] = ((kl * mask).sum() / mask.sum()).detach()
         # GRPO's aggregation: mean over each sample's tokens, then over samples
@@ -374,6 +456,7 @@ class GRPOTrainer(Trainer):
         total = inner.objective(policy_loss, out["aux"])  # eq. 13: + the regularisers' weighted terms
         active = ((ratio < 1 - cfg.clip_low) & (adv < 0)) | ((ratio > 1 + cfg.clip_high) & (adv > 0))
         logs["clip_frac"] = ((active.to(mask.dtype) * mask).sum() / mask.sum()).detach()
+        logs["ratio_dev"] = ((ratio - 1).abs() * mask).amax().detach()  # exactly 0 with num_iterations=1
         logs["policy_loss"] = policy_loss.detach()
         logs.update({k: v.detach() for k, v in out["aux"].items()})
         logs.update({f"lambda_{k}": v for k, v in inner.objective.weights().items()})
@@ -457,15 +540,16 @@ def build_grpo_trainer(cfg: GRPOConfig, dataset=None) -> GRPOTrainer:
 
 
 def run_grpo(cfg: GRPOConfig, dataset=None) -> dict:
-    """Train FLR-GRPO (or LR-GRPO) from an SFT run; the best model goes to ``run_dir/best``."""
+    """Train FLR-GRPO (or LR-GRPO, or LatentR3's stage 2) from an SFT run; the best model goes to ``run_dir/best``."""
     trainer = build_grpo_trainer(cfg, dataset)
     result = trainer.train()
     return {"run_dir": cfg.run_dir, "model_dir": str(result.best_dir), "start": str(trainer.start_dir),
             "best_step": result.best_step, "best_valid_neg_reward": result.best_valid_loss, "steps": result.steps_done,
             "prompts_seen": result.samples_seen // cfg.num_iterations, "train_rows": trainer._data_sizes["train_rows"],
             "valid_rows": trainer._data_sizes["valid_rows"] or 0, "mixed_precision": result.mixed_precision,
-            "reused": result.reused, "variant": cfg.variant, "reward": cfg.reward_name,
-            "advantage": cfg.advantage_name}
+            "reused": result.reused, "variant": cfg.variant, "preset": cfg.preset, "reward": cfg.reward_name,
+            "advantage": cfg.advantage_name, "num_iterations": cfg.num_iterations, "beta_kl": cfg.beta_kl,
+            "noise": f"{cfg.noise} {cfg.noise_scale}", "trainable": cfg.trainable}
 
 
 def read_log(run_dir: str | Path) -> list[dict]:

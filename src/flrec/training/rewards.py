@@ -6,7 +6,9 @@ teacher-forced samples of one rollout (G consecutive rows per prompt); register 
 as keywords). An advantage estimator maps the (B, G) rewards to (B, G) advantages.
 
 Why no decoding: the completion of every sample is the ground-truth title (teacher forcing, as in
-LatentR3); exploration comes from the noise on the thought. "Exact match" — whether greedy
+LatentR3 and eq. 12); exploration comes from the noise on the thought. A reward therefore scores the
+*target* under a perturbed thought, and the GRPO loss built on it is an advantage-weighted likelihood
+of the target, not an unbiased policy gradient. "Exact match" — whether greedy
 trie-constrained decoding under that thought reproduces the target — needs no decoding either:
 greedy decoding follows the target exactly when, at every target position, the argmax over the
 trie's allowed next tokens *is* the target token (:func:`greedy_trie_match`).
