@@ -63,6 +63,7 @@ from torch.utils.data import Sampler
 from flrec.config import ConfigBase, load_yaml, option
 from flrec.errors import ConfigError, FlrecError
 from flrec.models.recommender import FLRRecommender, PromptPrefix
+from flrec.training.probe import THOUGHT_PROBE_NAMES, probe_batches, run_probe
 from flrec.training.rewards import (
     RewardInputs,
     get_advantage,
@@ -168,6 +169,9 @@ class GRPOConfig(ConfigBase):
     train_limit: int | None = option(None, help="train on a random subset of this many rows (None = all)")
     valid_limit: int | None = option(256, help="validation rows (random subset; None = all); validation scores "
                                      "the noise-free thought")
+    thought_probe_rows: int = option(
+        64, help="at each validation, measure on the first N validation rows whether the LM uses the user's thought "
+        "(valid_thought_swap_delta etc., flrec.training.probe); 0 = off. Does not change training")
     dtype: Literal["float32", "bfloat16", "float16"] = option(
         "float32", help="weight dtype; keep float32 and use train.mixed_precision=bf16 for autocast")
     train: TrainConfig = option(
@@ -176,6 +180,8 @@ class GRPOConfig(ConfigBase):
         "1e-4, 5e-4, 1e-5, 5e-5")
 
     def __post_init__(self) -> None:
+        if self.thought_probe_rows < 0:
+            raise ConfigError(f"thought_probe_rows must be >= 0 (0 = off), got {self.thought_probe_rows}")
         self.preset = self.preset or VARIANTS[self.variant][2]
         for key, value in PRESETS[self.preset].items():
             if getattr(self, key) is None:
@@ -339,6 +345,7 @@ class GRPOTrainer(Trainer):
                           if not k.startswith("model.backbone.")}
         self._buffer: dict[int, tuple[tuple[int, int], Rollout]] = {}
         self.start_dir: Path | None = None  # the SFT model directory (set by build_grpo_trainer)
+        self.probe_batches: list[dict] = []  # validation batches for the thought probe (build_grpo_trainer)
         super().__init__(model, train_dataset, valid_dataset, collate_fn, config,
                          trainable_filter=lambda name, _p: trains(grpo.trainable, name), **kwargs)
         if len(self._sampler) == 0:
@@ -428,6 +435,15 @@ class GRPOTrainer(Trainer):
         reward = get_reward(self.grpo.reward_name)(inputs, **self.grpo.reward_params).float()
         return reward, inputs.exact_match()
 
+    def extra_validation_names(self) -> tuple[str, ...]:
+        return THOUGHT_PROBE_NAMES if self.probe_batches else ()
+
+    def extra_validation(self, step: int) -> dict[str, float]:
+        """Whether the LM uses the user's thought (:mod:`flrec.training.probe`), at every validation."""
+        if not self.probe_batches:
+            return {}
+        return run_probe(self.accelerator.unwrap_model(self.model).model, self.probe_batches, self.accelerator.device)
+
     def compute_loss(self, batch: Rollout | dict[str, Any]) -> dict[str, Any]:
         if not self.model.training:
             return self._validation_loss(batch)
@@ -505,7 +521,7 @@ def grpo_fingerprint(cfg: GRPOConfig, dataset, model_dir: Path) -> dict:
     """The config (minus paths, progress and logging), the train/valid rows and the SFT model's files."""
     from flrec.utils.runid import config_identity, dataset_hash, make_fingerprint, model_identity
 
-    ignore = ("run_dir", "data", "from_run", *(f"train.{k}" for k in TRAIN_COSMETIC))
+    ignore = ("run_dir", "data", "from_run", "thought_probe_rows", *(f"train.{k}" for k in TRAIN_COSMETIC))
     return make_fingerprint(config_identity(cfg, ignore), data={"hash": dataset_hash(dataset, ("train", "valid"))},
                             start=model_identity(model_dir))
 
@@ -531,9 +547,12 @@ def build_grpo_trainer(cfg: GRPOConfig, dataset=None) -> GRPOTrainer:
     def save_fn(policy: GRPOPolicy, path: Path) -> None:
         policy.model.save_pretrained(path, tokenizer)
 
-    trainer = GRPOTrainer(GRPOPolicy(model), train_ex, valid_ex, partial(collate_left_padded, pad_id=tokenizer.pad_token_id),
+    collate = partial(collate_left_padded, pad_id=tokenizer.pad_token_id)
+    trainer = GRPOTrainer(GRPOPolicy(model), train_ex, valid_ex, collate,
                           cfg.train, cfg, trie, save_fn=save_fn, run_config=cfg, stage="grpo",
                           fingerprint=grpo_fingerprint(cfg, dataset, model_dir))
+    trainer.probe_batches = probe_batches(valid_ex or [], cfg.thought_probe_rows,
+                                          cfg.prompts_per_micro_batch or cfg.prompts_per_step, collate)
     trainer.trie = trie.to(trainer.accelerator.device)
     trainer.start_dir = model_dir
     return trainer

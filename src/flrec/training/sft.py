@@ -22,8 +22,8 @@ from flrec.data.load import load_dataset
 from flrec.data.schema import Interaction, RecDataset
 from flrec.errors import ConfigError
 from flrec.evaluation.metrics import EVAL_KS
-from flrec.models.health import thought_interventions
 from flrec.models.recommender import FLRConfig, FLRRecommender
+from flrec.training.probe import THOUGHT_PROBE_NAMES, probe_batches, run_probe
 from flrec.training.trainer import TRAIN_COSMETIC, TrainConfig, Trainer, is_ranking_metric
 from flrec.utils.dtypes import DTYPES
 from flrec.utils.runid import config_identity, dataset_hash, make_fingerprint, model_identity
@@ -118,11 +118,6 @@ def valid_rank_ks(beam: int) -> tuple[int, ...]:
     return tuple(k for k in EVAL_KS if k <= beam) or (1,)
 
 
-# Logged as valid_<name> at each validation (flrec.models.health); never a selection metric by default.
-THOUGHT_PROBE_NAMES = ("thought_swap_delta", "thought_swap_delta_p", "thought_const_delta", "thought_init_delta",
-                       "thought_user_share", "thought_cross_row_cosine", "z_cross_row_cosine")
-
-
 def valid_rank_names(beam: int) -> tuple[str, ...]:
     """The validation ranking's values, largest K first (``ndcg@10`` leads: the progress bar shows it)."""
     return tuple(f"{m}@{k}" for k in reversed(valid_rank_ks(beam)) for m in ("ndcg", "hr"))
@@ -157,11 +152,7 @@ class SFTTrainer(Trainer):
         return {**out, **self._valid_ranking()} if self.rank_rows else out
 
     def _thought_probe(self) -> dict[str, float]:
-        model = self.accelerator.unwrap_model(self.model)
-        dev = self.accelerator.device
-        batches = [{k: v.to(dev) if torch.is_tensor(v) else v for k, v in b.items()} for b in self.probe_batches]
-        rep = thought_interventions(model, batches)
-        return {k: float("nan") if rep.get(k) is None else float(rep[k]) for k in THOUGHT_PROBE_NAMES}
+        return run_probe(self.accelerator.unwrap_model(self.model), self.probe_batches, self.accelerator.device)
 
     def _valid_ranking(self) -> dict[str, float]:
         from flrec.evaluation.runner import evaluate_rankings
@@ -265,9 +256,8 @@ def run_sft(cfg: SFTConfig, dataset: RecDataset | None = None) -> dict:
 
     rank_rows = list(dataset["valid"][: cfg.valid_rank_rows]) if valid_ex is not None else []
     collate = partial(collate_left_padded, pad_id=tokenizer.pad_token_id)
-    probe_ex = (valid_ex or [])[: cfg.thought_probe_rows] if cfg.flr.uses_thought else []
     bs = cfg.train.eval_batch_size or cfg.train.micro_batch_size
-    probe = [collate(probe_ex[i : i + bs]) for i in range(0, len(probe_ex), bs)] if len(probe_ex) >= 2 else []
+    probe = probe_batches(valid_ex or [], cfg.thought_probe_rows if cfg.flr.uses_thought else 0, bs, collate)
     trainer = SFTTrainer(model, train_ex, valid_ex, collate,
                          cfg.train, param_groups=param_groups(model, cfg.train.lr, cfg.flr_lr_scale), save_fn=save_fn,
                          run_config=cfg, stage="sft", fingerprint=sft_fingerprint(cfg, dataset),
