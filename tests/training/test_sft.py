@@ -94,3 +94,16 @@ def test_lora_and_frozen_modes_train_and_reload(tmp_path, tiny_data, mode):
     assert model.trainable_mode == mode
     saved = {p.name for p in (tmp_path / "run" / "best").iterdir()}
     assert ("adapter" in saved) == (mode == "lora") and "backbone" not in saved
+
+
+def test_every_validation_logs_whether_the_lm_uses_the_thought(tmp_path, tiny_data):
+    import json
+
+    run_sft(sft_cfg(tmp_path, thought_probe_rows=8, train={"max_steps": 3, "eval_every": 3}), tiny_data)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    valid = [r for r in rows if "valid_loss" in r]
+    assert valid and all("valid_thought_swap_delta" in r and "valid_thought_user_share" in r for r in valid)
+    assert 0.0 <= valid[-1]["valid_thought_user_share"] <= 1.0
+    run_sft(sft_cfg(tmp_path / "off", thought_probe_rows=0, train={"max_steps": 3, "eval_every": 3}), tiny_data)
+    rows = [json.loads(line) for line in (tmp_path / "off" / "run" / "log.jsonl").read_text().splitlines()]
+    assert not any("valid_thought_swap_delta" in r for r in rows)
