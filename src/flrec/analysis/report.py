@@ -32,6 +32,7 @@ from pathlib import Path
 from flrec.errors import FlrecError
 from flrec.evaluation.runner import format_seconds
 from flrec.utils.io import atomic_write_text
+from flrec.utils.outputs import check_output
 
 REPORT = "report.md"
 FIGURES = "figures"
@@ -463,8 +464,8 @@ def build_report(inputs: Sequence[str | Path], out: str | Path, *, title: str | 
     An existing ``report.md`` is replaced only with ``overwrite=True`` (its ``figures/`` folder is
     then rebuilt).
     """
+    out = check_output(out, inputs=inputs, replace=False, allow_inside=True)  # never an input, never a file
     src = find_sources(inputs)
-    out = Path(out)
     if (out / REPORT).exists():
         if not overwrite:
             raise FlrecError(f"{out / REPORT} exists; pass --overwrite to replace it, or another --out")

@@ -6,14 +6,17 @@ optionally ``"k"``, ``"exclude_seen"``, ``"explain"`` (override the command's de
 line), ``id`` when given, and the answer of :meth:`ServedRecommender.recommend_batch`.
 
 A bad line stops the run with an error naming the file and line (nothing is skipped silently);
-answers so far stay in ``OUTPUT.partial`` and a rerun continues after them. The finished output
-is renamed into place, so ``OUTPUT`` is never half-written.
+answers so far stay in ``OUTPUT.partial`` (its first line records the model, the input's hash, k and
+the flags) and a rerun with the same settings appends exactly the missing lines; other settings are
+refused naming the keys that differ. ``.OUTPUT.lock`` keeps a second process out. The finished
+output is written atomically, so ``OUTPUT`` is never half-written.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,13 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from flrec.errors import DataError, FlrecError
+from flrec.serving.export import MANIFEST
 from flrec.serving.service import Query, RequestError, ServedRecommender
+from flrec.utils.io import atomic_path, file_lock
+from flrec.utils.outputs import check_output
+from flrec.utils.runid import file_identity
+
+_HEADER = "flrec_recommend_partial"
 
 _KEYS = {"history", "item_ids", "k", "exclude_seen", "explain", "id"}
 
@@ -64,23 +73,50 @@ def parse_line(model: ServedRecommender, line: str, where: Path, n: int, k: int,
     return q, obj.get("id")
 
 
+def batch_identity(model: ServedRecommender, src: Path, k: int, exclude_seen: bool, explain: bool) -> dict[str, Any]:
+    """What determines a batch's answers: the export (its manifest), the decoding, the input file and flags."""
+    return {"model": file_identity(model.path / MANIFEST), "method": model.method,
+            "decoding": json.loads(json.dumps(model.decoding, default=str)), "input": file_identity(src),
+            "k": k, "exclude_seen": exclude_seen, "explain": explain}
+
+
 def recommend_file(model: ServedRecommender, input_path: str | Path, output_path: str | Path, k: int = 10,
                    exclude_seen: bool = False, explain: bool = False, batch_size: int = 16,
                    overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Answer every line of ``input_path`` into ``output_path`` (see the module docstring)."""
+    """Answer every line of ``input_path`` into ``output_path`` (see the module docstring).
+
+    ``OUTPUT.lock`` keeps a second process out; ``OUTPUT.partial`` starts with the batch's identity
+    (:func:`batch_identity`), and a rerun with another model, input, k or flags is refused naming the
+    keys that differ (``overwrite=True`` starts over)."""
     src, dst = Path(input_path), Path(output_path)
     if not src.is_file():
         raise FlrecError(f"--input {src} not found; pass a JSONL file with one history per line")
-    if dst.exists() and not overwrite:
-        raise FlrecError(f"--output {dst} exists; pass --overwrite to replace it or choose another path")
+    check_output(dst, kind="file", overwrite=overwrite, option="--output", inputs=[src, model.path])
     if batch_size < 1:
         raise FlrecError(f"--batch-size must be >= 1, got {batch_size}")
     partial = dst.with_name(dst.name + ".partial")
-    done = _resume_point(partial)
+    ident = batch_identity(model, src, k, exclude_seen, explain)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    lock = dst.with_name(f".{dst.name}.lock")
+    with file_lock(lock, dst, "--output"):
+        check_output(dst, kind="file", overwrite=overwrite, option="--output")  # finished while we waited?
+        res = _answer_file(model, src, dst, partial, ident, batch_size, overwrite, progress)
+        lock.unlink(missing_ok=True)
+    return res
+
+
+def _answer_file(model: ServedRecommender, src: Path, dst: Path, partial: Path, ident: dict[str, Any],
+                 batch_size: int, overwrite: bool, progress: bool) -> dict[str, Any]:
+    k, exclude_seen, explain = ident["k"], ident["exclude_seen"], ident["explain"]
+    if partial.is_file() and overwrite:
+        partial.unlink()
+    done = _resume_point(partial, ident)
+    if not partial.is_file():
+        partial.write_text(json.dumps({_HEADER: ident}) + "\n", encoding="utf-8")
     with open(src, encoding="utf-8") as f:
         total = sum(1 for line in f if line.strip())
-    written = sum(1 for _ in open(partial, encoding="utf-8")) if partial.is_file() else 0
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(partial, encoding="utf-8") as f:
+        written = sum(1 for _ in f) - 1
     with open(partial, "a", encoding="utf-8") as sink, \
             tqdm(total=total, initial=written, desc=f"recommend {model.method}", unit="history", disable=not progress) as bar:
         batch: list[tuple[int, Query, Any]] = []
@@ -102,20 +138,36 @@ def recommend_file(model: ServedRecommender, input_path: str | Path, output_path
                 flush()
         if batch:
             flush()
-    os.replace(partial, dst)
+    with atomic_path(dst) as tmp, open(partial, encoding="utf-8") as f, open(tmp, "w", encoding="utf-8") as out:
+        next(f)  # the identity header
+        shutil.copyfileobj(f, out)
+    partial.unlink()
     return {"input": str(src), "output": str(dst), "histories": total, "resumed_after_line": done}
 
 
-def _resume_point(partial: Path) -> int:
-    """The last input line answered in ``partial`` (a torn last line is cut off)."""
+def _resume_point(partial: Path, ident: dict[str, Any]) -> int:
+    """The last input line answered in ``partial`` (a torn last line is cut off); a partial made with
+    another identity is refused with the differing keys named."""
     if not partial.is_file():
         return 0
     text = partial.read_text(encoding="utf-8")
     complete = text[: text.rfind("\n") + 1]
     if complete != text:
         partial.write_text(complete, encoding="utf-8")
+    lines = complete.splitlines()
+    try:
+        stored = json.loads(lines[0])[_HEADER] if lines else None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        stored = None
+    if not isinstance(stored, dict):
+        raise DataError(partial, "not a partial output of this flrec recommend (no identity line); delete it, "
+                        "or pass --overwrite to start over", line=1)
+    keys = sorted(key for key in set(stored) | set(ident) if stored.get(key) != ident.get(key))
+    if keys:
+        raise FlrecError(f"{partial} holds answers made with other settings ({', '.join(keys)} differ); rerun with "
+                         "the same model, input, -k and flags to resume, or pass --overwrite to start over")
     last = 0
-    for i, line in enumerate(complete.splitlines(), 1):
+    for i, line in enumerate(lines[1:], 2):
         try:
             last = int(json.loads(line)["line"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
