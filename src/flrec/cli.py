@@ -439,7 +439,7 @@ def _print_answer(model, ans: dict) -> None:
 
 def cmd_recommend(a) -> None:
     from flrec.serving.batch import recommend_file
-    from flrec.serving.service import load_recommender
+    from flrec.serving.service import empty_answer_reason, load_recommender
 
     given = [x for x in (a.history, a.item_ids, a.input) if x is not None]
     if len(given) != 1:
@@ -456,6 +456,8 @@ def cmd_recommend(a) -> None:
         return
     ans = model.recommend(history=a.history, item_ids=a.item_ids, k=a.k, exclude_seen=a.exclude_seen,
                           explain=explain)
+    if not ans["items"]:
+        raise FlrecError(empty_answer_reason(model, a.exclude_seen))
     if a.json:
         print(json.dumps(ans, ensure_ascii=False))
     else:

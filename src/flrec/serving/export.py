@@ -257,14 +257,14 @@ def export(source: str | Path, out: str | Path, *, data: str | None = None, over
 
     catalogue = rec.catalogue
     counts: list[int] | None = None
+    if dataset is not None and not allow_other_data:
+        _check_training_data(prov["summary_dirs"], dataset, str(prov.get("data") or data))
     if method == "pop" and getattr(rec, "counts", None) is not None:
         counts = [int(c) for c in rec.counts.tolist()]
     elif dataset is not None:
         if dataset.catalogue.titles != catalogue.titles:
             raise FlrecError(f"the dataset {prov.get('data') or data} has another catalogue than the model "
                              f"({len(dataset.catalogue)} vs {len(catalogue)} items); pass --data with the training dataset")
-        if not allow_other_data:
-            _check_training_data(prov["summary_dirs"], dataset, str(prov.get("data") or data))
         pop = dataset.item_popularity("train")
         counts = [int(pop.get(i, 0)) for i in range(len(catalogue))]
     summary, summary_path = _find_summary(prov.pop("summary_dirs"), method)

@@ -304,6 +304,14 @@ class ServedRecommender:
         return out
 
 
+def empty_answer_reason(model: ServedRecommender, exclude_seen: bool) -> str:
+    """Why an answer has no items (a 422 says so instead of an empty 200)."""
+    if exclude_seen:
+        return ("no item is left to recommend: exclude_seen removed every item the model could return (the history "
+                "covers them); send exclude_seen=false or a shorter history")
+    return f"the {model.method} model returned no items for this history"
+
+
 def load_recommender(path: str | Path, *, dtype: str | None = None, beam: int | None = None,
                      batch_size: int | None = None, lazy: bool = False) -> ServedRecommender:
     """Load an export directory written by :func:`flrec.serving.export` (no dataset needed).
@@ -331,6 +339,9 @@ def load_recommender(path: str | Path, *, dtype: str | None = None, beam: int | 
     if changes.get("beam", 1) < 1 or changes.get("batch_size", 1) < 1:
         raise FlrecError(f"beam and batch_size must be >= 1, got {changes}")
     decoding = {**(manifest.get("decoding") or {}), **changes}
+    if manifest["kind"] == "llm" and int(decoding.get("beam", 1)) > len(catalogue.unique_titles):
+        raise FlrecError(f"{path}: beam {decoding['beam']} exceeds the catalogue's {len(catalogue.unique_titles)} "
+                         "distinct titles; pass a smaller beam (or re-export with --beam)")
 
     def read_weights():
         rec = get_recommender(manifest["method"]).load(path / "recommender")
