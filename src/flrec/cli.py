@@ -785,6 +785,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd in HEAVY_COMMANDS:
             _warn_if_sharing_cpu()
         args.fn(args)
+        sys.stdout.flush()  # a closed pipe (`| head`) surfaces here, inside the handler below
     except FlrecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
