@@ -123,3 +123,21 @@ def test_data_stats_into_a_closed_pipe_is_quiet(tmp_path):
     p.wait(timeout=60)
     p.stderr.close()
     assert "Traceback" not in err and "BrokenPipe" not in err and p.returncode in (0, 141)
+
+
+def test_run_configs_store_paths_absolute_so_runs_move(tmp_path, monkeypatch):
+    """#15: a run stored its data path relative to where training ran; export from elsewhere failed."""
+    import yaml
+
+    from flrec.config import save_run_metadata
+    from flrec.serving.export import _config_data
+
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    save_run_metadata(tmp_path / "run", {"data": "data", "from_run": "", "backbone": "tiny:llama"}, stage="sft")
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg == {"data": str(tmp_path / "data"), "from_run": "", "backbone": "tiny:llama"}
+    # a run of an older flrec (relative path) is resolved against the directory it ran in
+    (tmp_path / "run" / "config.yaml").write_text("data: data\n")
+    monkeypatch.chdir(tmp_path / "run")
+    assert _config_data([tmp_path / "run"]) == str(tmp_path / "data")

@@ -427,7 +427,7 @@ def _print_answer(model, ans: dict) -> None:
           + (" (history items excluded)" if ans["exclude_seen"] else ""))
     for it in ans["items"]:
         more = f"  (+{len(it['same_title_item_ids'])} more items with this title)" if it["same_title_item_ids"] else ""
-        print(f"{it['rank']:>3}. [{it['item_id']}] {it['title']}  score {it['score']:.4f}{more}")
+        print(f"{it['rank']:>3}. [{it.get('original_id') or it['item_id']}] {it['title']}  score {it['score']:.4f}{more}")
     ex = ans.get("explanation")
     if ex:
         print(f"why (refinement step {ex['step']}; {ex['history_in_prompt']} history titles in the prompt):")
@@ -491,7 +491,9 @@ def _add_serving_parsers(sub, with_config) -> None:
     s = sub.add_parser("recommend", help="top-K items (ids, titles, scores; FLR: why) for histories")
     s.add_argument("--model", required=True, help="an export directory (flrec export)")
     s.add_argument("--history", nargs="+", metavar="TITLE", help="catalogue titles, oldest first")
-    s.add_argument("--item-ids", nargs="+", type=int, metavar="ID", help="catalogue item ids, oldest first")
+    s.add_argument("--item-ids", nargs="+", metavar="ID",
+                   help="item ids, oldest first: your own ids (as in the files given to flrec data convert, "
+                   "e.g. it7) or flrec's integer ids")
     s.add_argument("--input", help="JSONL file, one {\"history\": [...]} or {\"item_ids\": [...]} per line")
     s.add_argument("--output", help="JSONL answers, one per input line (with --input)")
     s.add_argument("-k", type=int, default=10, help="items to return (default 10)")

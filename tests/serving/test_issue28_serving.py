@@ -207,3 +207,43 @@ def test_serve_closes_stalled_connections(pop):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+# ------------------------------------------------------------------------------ #14: the user's own ids
+def test_own_item_ids_end_to_end(tmp_path, capsys):
+    """convert a CSV with string ids -> a model -> export -> `recommend --item-ids it7 it9` and HTTP
+    ``"item_ids": ["it7"]`` answered in the user's ids (flrec's integers still accepted)."""
+    from flrec.data.convert import convert_interactions
+
+    inter, items = tmp_path / "inter.csv", tmp_path / "items.csv"
+    items.write_text("id,name\n" + "".join(f"it{i},Title {i}\n" for i in range(10)))
+    inter.write_text("user,item,time\n" + "".join(f"u{u},it{(u + j) % 10},{100 * u + j}\n"
+                                                   for u in range(12) for j in range(6)))
+    ds = convert_interactions(inter, items, tmp_path / "data", user_col="user", item_col="item", time_col="time",
+                              item_id_col="id", title_col="name")
+    own = ds.original_item_ids()
+    assert sorted(own) == sorted(f"it{i}" for i in range(10))
+    out = export(_id_cell(tmp_path, ds, "pop", "own"), tmp_path / "export")
+    cat = json.loads((out / "catalogue.json").read_text())["items"]
+    assert [it["original_id"] for it in cat] == own and [it["item_id"] for it in cat] == list(range(10))
+
+    assert main(["recommend", "--model", str(out), "--item-ids", "it7", "it9", "-k", "3", "--json"]) == 0
+    ans = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [h["original_id"] for h in ans["history"]] == ["it7", "it9"]
+    assert all(it["original_id"] == own[it["item_id"]] for it in ans["items"]) and len(ans["items"]) == 3
+    assert main(["recommend", "--model", str(out), "--item-ids", "it7", "nope"]) == 2
+    assert "nope" in _err(capsys)
+    assert main(["recommend", "--model", str(out), "--item-ids", "it7", "-k", "2"]) == 0
+    assert "[it" in capsys.readouterr().out  # the listing names the user's ids
+    ints = load_recommender(out).recommend(item_ids=[own.index("it7"), own.index("it9")], k=3)
+    assert ints["items"] == ans["items"]  # flrec's integers still work and mean the same items
+
+    from fastapi.testclient import TestClient
+
+    from flrec.serving.app import ServeConfig, create_app
+
+    with TestClient(create_app(load_recommender(out), ServeConfig())) as client:
+        r = client.post("/recommend", json={"item_ids": ["it7", "it9"], "k": 3})
+        assert r.status_code == 200 and r.json()["items"] == ans["items"]
+        r = client.post("/recommend", json={"item_ids": ["it77"]})
+        assert r.status_code == 422 and r.json()["error"] == "unknown_item_ids"

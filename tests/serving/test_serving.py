@@ -262,7 +262,8 @@ def test_http_bad_requests_get_their_documented_4xx(work, served_llm):
             ({"item_ids": [1], "k": 0}, 422, "k_out_of_range"),
             ({"item_ids": [1], "k": 11}, 422, "k_out_of_range"),
             ({"history": "Title"}, 422, "invalid_request"),
-            ({"item_ids": ["1"]}, 422, "invalid_request"),
+            ({"item_ids": [1.5]}, 422, "invalid_request"),
+            ({"item_ids": ["no-such-id"]}, 422, "unknown_item_ids"),  # strings are the user's own ids
             ({"item_ids": [1], "k": "3"}, 422, "invalid_request"),
             ({"item_ids": [1], "colour": "red"}, 422, "invalid_request"),
             ({"item_ids": [1], "history": [t[1]]}, 422, "bad_request"),

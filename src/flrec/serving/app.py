@@ -164,7 +164,8 @@ def create_app(model: ServedRecommender, cfg: ServeConfig | None = None):
     class RecommendRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         history: list[StrictStr] | None = Field(None, description="catalogue titles, oldest first")
-        item_ids: list[StrictInt] | None = Field(None, description="catalogue item ids, oldest first")
+        item_ids: list[StrictInt | StrictStr] | None = Field(
+            None, description="item ids, oldest first: flrec's integers or your own ids (strings, e.g. \"it7\")")
         k: StrictInt = Field(default_k, description=f"items to return, 1..{max_k}")
         exclude_seen: StrictBool = Field(False, description="never return an item of the history")
         explain: StrictBool = Field(False, description="FLR: gate weight and most-attended history items per factor")

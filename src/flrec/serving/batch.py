@@ -50,8 +50,10 @@ def parse_line(model: ServedRecommender, line: str, where: Path, n: int, k: int,
     hist, ids = obj.get("history"), obj.get("item_ids")
     if hist is not None and not (isinstance(hist, list) and all(isinstance(t, str) for t in hist)):
         raise DataError(where, "must be a list of title strings", line=n, field="history")
-    if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
-        raise DataError(where, "must be a list of integer item ids", line=n, field="item_ids")
+    if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int | str) and not isinstance(i, bool)
+                                                              for i in ids)):
+        raise DataError(where, "must be a list of item ids (flrec's integers or your own id strings)", line=n,
+                        field="item_ids")
     qk = obj.get("k", k)
     for key, val in (("exclude_seen", obj.get("exclude_seen", exclude_seen)), ("explain", obj.get("explain", explain))):
         if not isinstance(val, bool):

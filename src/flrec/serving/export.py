@@ -4,7 +4,8 @@ Layout of an export directory (``format`` 1)::
 
     flrec_export.json   manifest: method, kind (llm | id), decoding settings, provenance; written
                         last, so its presence means the directory is complete
-    catalogue.json      every item: item_id, title, train_count (the tie rule for shared titles)
+    catalogue.json      every item: item_id (flrec's index), title, train_count (the tie rule for
+                        shared titles) and original_id (the id in the user's own files) when known
     recommender/        the recommender's own ``save()`` output (LLM: model/ with the FLR module,
                         the tokenizer with <|Thought|>, the backbone weights when they were tuned, or
                         the backbone reference for LoRA/frozen runs; ID models: weights + config)
@@ -79,8 +80,19 @@ def _config_data(dirs: list[Path]) -> str | None:
             except yaml.YAMLError:
                 continue
             if isinstance(data, str) and data:
-                return data
+                return _against_run(d, data)
     return None
+
+
+def _against_run(run: Path, spec: str) -> str:
+    """A relative data path of an older run, resolved against the directory the run was started in."""
+    if Path(spec).is_absolute() or Path(spec).exists() or ":" in spec:
+        return spec
+    try:
+        cwd = json.loads((run / "run_info.json").read_text(encoding="utf-8")).get("cwd")
+    except (OSError, ValueError, AttributeError):
+        return spec
+    return str(Path(cwd) / spec) if isinstance(cwd, str) and (Path(cwd) / spec).exists() else spec
 
 
 def _cli_run_data(dirs: list[Path]) -> str | None:
@@ -271,7 +283,10 @@ def export(source: str | Path, out: str | Path, *, data: str | None = None, over
 
     with staged_dir(out, kind="export", overwrite=overwrite, inputs=inputs) as tmp:
         rec.save(tmp / "recommender")
-        items = [{"item_id": i, "title": t, "train_count": None if counts is None else counts[i]}
+        same = dataset is not None and dataset.catalogue.titles == catalogue.titles
+        own = dataset.original_item_ids() if same else None  # the user's own ids, beside flrec's index
+        items = [{"item_id": i, "title": t, "train_count": None if counts is None else counts[i],
+                  **({"original_id": own[i]} if own is not None and own[i] is not None else {})}
                  for i, t in enumerate(catalogue.titles)]
         (tmp / "catalogue.json").write_text(json.dumps({"items": items}, ensure_ascii=False) + "\n", encoding="utf-8")
         # The title trie is not stored: loading rebuilds it from the tokenizer and the catalogue exactly
