@@ -209,7 +209,8 @@ def cmd_evaluate(a) -> None:
     if a.merge:
         if not a.out:
             raise FlrecError("--merge needs --out DIR for the merged result")
-        check_output(a.out, inputs=[*a.merge, a.data], replace=False)
+        # the merged folder may hold its shard folders (it adds only its own files), never be or lie in one
+        check_output(a.out, inputs=[*a.merge, a.data], replace=False, allow_contains=True)
         ds = load_dataset(a.data)
         summary = merge_shards(a.merge, ds, a.out)
         out = Path(a.out)

@@ -45,13 +45,14 @@ def _inputs(inputs: Iterable[str | os.PathLike | None]) -> list[Path]:
 
 
 def check_overlap(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None], *, option: str = "--out",
-                  allow_inside: bool = False) -> None:
-    """Refuse an ``out`` that is, contains or (unless ``allow_inside``) lies inside one of ``inputs``."""
+                  allow_inside: bool = False, allow_contains: bool = False) -> None:
+    """Refuse an ``out`` that is, contains or lies inside one of ``inputs`` (``allow_inside`` /
+    ``allow_contains``: for commands that only add their own named files to ``out``)."""
     o = Path(out).resolve()
     for p in _inputs(inputs):
         if o == p:
             why = "is"
-        elif o in p.parents:
+        elif o in p.parents and not allow_contains:
             why = "contains"
         elif p in o.parents and not allow_inside:
             why = "lies inside"
@@ -78,14 +79,14 @@ def flrec_entries(folder: Path) -> list[str] | None:
 
 def check_output(out: str | os.PathLike, *, inputs: Iterable[str | os.PathLike | None] = (), overwrite: bool = False,
                  kind: str = "dir", option: str = "--out", replace: bool = True, allow_inside: bool = False,
-                 flag: str = "--overwrite") -> Path:
+                 allow_contains: bool = False, flag: str = "--overwrite") -> Path:
     """Refuse (before any work) an output that would destroy something; returns ``Path(out)``.
 
     ``kind``: ``"dir"`` or ``"file"``. ``replace``: the command replaces a non-empty folder as a whole
     (export, convert); ``False`` for folders the command resumes into or adds named files to.
     """
     out = Path(out)
-    check_overlap(out, inputs, option=option, allow_inside=allow_inside)
+    check_overlap(out, inputs, option=option, allow_inside=allow_inside, allow_contains=allow_contains)
     if kind == "dir" and out.exists() and not out.is_dir():
         raise FlrecError(f"{option} {out} is a file, but a folder is expected; choose a folder path")
     if kind == "file":
