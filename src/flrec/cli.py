@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from flrec.errors import FlrecError, disk_full_error
-from flrec.utils.outputs import check_output
+from flrec.utils.outputs import check_output, check_overlap
 
 CONFIGS = {
     "sft": "flrec.training.sft:SFTConfig",
@@ -185,7 +185,6 @@ def cmd_train_grpo(a) -> None:
     overrides += ["train.overwrite=true"] if a.force else []
     cfg = GRPOConfig.load(a.config, overrides)
     from flrec.training.trainer import run_inputs
-    from flrec.utils.outputs import check_overlap
 
     check_overlap(cfg.run_dir, run_inputs(cfg), option="run_dir")  # before the SFT model is read
     res = run_grpo(cfg)
