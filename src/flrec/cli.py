@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from flrec.errors import FlrecError, disk_full_error
+from flrec.utils.outputs import check_output, check_overlap
 
 CONFIGS = {
     "sft": "flrec.training.sft:SFTConfig",
@@ -182,7 +183,11 @@ def cmd_train_grpo(a) -> None:
 
     overrides = ([f"from_run={a.from_run}"] if a.from_run else []) + list(a.overrides)
     overrides += ["train.overwrite=true"] if a.force else []
-    res = run_grpo(GRPOConfig.load(a.config, overrides))
+    cfg = GRPOConfig.load(a.config, overrides)
+    from flrec.training.trainer import run_inputs
+
+    check_overlap(cfg.run_dir, run_inputs(cfg), option="run_dir")  # before the SFT model is read
+    res = run_grpo(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if a.json:
@@ -205,6 +210,8 @@ def cmd_evaluate(a) -> None:
     if a.merge:
         if not a.out:
             raise FlrecError("--merge needs --out DIR for the merged result")
+        # the merged folder may hold its shard folders (it adds only its own files), never be or lie in one
+        check_output(a.out, inputs=[*a.merge, a.data], replace=False, allow_contains=True)
         ds = load_dataset(a.data)
         summary = merge_shards(a.merge, ds, a.out)
         out = Path(a.out)
@@ -214,13 +221,16 @@ def cmd_evaluate(a) -> None:
         from flrec.serving.load import load_llm_recommender, resolve_model_dir
         from flrec.utils.runid import model_identity
 
+        model_dir = resolve_model_dir(a.model)
+        # --out holds only the evaluation's own files (a rerun resumes, --force replaces only those): it may
+        # sit inside the run, but never be (or hold) the model or the data.
+        check_output(a.out or Path(a.model) / "eval", inputs=[model_dir, a.data], replace=False, allow_inside=True)
         ds = load_dataset(a.data)
         overrides = list(a.overrides)
         for key, val in (("split", a.split), ("limit", a.limit), ("batch_size", a.batch_size), ("shard", a.shard)):
             if val is not None:
                 overrides.append(f"{key}={val}")
         cfg = EvalConfig.load(a.config, overrides)
-        model_dir = resolve_model_dir(a.model)
         from flrec.recommenders.llm import resolve_inference_dtype
 
         dtype = resolve_inference_dtype(a.dtype)  # the fingerprint records what actually ran
@@ -300,10 +310,16 @@ def cmd_demo(a) -> None:
     run_demo(out=a.out, steps=a.steps, eval_rows=a.eval_rows)
 
 
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 0:
+        raise FlrecError(f"--limit must be >= 0 (0 = all rows), got {limit}")
+
+
 def cmd_analyze_factors(a) -> None:
     from flrec.analysis.factors import factor_diagnostics, format_report
     from flrec.data.load import load_dataset
 
+    _check_limit(a.limit)
     rep = factor_diagnostics(a.model, load_dataset(a.data), split=a.split, limit=a.limit,
                              batch_size=a.batch_size, n_perm=a.permutations)
     print(json.dumps(rep) if a.json else format_report(rep))
@@ -330,14 +346,20 @@ def cmd_report(a) -> None:
     print(path)
 
 
+def _check_json_out(out: str | None, name: str, overwrite: bool, inputs: list) -> None:
+    """Refuse ``--out`` (before the work) when ``out/name`` may not be written."""
+    if out is not None:
+        check_output(out, inputs=inputs, replace=False, allow_inside=True)
+        check_output(Path(out) / name, kind="file", overwrite=overwrite, option="--out")
+
+
 def _write_json_out(out: str | None, name: str, rep: dict, overwrite: bool) -> None:
     if out is None:
         return
     from flrec.utils.io import atomic_write_json
 
     path = Path(out) / name
-    if path.exists() and not overwrite:
-        raise FlrecError(f"{path} exists; pass --overwrite to replace it, or another --out")
+    check_output(path, kind="file", overwrite=overwrite, option="--out")
     atomic_write_json(path, rep)
     _note(f"wrote {path}")
 
@@ -345,6 +367,7 @@ def _write_json_out(out: str | None, name: str, rep: dict, overwrite: bool) -> N
 def cmd_analyze_longtail(a) -> None:
     from flrec.analysis.longtail import format_longtail, longtail
 
+    _check_json_out(a.out, "longtail.json", a.overwrite, [])
     rep = longtail(a.compare_dir, reference=a.reference)
     _write_json_out(a.out, "longtail.json", rep, a.overwrite)
     print(json.dumps(rep) if a.json else format_longtail(rep))
@@ -354,6 +377,8 @@ def cmd_analyze_disentangle(a) -> None:
     from flrec.analysis.disentangle import disentanglement, format_disentanglement, write_figures
     from flrec.data.load import load_dataset
 
+    _check_limit(a.limit)
+    _check_json_out(a.out, "disentangle.json", a.overwrite, [a.model, a.data])
     rep = disentanglement(a.model, load_dataset(a.data), split=a.split, limit=a.limit or None,
                           batch_size=a.batch_size, examples=a.examples)
     _write_json_out(a.out, "disentangle.json", rep, a.overwrite)
@@ -373,6 +398,7 @@ def cmd_analyze_cost(a) -> None:
         if not sep or not name or not path:
             raise FlrecError(f"--model {spec!r}: expected METHOD=RUN_DIR, e.g. flr=runs/cds-flr")
         models[name] = path
+    _check_json_out(a.out, "cost.json", a.overwrite, [a.data, *models.values()])
     rep = inference_cost(models, load_dataset(a.data), split=a.split, limit=a.limit, batch_size=a.batch_size,
                          repeats=a.repeats, beam=a.beam, cot_beam=a.cot_beam, rationale_tokens=a.rationale_tokens)
     _write_json_out(a.out, "cost.json", rep, a.overwrite)
@@ -382,9 +408,7 @@ def cmd_analyze_cost(a) -> None:
 def cmd_analyze_curves(a) -> None:
     from flrec.analysis.curves import plot_learning_curves
 
-    out = Path(a.out)
-    if out.exists() and not a.overwrite:
-        raise FlrecError(f"{out} exists; pass --overwrite to replace it")
+    out = check_output(a.out, kind="file", overwrite=a.overwrite, inputs=[a.run])
     print(plot_learning_curves(a.run, out))
 
 
@@ -397,7 +421,7 @@ def cmd_export(a) -> None:
     from flrec.serving.export import export
 
     out = export(a.run_dir, a.out, data=a.data, overwrite=a.overwrite, beam=a.beam, dtype=a.dtype,
-                 batch_size=a.batch_size)
+                 batch_size=a.batch_size, allow_other_data=a.allow_other_data)
     print(f"exported {a.run_dir} to {out}; load it with flrec.serving.load_recommender({str(out)!r}) "
           f"or `flrec recommend --model {out} --history ...`")
 
@@ -407,7 +431,7 @@ def _print_answer(model, ans: dict) -> None:
           + (" (history items excluded)" if ans["exclude_seen"] else ""))
     for it in ans["items"]:
         more = f"  (+{len(it['same_title_item_ids'])} more items with this title)" if it["same_title_item_ids"] else ""
-        print(f"{it['rank']:>3}. [{it['item_id']}] {it['title']}  score {it['score']:.4f}{more}")
+        print(f"{it['rank']:>3}. [{it.get('original_id') or it['item_id']}] {it['title']}  score {it['score']:.4f}{more}")
     ex = ans.get("explanation")
     if ex:
         print(f"why (refinement step {ex['step']}; {ex['history_in_prompt']} history titles in the prompt):")
@@ -419,7 +443,7 @@ def _print_answer(model, ans: dict) -> None:
 
 def cmd_recommend(a) -> None:
     from flrec.serving.batch import recommend_file
-    from flrec.serving.service import load_recommender
+    from flrec.serving.service import empty_answer_reason, load_recommender
 
     given = [x for x in (a.history, a.item_ids, a.input) if x is not None]
     if len(given) != 1:
@@ -436,6 +460,8 @@ def cmd_recommend(a) -> None:
         return
     ans = model.recommend(history=a.history, item_ids=a.item_ids, k=a.k, exclude_seen=a.exclude_seen,
                           explain=explain)
+    if not ans["items"]:
+        raise FlrecError(empty_answer_reason(model, a.exclude_seen))
     if a.json:
         print(json.dumps(ans, ensure_ascii=False))
     else:
@@ -462,12 +488,16 @@ def _add_serving_parsers(sub, with_config) -> None:
     s.add_argument("--beam", type=int, help="LLM models: beam width (= largest k) stored with the export")
     s.add_argument("--dtype", choices=["float32", "bfloat16"], help="LLM models: inference dtype stored with the export")
     s.add_argument("--batch-size", type=int, help="LLM models: users decoded together")
+    s.add_argument("--allow-other-data", action="store_true",
+                   help="accept a --data whose content differs from the dataset the run recorded")
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("recommend", help="top-K items (ids, titles, scores; FLR: why) for histories")
     s.add_argument("--model", required=True, help="an export directory (flrec export)")
     s.add_argument("--history", nargs="+", metavar="TITLE", help="catalogue titles, oldest first")
-    s.add_argument("--item-ids", nargs="+", type=int, metavar="ID", help="catalogue item ids, oldest first")
+    s.add_argument("--item-ids", nargs="+", metavar="ID",
+                   help="item ids, oldest first: your own ids (as in the files given to flrec data convert, "
+                   "e.g. it7) or flrec's integer ids")
     s.add_argument("--input", help="JSONL file, one {\"history\": [...]} or {\"item_ids\": [...]} per line")
     s.add_argument("--output", help="JSONL answers, one per input line (with --input)")
     s.add_argument("-k", type=int, default=10, help="items to return (default 10)")
@@ -769,12 +799,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd in HEAVY_COMMANDS:
             _warn_if_sharing_cpu()
         args.fn(args)
+        sys.stdout.flush()  # a closed pipe (`| head`) surfaces here, inside the handler below
     except FlrecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `flrec data stats D | head`: the reader left; nothing to report
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+        return 141
     except Exception as e:  # out of space surfaces from many writers (torch, safetensors, open)
         full = disk_full_error(e)
         if full is None:

@@ -12,6 +12,7 @@ import dataclasses
 import importlib.metadata
 import json
 import math
+import os
 import platform
 import re
 import subprocess
@@ -299,11 +300,18 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+PATH_KEYS = ("data", "from_run", "backbone")  # run-config keys naming local files or folders
+
+
 def save_run_metadata(run_dir: str | Path, config: ConfigBase | dict[str, Any], stage: str) -> None:
     """Write ``config.yaml`` (resolved) and ``run_info.json`` (git SHA, versions, argv) into run_dir."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = config.to_dict() if isinstance(config, ConfigBase) else dict(config)
+    for key in PATH_KEYS:  # stored absolute: the run can be exported or continued from any directory
+        v = cfg.get(key)
+        if isinstance(v, str) and v and not Path(v).is_absolute() and Path(v).exists():
+            cfg[key] = str(Path(v).resolve())
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(json.loads(json.dumps(cfg, default=str)), sort_keys=False))
     atomic_write_json(
         run_dir / "run_info.json",
@@ -315,5 +323,6 @@ def save_run_metadata(run_dir: str | Path, config: ConfigBase | dict[str, Any], 
             "python": sys.version.split()[0],
             "platform": platform.platform(),
             "argv": sys.argv,
+            "cwd": os.getcwd(),
         },
     )

@@ -23,7 +23,7 @@ from flrec.analysis.disentangle import (
 from flrec.analysis.factors import PlantedIntents, collect
 from flrec.analysis.longtail import longtail
 from flrec.analysis.plots import heatmap
-from flrec.analysis.report import build_report, linked_figures
+from flrec.analysis.report import Sources, build_report, linked_figures, paper_findings
 from flrec.cli import main
 from flrec.data.prompts import PromptBuilder
 from flrec.data.synth import SynthConfig, generate_synthetic
@@ -421,3 +421,35 @@ def test_ablate_cli_runs_the_k_grid_with_real_cells_and_reports_it(synth, tmp_pa
     assert "Not measured: run `flrec compare" in text  # the grid's summary.json is not a comparison of methods
     assert "flr-k1/seed1" in text  # the cells' SFT logs give the learning curves
     assert all(_png_ok(p) for p in linked_figures(tmp_path / "rep" / "report.md"))
+
+
+def _k_grid(means: dict[int, float], std: float = 0.0) -> Sources:
+    variants = {f"k{k}": {"num_factors": k} for k in means}
+    methods = {f"k{k}": {"ndcg@10": {"mean": m, "std": std}} for k, m in means.items()}
+    return Sources(k_sweep=(Path("k_sweep.json"), {"grid": {"variants": variants}, "methods": methods}))
+
+
+def test_k_verdicts_never_name_an_unmeasured_k_and_ties_are_inconclusive():
+    """Issue 28 #8: --ks 1,2 tied at 0 printed "K=3 is best ... not reproduced" and "K=1 is worst ... reproduced"."""
+    rows = {a: (b, c) for a, b, c in paper_findings(_k_grid({1: 0.0, 2: 0.0}), None, None)}
+    assert rows["K=3 is best on CDs (Fig. 8)"][1] == "not measured" and "best K=3" not in rows["K=3 is best on CDs (Fig. 8)"][0]
+    assert rows["K=1 is worst (Fig. 8)"][1] == "inconclusive"
+    rows = {a: c for a, _, c in paper_findings(_k_grid({1: 0.1, 2: 0.2, 3: 0.3}), None, None)}
+    assert rows == {**rows, "K=3 is best on CDs (Fig. 8)": "reproduced", "K=1 is worst (Fig. 8)": "reproduced"}
+    rows = {a: c for a, _, c in paper_findings(_k_grid({1: 0.1, 2: 0.2, 3: 0.25}, std=0.06), None, None)}
+    assert rows["K=3 is best on CDs (Fig. 8)"] == "inconclusive"  # within the seeds' noise
+    assert rows["K=1 is worst (Fig. 8)"] == "reproduced"
+    rows = {a: c for a, _, c in paper_findings(_k_grid({1: 0.3, 2: 0.2, 3: 0.1}), None, None)}
+    assert rows["K=3 is best on CDs (Fig. 8)"] == "not reproduced" and rows["K=1 is worst (Fig. 8)"] == "not reproduced"
+
+
+def test_report_out_that_is_a_file_or_an_input_is_a_one_line_error(tmp_path, capsys):
+    """Issue 28 #10: `report --out FILE` raised NotADirectoryError; an --out holding an input is refused."""
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "k_sweep.json").write_text("{}")
+    (tmp_path / "file.md").write_text("mine")
+    assert main(["report", str(res), "--out", str(tmp_path / "file.md")]) == 2
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "file.md").read_text() == "mine"
+    assert main(["report", str(res), "--out", str(tmp_path), "--overwrite"]) == 2
+    assert "contains the input" in capsys.readouterr().err

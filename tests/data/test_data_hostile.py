@@ -161,19 +161,46 @@ def test_convert_refuses_a_non_empty_out_and_overwrites_only_when_asked(tmp_path
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("precious")
-    with pytest.raises(DataError, match="not empty.*--overwrite") as e:
+    with pytest.raises(FlrecError, match="not empty.*--overwrite") as e:
         convert_interactions(inter, items, out, **COLS)
     _one_line(e)
+    with pytest.raises(FlrecError, match="not written by flrec") as e:  # issue 28 #2: never a user's folder
+        convert_interactions(inter, items, out, overwrite=True, **COLS)
+    _one_line(e)
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
-    ds = convert_interactions(inter, items, out, overwrite=True, **COLS)
+    (out / "mine.txt").unlink()
+    convert_interactions(inter, items, out, **COLS)
+    ds = convert_interactions(inter, items, out, overwrite=True, **COLS)  # flrec's own folder: replaced
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["info.txt", "train.csv", "valid.csv", "test.csv", "dataset.json", "convert_report.json"]
     )
     assert read_d3(out).splits == ds.splits
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
+    (out / "notes.txt").write_text("mine")  # a file the user added to flrec's folder is not deleted either
+    with pytest.raises(FlrecError, match="notes.txt"):
+        convert_interactions(inter, items, out, overwrite=True, **COLS)
     empty = tmp_path / "empty"
     empty.mkdir()
     convert_interactions(inter, items, empty, **COLS)  # an empty folder is fine
+
+
+def test_convert_out_over_its_inputs_is_refused_and_deletes_nothing(tmp_path, capsys):
+    """Issue 28 #2: --out D --overwrite with D/inter.csv and D/items.csv deleted both and D/precious.txt."""
+    d = tmp_path / "D"
+    d.mkdir()
+    inter, items = _files(d)
+    (d / "precious.txt").write_text("keep")
+    before = sorted(p.name for p in d.iterdir())
+    argv = ["data", "convert", "--interactions", str(inter), "--items", str(items), "--out", str(d), "--overwrite",
+            "--user-col", COLS["user_col"], "--item-col", COLS["item_col"], "--time-col", COLS["time_col"],
+            "--item-id-col", COLS["item_id_col"], "--title-col", COLS["title_col"]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "contains the input" in err and "Traceback" not in err
+    assert sorted(p.name for p in d.iterdir()) == before
+    argv[argv.index("--out") + 1] = str(tmp_path)  # a folder holding the inputs
+    assert main(argv) == 2 and "contains the input" in capsys.readouterr().err
+    assert (d / "precious.txt").read_text() == "keep"
 
 
 def test_a_failed_conversion_leaves_the_old_folder_intact(tmp_path, monkeypatch):
@@ -197,7 +224,7 @@ def test_a_failed_conversion_leaves_the_old_folder_intact(tmp_path, monkeypatch)
 def test_synth_and_movielens_refuse_non_empty_out(tmp_path, capsys):
     out = tmp_path / "synth"
     generate_synthetic(SMALL, out)
-    with pytest.raises(DataError, match="not empty"):
+    with pytest.raises(FlrecError, match="not empty"):
         generate_synthetic(SMALL, out)
     generate_synthetic(SMALL.replace(seed=1), out, overwrite=True)
     assert main(["data", "synth", "--out", str(out), "n_items=40", "n_users=20", "seq_len_min=4",
@@ -207,7 +234,7 @@ def test_synth_and_movielens_refuse_non_empty_out(tmp_path, capsys):
     raw.mkdir()
     (raw / "u.item").write_text("1|A (1995)|x\n2|B (1996)|x\n3|C (1997)|x\n")
     (raw / "u.data").write_text("".join(f"{u}\t{i}\t3\t{10 * u + i}\n" for u in range(1, 6) for i in (1, 2, 3)))
-    with pytest.raises(DataError, match="not empty"):
+    with pytest.raises(FlrecError, match="not empty"):
         prepare_movielens(raw, out)
     assert (out / "intents.json").exists()
 

@@ -96,6 +96,30 @@ def test_local_directory_round_trip(tmp_path):
     assert tok2.padding_side == "left" and tok2.get_vocab() == tok.get_vocab()
 
 
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_a_planted_pickle_is_refused_in_one_line(tmp_path):
+    """Issue 28 #10: a pytorch_model.bin that is a code-running pickle is refused by a one-line error."""
+    import pickle
+
+    model, tok = load_backbone("tiny:llama")
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps(_RunsCode(tmp_path / "pwned")))
+    with pytest.raises(FlrecError, match="pickle .* refused") as e:
+        load_backbone(str(tmp_path))
+    assert "\n" not in str(e.value) and not (tmp_path / "pwned").exists()
+
+
 @pytest.mark.parametrize(
     ("spec", "needle"),
     [

@@ -262,7 +262,8 @@ def test_http_bad_requests_get_their_documented_4xx(work, served_llm):
             ({"item_ids": [1], "k": 0}, 422, "k_out_of_range"),
             ({"item_ids": [1], "k": 11}, 422, "k_out_of_range"),
             ({"history": "Title"}, 422, "invalid_request"),
-            ({"item_ids": ["1"]}, 422, "invalid_request"),
+            ({"item_ids": [1.5]}, 422, "invalid_request"),
+            ({"item_ids": ["no-such-id"]}, 422, "unknown_item_ids"),  # strings are the user's own ids
             ({"item_ids": [1], "k": "3"}, 422, "invalid_request"),
             ({"item_ids": [1], "colour": "red"}, 422, "invalid_request"),
             ({"item_ids": [1], "history": [t[1]]}, 422, "bad_request"),
@@ -349,3 +350,18 @@ def test_http_full_queue_answers_503_with_retry_after_and_shutdown_drains():
     for r in rejected:
         assert (r.status_code, r.headers["retry-after"], r.json()["error"]) == (503, "2", "overloaded")
     assert late.status_code == 503 and late.json()["error"] == "shutting_down"
+
+
+def test_export_checks_beam_batch_size_and_training_data(work, llm_run, tmp_path, capsys):
+    """Issue 28 #5/#6: --beam beyond the catalogue, --batch-size 0 and another dataset are refused."""
+    root, ds = work
+    base = ["export", str(llm_run[0]), "--out", str(tmp_path / "x"), "--data", str(root / "data")]
+    assert main([*base, "--beam", "100000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"exceeds the catalogue's {len(ds.catalogue.unique_titles)} distinct titles" in err
+    assert main([*base, "--batch-size", "0"]) == 2 and ">= 1" in capsys.readouterr().err
+    other = tmp_path / "other"
+    generate_synthetic(SynthConfig(n_items=40, n_users=40, seq_len_min=4, seq_len_max=8, min_intent_items=2,
+                                   n_intents=6, seed=7), other)
+    assert main([*base[:-1], str(other)]) == 2
+    assert "is not the one the run" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -33,6 +33,7 @@ from pathlib import Path
 from flrec.errors import FlrecError
 from flrec.evaluation.runner import format_seconds
 from flrec.utils.io import atomic_write_text
+from flrec.utils.outputs import check_output
 
 REPORT = "report.md"
 FIGURES = "figures"
@@ -163,6 +164,24 @@ class _Report:
 
 def _mean(st: dict | None, metric: str) -> float | None:
     return None if not st or not st.get(metric) else st[metric]["mean"]
+
+
+def _std(st: dict | None, metric: str) -> float:
+    cell = (st or {}).get(metric)
+    return float(cell.get("std") or 0.0) if isinstance(cell, dict) else 0.0
+
+
+def _extreme_call(vals: dict, k: int, sign: int, noise: float, txt: str) -> tuple[str, str]:
+    """(ours, verdict) for "K=k is best" (``sign`` 1) or worst (-1): a K never measured is never named,
+    and a K level with others within ties or noise (the largest seed std) is "inconclusive"."""
+    word = "best" if sign > 0 else "worst"
+    if k not in vals or len(vals) < 2:
+        return (f"K={k} not measured ({txt})" if k not in vals else f"only K={k} measured"), "not measured"
+    top = max(vals.values()) if sign > 0 else min(vals.values())
+    tied = sorted(x for x in vals if abs(vals[x] - top) <= max(noise, 1e-12))
+    if k in tied and len(tied) > 1:
+        return f"{word}: K={', '.join(map(str, tied))} level within ties/noise ({txt})", "inconclusive"
+    return f"{word} K={', '.join(map(str, tied))} ({txt})", "reproduced" if tied == [k] else "not reproduced"
 
 
 def _section_comparison(r: _Report, src: Sources) -> None:
@@ -441,12 +460,11 @@ def paper_findings(src: Sources, longtail_rep: dict | None, cost_rep: dict | Non
         g = src.k_sweep[1]
         vals = {g["grid"]["variants"][n]["num_factors"]: _mean(g["methods"].get(n), "ndcg@10") for n in g["grid"]["variants"]}
         vals = {k: v for k, v in vals.items() if v is not None}
+        noise = max((_std(g["methods"].get(n), "ndcg@10") for n in g["grid"]["variants"]), default=0.0)
         if vals:
-            best = max(vals, key=vals.get)
             txt = ", ".join(f"K={k}: {v:.4f}" for k, v in sorted(vals.items()))
-            out.append(("K=3 is best on CDs (Fig. 8)", f"best K={best} ({txt})", verdict(best == 3)))
-            if 1 in vals and len(vals) > 1:
-                out.append(("K=1 is worst (Fig. 8)", f"worst K={min(vals, key=vals.get)}", verdict(min(vals, key=vals.get) == 1)))
+            for claim, k, sign in (("K=3 is best on CDs (Fig. 8)", 3, 1), ("K=1 is worst (Fig. 8)", 1, -1)):
+                out.append((claim, *_extreme_call(vals, k, sign, noise, txt)))
     else:
         out.append(("K=3 is best on CDs, K=1 worst (Fig. 8)", "–", "not measured"))
     if src.disentangle:
@@ -496,8 +514,8 @@ def build_report(inputs: Sequence[str | Path], out: str | Path, *, title: str | 
     An existing ``report.md`` is replaced only with ``overwrite=True`` (its ``figures/`` folder is
     then rebuilt).
     """
+    out = check_output(out, inputs=inputs, replace=False, allow_inside=True)  # never an input, never a file
     src = find_sources(inputs)
-    out = Path(out)
     if (out / REPORT).exists():
         if not overwrite:
             raise FlrecError(f"{out / REPORT} exists; pass --overwrite to replace it, or another --out")

@@ -291,7 +291,7 @@ def prepare_amazon(
     cfg = cfg or AmazonPrepConfig()
     reviews, meta = Path(reviews), Path(meta)
     if out_dir is not None:
-        check_output_dir(out_dir, overwrite)
+        check_output_dir(out_dir, overwrite, (reviews, meta))
     for p in (reviews, meta):
         if not p.is_file():
             raise DataError(
@@ -347,7 +347,7 @@ def prepare_amazon(
             "items": len(ds.catalogue),
         }
         ds.report = report
-        with staged_output_dir(out_dir, overwrite) as tmp:
+        with staged_output_dir(out_dir, overwrite, (reviews, meta)) as tmp:
             write_d3(ds, tmp)
             atomic_write_json(tmp / "prepare_report.json", report)
         ds.root = out_dir

@@ -102,9 +102,9 @@ def build_d3_dataset(
     )
 
 
-def write_converted(ds: RecDataset, out_dir: Path, overwrite: bool) -> None:
+def write_converted(ds: RecDataset, out_dir: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
     """Write ``ds`` and its report as a new folder swapped in whole (see :func:`staged_output_dir`)."""
-    with staged_output_dir(out_dir, overwrite) as tmp:
+    with staged_output_dir(out_dir, overwrite, inputs) as tmp:
         write_d3(ds, tmp)
         atomic_write_json(tmp / REPORT_FILE, ds.report)
     ds.root = out_dir
@@ -212,7 +212,7 @@ def convert_interactions(
     items_sep = check_sep(items_sep, "items_sep") if items_sep is not None else sep
     check_encoding(encoding)
     items_header = header if items_header is None else items_header
-    check_output_dir(out_dir, overwrite)  # before any work, not after it
+    check_output_dir(out_dir, overwrite, (interactions, items))  # before any work, not after it
     ignored: dict[str, list[str]] = {}
     titles = _read_titles(items, items_sep, encoding, item_id_col, title_col, items_header, ignored)
     cols = (user_col, item_col, time_col, rating_col)
@@ -231,7 +231,7 @@ def convert_interactions(
         "items_without_interactions": len(titles.keys() - {e[1] for e in events}),
         "ignored_columns": ignored,
     }
-    write_converted(ds, out_dir, overwrite)
+    write_converted(ds, out_dir, overwrite, (interactions, items))
     return ds
 
 
@@ -427,7 +427,7 @@ def prepare_movielens(
     for p in (data, item_file):
         if not p.is_file():
             raise DataError(p, "MovieLens 100K file not found; pass the unpacked ml-100k folder")
-    check_output_dir(out_dir, overwrite)
+    check_output_dir(out_dir, overwrite, (raw_dir,))
     titles: dict[str, str] = {}
     first_line: dict[str, int] = {}
     for line, text in enumerate(_read_lines(item_file), 1):
@@ -480,7 +480,7 @@ def prepare_movielens(
         **ds.report,
         "items_without_interactions": len(titles.keys() - {e[1] for e in events}),
     }
-    write_converted(ds, out_dir, overwrite)
+    write_converted(ds, out_dir, overwrite, (raw_dir,))
     return ds
 
 

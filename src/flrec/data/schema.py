@@ -122,3 +122,16 @@ class RecDataset:
 
     def history_titles(self, row: Interaction) -> list[str]:
         return [self.catalogue.titles[i] for i in row.history]
+
+    def original_item_ids(self) -> list[str | None] | None:
+        """The user's own id of every item (``item_asin``/``item_asins`` of the D3 files: the ids of the
+        converted files, Amazon ASINs), by flrec's item index; None when the rows carry none."""
+        ids: list[str | None] = [None] * len(self.catalogue)
+        for rows in self.splits.values():
+            for r in rows:
+                if r.target_raw and 0 <= r.target < len(ids):
+                    ids[r.target] = r.target_raw
+                for i, raw in zip(r.history, r.history_raw, strict=False):
+                    if raw and ids[i] is None:
+                        ids[i] = raw
+        return ids if any(i is not None for i in ids) else None

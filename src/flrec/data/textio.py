@@ -6,7 +6,8 @@
 * :func:`check_sep` / :func:`check_encoding` validate the ``--sep`` / ``--encoding`` options
   before any file is opened.
 * :func:`staged_output_dir` writes a whole dataset folder into a temporary sibling and swaps it
-  in only when complete, refusing to replace a non-empty folder unless ``overwrite`` is set.
+  in only when complete, refusing an input, a non-empty folder without ``overwrite``, and (even with
+  it) a folder flrec did not write (:mod:`flrec.utils.outputs`).
 
 Nothing here imports torch: the data layer stays cheap to import (``flrec data stats``).
 """
@@ -16,15 +17,13 @@ from __future__ import annotations
 import codecs
 import csv
 import gzip
-import os
-import shutil
-import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from flrec.errors import ConfigError, DataError
+from flrec.utils.outputs import check_output, staged_dir
 
 # The csv module refuses fields over 131,072 characters by default, yet a D3 row's history-title
 # list holds up to max_history titles. Reader and writer share this one limit: write_d3 refuses to
@@ -157,48 +156,16 @@ def iter_csv(
 # --------------------------------------------------------------------------------- output folders
 
 
-def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
-    """Refuse (before any work) to replace a non-empty folder or a file at ``out``."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(out, "exists and is not a folder; choose another output folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DataError(
-            out, "output folder exists and is not empty; pass --overwrite (overwrite=True) to replace it, "
-            "or choose a new folder"
-        )
-    return out
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def check_output_dir(out: str | Path, overwrite: bool = False, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Refuse (before any work) an output folder that would destroy something (see
+    :func:`flrec.utils.outputs.check_output`: a file, an input, a folder flrec did not write)."""
+    return check_output(out, inputs=inputs, overwrite=overwrite)
 
 
 @contextmanager
-def staged_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary sibling of ``out``; on success it replaces ``out`` as a whole.
-
-    A failure (bad data, a full disk, Ctrl-C) leaves ``out`` exactly as it was. With
-    ``overwrite``, an existing folder is moved aside and deleted only after the new one is in place.
-    """
-    out = check_output_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; a dataset folder follows the umask
-    try:
+def staged_output_dir(out: str | Path, overwrite: bool = False,
+                      inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``out``; on success it replaces ``out`` as a whole
+    (:func:`flrec.utils.outputs.staged_dir`; ``dataset.json`` marks it as flrec's)."""
+    with staged_dir(out, kind="dataset", overwrite=overwrite, inputs=inputs, mark=False) as tmp:
         yield tmp
-        check_output_dir(out, overwrite)  # something may have appeared meanwhile
-        old = None
-        if out.is_dir() and any(out.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-        elif out.is_dir():
-            out.rmdir()
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

@@ -102,19 +102,27 @@ def _point_key(p: dict) -> str:
                        p["decoding"]["pmi_alpha"]])
 
 
-def tune_decoding(recommender, dataset: RecDataset, cfg: TuneConfig, model_dir: str | Path) -> dict:
-    """Search the grid of ``cfg`` with ``recommender`` (an LLM recommender; its ``assistant`` enables
-    ``gammas``) on ``dataset[cfg.split]``; write the choice(s) into ``model_dir`` and return the search."""
-    from flrec.evaluation.analysis import item_popularity_weights
+def check_tune_outputs(model_dir: Path, cfg: TuneConfig, assisted: bool) -> tuple[Path, list[Path]]:
+    """The search file and the decoding file(s) a tuning writes; refused (before any work) when they exist
+    and ``cfg.force`` is not set."""
     from flrec.recommenders.llm import ASSISTED_DECODING_FILE, DECODING_FILE
 
-    model_dir = Path(model_dir)
     out = Path(cfg.out) if cfg.out else model_dir / "decoding_search.json"
-    assisted = recommender.assistant is not None
     targets = [model_dir / DECODING_FILE] + ([model_dir / ASSISTED_DECODING_FILE] if assisted else [])
     existing = [p for p in [*targets, out] if p.exists()]
     if existing and not cfg.force:
         raise FlrecError(f"{existing[0]} exists; pass --force (force=true) to replace it, or --out for another search file")
+    return out, targets
+
+
+def tune_decoding(recommender, dataset: RecDataset, cfg: TuneConfig, model_dir: str | Path) -> dict:
+    """Search the grid of ``cfg`` with ``recommender`` (an LLM recommender; its ``assistant`` enables
+    ``gammas``) on ``dataset[cfg.split]``; write the choice(s) into ``model_dir`` and return the search."""
+    from flrec.evaluation.analysis import item_popularity_weights
+
+    model_dir = Path(model_dir)
+    assisted = recommender.assistant is not None
+    out, targets = check_tune_outputs(model_dir, cfg, assisted)
     if cfg.split not in dataset.splits or not dataset[cfg.split]:
         raise ConfigError(f"split '{cfg.split}' is missing or empty in dataset '{dataset.name}'; tune needs its rows")
     rows = dataset[cfg.split][: cfg.limit]
@@ -229,6 +237,7 @@ def tune_model_dir(model: str | Path, dataset: RecDataset, cfg: TuneConfig, assi
     from flrec.serving.load import _CLASS_BY_REASONER, resolve_model_dir
 
     model_dir = resolve_model_dir(model)
+    check_tune_outputs(model_dir, cfg, assistant is not None)  # before the model is read, not after the search
     reasoner = json.loads((model_dir / CONFIG_NAME).read_text())["flr"]["reasoner"]
     cls = get_recommender(_CLASS_BY_REASONER[reasoner])
     rec_cfg = LLMRecConfig(inference_dtype=dtype, batch_size=cfg.batch_size, use_tuned_decoding=False)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -92,6 +93,9 @@ def _from_pretrained(folder: str, spec: str, dtype: torch.dtype, trust_remote_co
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise FlrecError(f"cannot load backbone {spec!r}: {first_line(e)} ({_SPEC_HELP})") from e
+    except pickle.UnpicklingError:  # torch's weights-only load refused a pickle that could run code
+        raise FlrecError(f"cannot load backbone {spec!r}: its pytorch_model.bin is a pickle that is not plain weights "
+                         "and was refused (it could run code); use model.safetensors from a trusted source") from None
     return model, tok
 
 

@@ -11,12 +11,13 @@ queued ones finish, then stops the worker.
 Errors are JSON ``{"error": CODE, "message": "...", ...}``:
 
 =====  ======================================================================================
-400    ``bad_json`` (body is not JSON)
+400    ``bad_json`` (body is not JSON, nested too deep, or a string with a lone surrogate)
+408    ``request_timeout`` (the body did not arrive within ``read_timeout_s``; the connection is closed)
 413    ``body_too_large`` (over ``max_body_bytes``)
 422    ``invalid_request`` (wrong types, unknown keys, neither/both of history and item_ids),
        ``empty_history``, ``history_too_long``, ``k_out_of_range``,
        ``unknown_titles`` (with ``suggestions``: close catalogue titles per unknown title),
-       ``unknown_item_ids``
+       ``unknown_item_ids``, ``empty_answer`` (every item the model could return is excluded)
 503    ``overloaded`` (queue full, ``Retry-After`` header), ``shutting_down``
 =====  ======================================================================================
 """
@@ -33,7 +34,7 @@ from typing import Any
 
 from flrec.config import ConfigBase, option
 from flrec.errors import ConfigError, FlrecError
-from flrec.serving.service import Query, RequestError, ServedRecommender
+from flrec.serving.service import Query, RequestError, ServedRecommender, empty_answer_reason
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,16 @@ class ServeConfig(ConfigBase):
     default_k: int = option(10, help="k when a request does not give one")
     max_history: int = option(256, help="most history items a request may send")
     max_body_bytes: int = option(65536, help="largest request body; larger ones get 413")
+    read_timeout_s: float = option(10.0, help="seconds a client may take to send a request body; a stalled one gets "
+                                   "408 and its connection is closed")
     log_level: str = option("info", help="uvicorn log level (critical, error, warning, info, debug)")
 
     def __post_init__(self) -> None:
         for key in ("max_batch", "max_queue", "max_k", "default_k", "max_history", "max_body_bytes"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key '{key}': must be >= 1, got {getattr(self, key)}")
+        if not 0 < self.read_timeout_s <= 3600:
+            raise ConfigError(f"config key 'read_timeout_s': must be in (0, 3600] seconds, got {self.read_timeout_s}")
         if self.max_wait_ms < 0 or self.retry_after_s < 0:
             raise ConfigError("config keys 'max_wait_ms'/'retry_after_s': must be >= 0")
         if not 0 <= self.port <= 65535:
@@ -159,7 +164,8 @@ def create_app(model: ServedRecommender, cfg: ServeConfig | None = None):
     class RecommendRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         history: list[StrictStr] | None = Field(None, description="catalogue titles, oldest first")
-        item_ids: list[StrictInt] | None = Field(None, description="catalogue item ids, oldest first")
+        item_ids: list[StrictInt | StrictStr] | None = Field(
+            None, description="item ids, oldest first: flrec's integers or your own ids (strings, e.g. \"it7\")")
         k: StrictInt = Field(default_k, description=f"items to return, 1..{max_k}")
         exclude_seen: StrictBool = Field(False, description="never return an item of the history")
         explain: StrictBool = Field(False, description="FLR: gate weight and most-attended history items per factor")
@@ -176,8 +182,23 @@ def create_app(model: ServedRecommender, cfg: ServeConfig | None = None):
     app.state.batcher = batcher
     started = time.time()
 
+    class _Response(JSONResponse):
+        def render(self, content: Any) -> bytes:  # ASCII JSON: a lone surrogate echoed back cannot break it
+            import json
+
+            return json.dumps(content, separators=(",", ":")).encode("ascii")
+
     def error(status: int, code: str, message: str, headers: dict | None = None, **extra: Any):
-        return JSONResponse({"error": code, "message": message, **extra}, status_code=status, headers=headers)
+        return _Response({"error": code, "message": message, **extra}, status_code=status, headers=headers)
+
+    async def read_body(request: Request) -> bytes | None:
+        """The body, or None once it exceeds ``max_body_bytes``."""
+        body = b""
+        async for chunk in request.stream():  # chunked bodies have no Content-Length: count as we read
+            body += chunk
+            if len(body) > cfg.max_body_bytes:
+                return None
+        return body
 
     @app.get("/healthz")
     async def healthz():
@@ -201,17 +222,22 @@ def create_app(model: ServedRecommender, cfg: ServeConfig | None = None):
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > cfg.max_body_bytes:
             return error(413, "body_too_large", f"request body is {declared} bytes; the limit is {cfg.max_body_bytes}")
-        body = b""
-        async for chunk in request.stream():  # chunked bodies have no Content-Length: count as we read
-            body += chunk
-            if len(body) > cfg.max_body_bytes:
-                return error(413, "body_too_large", f"request body exceeds the limit of {cfg.max_body_bytes} bytes")
+        try:
+            body = await asyncio.wait_for(read_body(request), cfg.read_timeout_s)
+        except TimeoutError:
+            return error(408, "request_timeout", f"the request body did not arrive within {cfg.read_timeout_s} s",
+                         {"Connection": "close"})
+        if body is None:
+            return error(413, "body_too_large", f"request body exceeds the limit of {cfg.max_body_bytes} bytes",
+                         {"Connection": "close"})
         try:
             import json
 
             raw = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return error(400, "bad_json", 'the body is not JSON; send e.g. {"history": ["Title A", "Title B"], "k": 10}')
+            json.dumps(raw, ensure_ascii=False).encode("utf-8")  # a lone surrogate ("\ud800") is not text
+        except (ValueError, UnicodeError, RecursionError):
+            return error(400, "bad_json", 'the body is not JSON (or nested too deep, or not valid UTF-8 text); send '
+                         'e.g. {"history": ["Title A", "Title B"], "k": 10}')
         try:
             req = RecommendRequest.model_validate(raw)
         except ValidationError as e:
@@ -234,9 +260,30 @@ def create_app(model: ServedRecommender, cfg: ServeConfig | None = None):
             batcher.stats["rejected_full"] += 1
             return error(503, "overloaded", f"{cfg.max_queue} requests are already waiting; retry after "
                          f"{cfg.retry_after_s} s", {"Retry-After": str(cfg.retry_after_s)})
-        return await fut
+        answer = await fut
+        if not answer["items"]:
+            return error(422, "empty_answer", empty_answer_reason(model, req.exclude_seen))
+        return answer
 
     return app
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port another process listens on (or an address that cannot be bound), in one line."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise FlrecError(f"host {host!r}: cannot resolve it ({e.strerror or e}); pass --host 127.0.0.1") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise FlrecError(f"cannot listen on {host}:{port} ({e.strerror or e}): another process uses it; "
+                             "pass --port with a free port") from None
 
 
 def serve(model_dir: str, cfg: ServeConfig | None = None, dtype: str | None = None) -> None:
@@ -248,6 +295,7 @@ def serve(model_dir: str, cfg: ServeConfig | None = None, dtype: str | None = No
         import uvicorn
     except ImportError:
         raise FlrecError("flrec serve needs uvicorn: pip install 'flrec[serve]'") from None
+    check_port(cfg.host, cfg.port)  # before the model is loaded
     model = load_recommender(model_dir, dtype=dtype)
     app = create_app(model, cfg)
     # uvicorn handles SIGINT/SIGTERM: it stops accepting connections, waits for open requests, then

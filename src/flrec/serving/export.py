@@ -4,7 +4,8 @@ Layout of an export directory (``format`` 1)::
 
     flrec_export.json   manifest: method, kind (llm | id), decoding settings, provenance; written
                         last, so its presence means the directory is complete
-    catalogue.json      every item: item_id, title, train_count (the tie rule for shared titles)
+    catalogue.json      every item: item_id (flrec's index), title, train_count (the tie rule for
+                        shared titles) and original_id (the id in the user's own files) when known
     recommender/        the recommender's own ``save()`` output (LLM: model/ with the FLR module,
                         the tokenizer with <|Thought|>, the backbone weights when they were tuned, or
                         the backbone reference for LoRA/frozen runs; ID models: weights + config)
@@ -21,9 +22,6 @@ never needs the dataset.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from typing import Any
 import yaml
 
 from flrec.errors import FlrecError
-from flrec.utils.io import umask_dir_mode
+from flrec.utils.outputs import check_output, staged_dir
 
 MANIFEST = "flrec_export.json"
 FORMAT_VERSION = 1
@@ -82,8 +80,19 @@ def _config_data(dirs: list[Path]) -> str | None:
             except yaml.YAMLError:
                 continue
             if isinstance(data, str) and data:
-                return data
+                return _against_run(d, data)
     return None
+
+
+def _against_run(run: Path, spec: str) -> str:
+    """A relative data path of an older run, resolved against the directory the run was started in."""
+    if Path(spec).is_absolute() or Path(spec).exists() or ":" in spec:
+        return spec
+    try:
+        cwd = json.loads((run / "run_info.json").read_text(encoding="utf-8")).get("cwd")
+    except (OSError, ValueError, AttributeError):
+        return spec
+    return str(Path(cwd) / spec) if isinstance(cwd, str) and (Path(cwd) / spec).exists() else spec
 
 
 def _cli_run_data(dirs: list[Path]) -> str | None:
@@ -184,6 +193,23 @@ def _reasoner_method(recommender_yaml: Path) -> str | None:
         return None
 
 
+def _check_training_data(dirs: list[Path], dataset, where: str) -> None:
+    """Refuse a dataset whose content is not what the run recorded (``data.hash`` in its fingerprint)."""
+    from flrec.utils.runid import dataset_hash, read_fingerprint
+
+    for d in dirs:
+        fp = read_fingerprint(d)
+        stored = fp.get("data.hash") if fp else None
+        if isinstance(stored, str):
+            seen = {dataset_hash(dataset), dataset_hash(dataset, ("train", "valid")),
+                    *(dataset_hash(dataset, (s,)) for s in dataset.splits)}
+            if stored not in seen:
+                raise FlrecError(f"the dataset {where} is not the one the run at {d} was trained and evaluated on "
+                                 "(its content differs from the run's fingerprint); pass --data with the training "
+                                 "dataset, or --allow-other-data if the difference is intended")
+            return
+
+
 def _try_data(spec: str | None):
     """The dataset for train popularity when the run names one that still exists; else None."""
     if not spec:
@@ -198,25 +224,27 @@ def _try_data(spec: str | None):
 
 # ------------------------------------------------------------------------------------------ export
 def export(source: str | Path, out: str | Path, *, data: str | None = None, overwrite: bool = False,
-           beam: int | None = None, dtype: str | None = None, batch_size: int | None = None) -> Path:
+           beam: int | None = None, dtype: str | None = None, batch_size: int | None = None,
+           allow_other_data: bool = False) -> Path:
     """Write a self-contained export of the recommender behind ``source`` to ``out``; return ``out``.
 
     ``data``: the dataset the model was trained on, when the run's ``config.yaml`` does not name a
     readable one (needed for SFT runs: they store no catalogue; otherwise only for train popularity).
     ``beam``/``dtype``/``batch_size`` override an LLM recommender's decoding settings. The directory
-    is built next to ``out`` and renamed into place (atomic); an existing non-empty ``out`` is
-    refused unless ``overwrite``.
+    is built next to ``out`` and renamed into place (atomic); an ``out`` that is, holds or lies in
+    the source or the data is refused, and so is an existing non-empty ``out`` unless ``overwrite``
+    and flrec wrote it (:func:`flrec.utils.outputs.check_output`). A dataset whose content differs
+    from the one the run recorded in its fingerprint is refused unless ``allow_other_data``.
     """
     import torch
 
     out = Path(out)
     source = Path(source)
-    if out.exists() and not out.is_dir():
-        raise FlrecError(f"--out {out} is a file; pass a directory path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FlrecError(f"--out {out} exists and is not empty; pass --overwrite to replace it or choose another path")
-    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
-        raise FlrecError(f"--out {out} lies inside the source {source}; export to a separate directory")
+    inputs = (source, data)
+    check_output(out, inputs=inputs, overwrite=overwrite)  # before the model is read
+    for name, v in (("--beam", beam), ("--batch-size", batch_size)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise FlrecError(f"{name} must be an integer >= 1, got {v!r}")
     rec, method, dataset, prov = _resolve_source(source, data)
     from flrec.recommenders.llm import LLMRecommender
 
@@ -230,11 +258,19 @@ def export(source: str | Path, out: str | Path, *, data: str | None = None, over
             rec.config = rec.config.replace(**changes)
         decoding = {"beam": rec.config.beam, "length_penalty": rec.config.length_penalty,
                     "inference_dtype": rec.config.inference_dtype, "batch_size": rec.config.batch_size}
+        n_titles = len(rec.catalogue.unique_titles)
+        if rec.config.beam > n_titles:
+            raise FlrecError(f"beam {rec.config.beam} exceeds the catalogue's {n_titles} distinct titles (a beam "
+                             f"returns distinct titles); pass --beam {n_titles} or less")
+        if rec.config.batch_size < 1:
+            raise FlrecError(f"batch size {rec.config.batch_size} must be >= 1; pass --batch-size 1 or more")
     elif any(v is not None for v in (beam, dtype, batch_size)):
         raise FlrecError(f"{method} is an ID model: --beam/--dtype/--batch-size apply to LLM recommenders only")
 
     catalogue = rec.catalogue
     counts: list[int] | None = None
+    if dataset is not None and not allow_other_data:
+        _check_training_data(prov["summary_dirs"], dataset, str(prov.get("data") or data))
     if method == "pop" and getattr(rec, "counts", None) is not None:
         counts = [int(c) for c in rec.counts.tolist()]
     elif dataset is not None:
@@ -245,12 +281,12 @@ def export(source: str | Path, out: str | Path, *, data: str | None = None, over
         counts = [int(pop.get(i, 0)) for i in range(len(catalogue))]
     summary, summary_path = _find_summary(prov.pop("summary_dirs"), method)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        tmp.chmod(umask_dir_mode())  # mkdtemp's 0700 otherwise; an export is shared like any folder
+    with staged_dir(out, kind="export", overwrite=overwrite, inputs=inputs) as tmp:
         rec.save(tmp / "recommender")
-        items = [{"item_id": i, "title": t, "train_count": None if counts is None else counts[i]}
+        same = dataset is not None and dataset.catalogue.titles == catalogue.titles
+        own = dataset.original_item_ids() if same else None  # the user's own ids, beside flrec's index
+        items = [{"item_id": i, "title": t, "train_count": None if counts is None else counts[i],
+                  **({"original_id": own[i]} if own is not None and own[i] is not None else {})}
                  for i, t in enumerate(catalogue.titles)]
         (tmp / "catalogue.json").write_text(json.dumps({"items": items}, ensure_ascii=False) + "\n", encoding="utf-8")
         # The title trie is not stored: loading rebuilds it from the tokenizer and the catalogue exactly
@@ -270,9 +306,6 @@ def export(source: str | Path, out: str | Path, *, data: str | None = None, over
         }
         (tmp / "README.md").write_text(_card(manifest, summary), encoding="utf-8")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
-        _swap_into_place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -280,22 +313,6 @@ def _versions(torch_version: str) -> dict[str, Any]:
     from flrec.config import git_sha, package_versions
 
     return {"git_sha": git_sha(), "packages": {**package_versions(), "torch": torch_version}}
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed only after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        if old is not None:
-            os.rename(old, out)  # put the user's directory back
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _card(manifest: dict, summary: dict | None) -> str:

@@ -9,7 +9,9 @@ carrying that title, in the same order (the model cannot tell them apart; nothin
 ID models ``same_title_item_ids`` is always empty.
 
 **Histories** are titles (exact catalogue titles; an unknown one is an error with close matches) or
-item ids. A history title shared by several items stands for its first item in tie order (this
+item ids: flrec's integer index, or the user's own id (``"it7"``: the id in the files given to
+``flrec data convert``) where the export knows them; answers then carry ``original_id`` beside
+``item_id``. A history title shared by several items stands for its first item in tie order (this
 matters for ID models only; generative models read titles).
 
 **exclude_seen** removes every history item. Generative models decode with the recommender's
@@ -69,7 +71,7 @@ class ServedRecommender:
     """
 
     def __init__(self, path: Path, recommender, manifest: dict, catalogue: Catalogue, counts: list[int] | None,
-                 decoding: dict[str, Any] | None = None):
+                 decoding: dict[str, Any] | None = None, original_ids: list[str | None] | None = None):
         # ``recommender`` may be a zero-argument loader: titles and ids are then checked (and bad
         # requests refused) before the weights are read, which is what `flrec recommend` wants.
         self.path, self.manifest = path, manifest
@@ -84,6 +86,11 @@ class ServedRecommender:
         self._tie = {t: sorted(ids, key=lambda i: (-pop[i], i)) for t, ids in
                      ((t, catalogue.item_ids(t)) for t in catalogue.unique_titles)}
         self._folded: dict[str, list[str]] | None = None
+        # The user's own item ids (catalogue.json "original_id"), when the export knows them.
+        self.original_ids = original_ids if original_ids and any(o is not None for o in original_ids) else None
+        self._by_original = {o: i for i, o in enumerate(self.original_ids or []) if o is not None}
+        # A plain integer that is no original id may still mean flrec's index, unless original ids look like integers.
+        self._index_fallback = not any(o.strip().lstrip("-").isdigit() for o in self._by_original)
 
     @property
     def recommender(self):
@@ -123,8 +130,12 @@ class ServedRecommender:
             out.extend(t for t in self._folded[f] if t not in out)
         return out[:n]
 
-    def resolve(self, history: Sequence[str] | None = None, item_ids: Sequence[int] | None = None) -> list[int]:
-        """Item ids of a history given as catalogue titles or as item ids (exactly one of them)."""
+    def resolve(self, history: Sequence[str] | None = None, item_ids: Sequence[int | str] | None = None) -> list[int]:
+        """flrec's item indices of a history given as catalogue titles or as item ids (exactly one of them).
+
+        An item id is flrec's index (an integer) or the user's own id (a string, e.g. ``"it7"``, where
+        the export knows them); a string of digits that is no own id is read as flrec's index unless
+        the own ids are themselves integers."""
         if (history is None) == (item_ids is None):
             raise RequestError("bad_request", "give the history either as titles (history) or as item ids (item_ids), "
                                "not both and not neither")
@@ -144,11 +155,35 @@ class ServedRecommender:
         if len(item_ids) == 0:
             raise RequestError("empty_history", "item_ids is empty; give at least one item id the user interacted with")
         n = len(self.catalogue)
-        bad = [i for i in dict.fromkeys(item_ids) if not (isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n)]
+        out, bad = [], []
+        for i in item_ids:
+            idx = self._index(i)
+            if idx is None or not 0 <= idx < n:
+                bad.append(i)
+            out.append(idx)
         if bad:
-            raise RequestError("unknown_item_ids", f"item id(s) {bad[:10]} not in the catalogue (ids are 0..{n - 1})",
+            bad = list(dict.fromkeys(bad))
+            what = ("the catalogue's own ids (catalogue.json original_id) or " if self.original_ids else "") + \
+                f"flrec's item ids 0..{n - 1}"
+            raise RequestError("unknown_item_ids", f"item id(s) {bad[:10]} not in the catalogue; use {what}",
                                {"unknown": bad})
-        return list(item_ids)
+        return out
+
+    def _index(self, i: object) -> int | None:
+        if isinstance(i, bool):
+            return None
+        if isinstance(i, int):
+            return i
+        if isinstance(i, str):
+            if i in self._by_original:
+                return self._by_original[i]
+            if self._index_fallback and i.strip().isdigit():
+                return int(i)
+        return None
+
+    def original_id(self, item: int) -> str | None:
+        """The user's own id of flrec's item ``item`` (None when the export does not know it)."""
+        return self.original_ids[item] if self.original_ids is not None else None
 
     def check_k(self, k: int) -> None:
         if not (isinstance(k, int) and 1 <= k <= self.max_k):
@@ -168,6 +203,8 @@ class ServedRecommender:
             self.check_k(q.k)
             if not q.item_ids:
                 raise RequestError("empty_history", "a query has an empty history")
+            if any(isinstance(i, bool) or not isinstance(i, int) for i in q.item_ids):
+                raise RequestError("unknown_item_ids", "a Query holds flrec's integer item ids; resolve() others first")
             self.resolve(item_ids=q.item_ids)  # ids within the catalogue (Query objects may come from anywhere)
         if not queries:
             return []
@@ -183,6 +220,12 @@ class ServedRecommender:
                 "items": its, "method": self.method, "k": q.k, "exclude_seen": q.exclude_seen,
                 "history": [{"item_id": i, "title": self.catalogue.titles[i]} for i in q.item_ids],
             }
+            if self.original_ids is not None:  # the user's own ids beside flrec's
+                for it in its:
+                    it["original_id"] = self.original_id(it["item_id"])
+                    it["same_title_original_ids"] = [self.original_id(i) for i in it["same_title_item_ids"]]
+                for h in ans["history"]:
+                    h["original_id"] = self.original_id(h["item_id"])
             if q.explain:
                 ans["explanation"] = ex
             out.append(ans)
@@ -304,6 +347,14 @@ class ServedRecommender:
         return out
 
 
+def empty_answer_reason(model: ServedRecommender, exclude_seen: bool) -> str:
+    """Why an answer has no items (a 422 says so instead of an empty 200)."""
+    if exclude_seen:
+        return ("no item is left to recommend: exclude_seen removed every item the model could return (the history "
+                "covers them); send exclude_seen=false or a shorter history")
+    return f"the {model.method} model returned no items for this history"
+
+
 def load_recommender(path: str | Path, *, dtype: str | None = None, beam: int | None = None,
                      batch_size: int | None = None, lazy: bool = False) -> ServedRecommender:
     """Load an export directory written by :func:`flrec.serving.export` (no dataset needed).
@@ -324,6 +375,7 @@ def load_recommender(path: str | Path, *, dtype: str | None = None, beam: int | 
                          f"flrec reads ({FORMAT_VERSION}); upgrade flrec")
     items = json.loads((path / "catalogue.json").read_text(encoding="utf-8"))["items"]
     catalogue = Catalogue([it["title"] for it in items])
+    original_ids = [it.get("original_id") for it in items]
     counts = [int(it["train_count"]) for it in items] if items and items[0].get("train_count") is not None else None
     changes = {k: v for k, v in (("beam", beam), ("inference_dtype", dtype), ("batch_size", batch_size)) if v is not None}
     if manifest["kind"] != "llm" and changes:
@@ -331,6 +383,9 @@ def load_recommender(path: str | Path, *, dtype: str | None = None, beam: int | 
     if changes.get("beam", 1) < 1 or changes.get("batch_size", 1) < 1:
         raise FlrecError(f"beam and batch_size must be >= 1, got {changes}")
     decoding = {**(manifest.get("decoding") or {}), **changes}
+    if manifest["kind"] == "llm" and int(decoding.get("beam", 1)) > len(catalogue.unique_titles):
+        raise FlrecError(f"{path}: beam {decoding['beam']} exceeds the catalogue's {len(catalogue.unique_titles)} "
+                         "distinct titles; pass a smaller beam (or re-export with --beam)")
 
     def read_weights():
         rec = get_recommender(manifest["method"]).load(path / "recommender")
@@ -341,4 +396,5 @@ def load_recommender(path: str | Path, *, dtype: str | None = None, beam: int | 
                 rec.config = rec.config.replace(**changes)
         return rec
 
-    return ServedRecommender(path, read_weights if lazy else read_weights(), manifest, catalogue, counts, decoding)
+    return ServedRecommender(path, read_weights if lazy else read_weights(), manifest, catalogue, counts, decoding,
+                             original_ids)

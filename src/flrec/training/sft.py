@@ -28,6 +28,8 @@ from flrec.training.trainer import TRAIN_COSMETIC, TrainConfig, Trainer, is_rank
 from flrec.utils.dtypes import DTYPES
 from flrec.utils.runid import config_identity, dataset_hash, make_fingerprint, model_identity
 
+MAX_FACTORS = 1024  # far beyond any useful K; larger values would allocate K x hidden queries and K x L attention
+
 
 @dataclass
 class SFTConfig(ConfigBase):
@@ -93,6 +95,8 @@ class SFTConfig(ConfigBase):
                 raise ConfigError(f"{key} must be >= 1 or null (all rows), got {v}")
         if self.thought_probe_rows < 0:
             raise ConfigError(f"thought_probe_rows must be >= 0 (0 = off), got {self.thought_probe_rows}")
+        if not 1 <= self.flr.num_factors <= MAX_FACTORS:  # FLRConfig checks >= 1; this stops a huge allocation
+            raise ConfigError(f"flr.num_factors must be in 1..{MAX_FACTORS} (the paper uses 3), got {self.flr.num_factors}")
         if self.valid_rank_rows < 0:
             raise ConfigError(f"valid_rank_rows must be >= 0 (0 = no validation ranking), got {self.valid_rank_rows}")
         if self.valid_rank_beam < 1:

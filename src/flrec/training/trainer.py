@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from flrec.config import ConfigBase, option, save_run_metadata
 from flrec.errors import ConfigError, FlrecError, disk_full_error
 from flrec.utils.io import atomic_save, atomic_write_json, atomic_write_text, dir_lock, read_jsonl_tolerant
+from flrec.utils.outputs import check_overlap
 from flrec.utils.runid import (
     FINGERPRINT,
     config_identity,
@@ -391,6 +392,12 @@ def _batch_size(batch: Mapping[str, Any], default: int) -> int:
     return default
 
 
+def run_inputs(run_config: ConfigBase | None) -> list[str]:
+    """What a stage's config reads (``from_run`` of GRPO, a local ``data`` folder): never a run directory."""
+    return [v for v in (getattr(run_config, "from_run", None), getattr(run_config, "data", None))
+            if isinstance(v, str) and v]
+
+
 class Trainer:
     """Train ``model`` on ``train_dataset``, select the best step on ``valid_dataset``; see the module doc.
 
@@ -656,6 +663,8 @@ class Trainer:
     def train(self) -> TrainResult:
         acc = self.accelerator
         self._check_select_metric()  # before the run directory is claimed: a fixed rerun is not "other settings"
+        # The run directory must never be (or hold, or lie in) what the run reads: --force would wipe it.
+        check_overlap(self.output_dir, run_inputs(self.run_config), option="run_dir")
         with ExitStack() as guard:
             if acc.is_main_process:
                 guard.enter_context(dir_lock(self.output_dir, "run directory"))

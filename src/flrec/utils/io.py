@@ -108,7 +108,14 @@ def dir_lock(directory: str | os.PathLike, what: str = "run directory") -> Itera
     stale lock behind. A second process gets a one-line error naming the holder's pid."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / LOCK_NAME
+    with file_lock(directory / LOCK_NAME, directory, what):
+        yield
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike, target: object, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created if missing) guarding ``target``."""
+    path = Path(path)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - no flock on this platform: run unguarded
@@ -122,8 +129,8 @@ def dir_lock(directory: str | os.PathLike, what: str = "run directory") -> Itera
             f.seek(0)
             holder = f.read().strip() or "unknown"
             raise FlrecError(
-                f"{directory}: this {what} is in use by another flrec process (pid {holder}, lock {path}); "
-                "wait for it to finish or use another directory"
+                f"{target}: this {what} is in use by another flrec process (pid {holder}, lock {path}); "
+                "wait for it to finish or use another path"
             ) from None
         f.seek(0)
         f.truncate()
