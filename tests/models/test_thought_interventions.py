@@ -161,3 +161,12 @@ def test_paper_config_file_resolves_to_eqs_2_to_8():
     assert f.attn_temperature == 1.0 and f.rope == 10000.0 and f.aux_warmup_steps == 0
     assert cfg.flr_lr_scale == 1.0 and cfg.trainable == "full"
     assert THOUGHT  # the test model's thought token id exists (import guard)
+
+
+def test_supplied_own_thoughts_give_the_same_report():
+    model = make_model(reasoner="flr", thought_residual=False, keys="items")
+    batches = [make_batch(seed=4), make_batch(lengths=(5, 8), target_lengths=(4, 2), seed=5)]
+    es, zs = zip(*[model.row_losses(**b, return_z=True)[1:] for b in batches], strict=True)
+    a = thought_interventions(model, batches)
+    b = thought_interventions(model, batches, own=(torch.cat(es), torch.cat(zs)))
+    assert a == pytest.approx(b, rel=1e-6, abs=1e-9)

@@ -172,6 +172,7 @@ class FactorTrace:
     in_history: torch.Tensor  # (R, H) bool
     slot_items: list[list[int]]  # per row, the catalogue item of each slot (oldest kept first)
     factors: torch.Tensor | None = None  # (R, K, D) factor vectors F = A V (disentanglement analysis)
+    thought: torch.Tensor | None = None  # (R, D) the embedding written into the LM (what it receives)
 
 
 @torch.no_grad()
@@ -183,7 +184,7 @@ def collect(model, builder, rows, catalogue, batch_size: int = 16) -> FactorTrac
     if not model.config.uses_thought:
         raise FlrecError("this model has no thought (reasoner=none); factor diagnostics need flr/latentr3/softprompt")
     model.eval()
-    zs, gs, attns, hist, slots, fs = [], [], [], [], [], []
+    zs, gs, attns, hist, slots, fs, es = [], [], [], [], [], [], []
     h_max = builder.max_history
     pad_id = builder.tokenizer.pad_token_id
     for start in range(0, len(rows), batch_size):
@@ -191,7 +192,7 @@ def collect(model, builder, rows, catalogue, batch_size: int = 16) -> FactorTrac
         ex = builder.encode_rows(chunk, catalogue)
         batch = collate_left_padded(ex, pad_id)
         pos = positions_from_mask(batch["prompt_mask"])
-        _, _, steps, _ = model.refine(batch["prompt_ids"], batch["prompt_mask"], pos, batch["prompt_items"])
+        e, _, steps, _ = model.refine(batch["prompt_ids"], batch["prompt_mask"], pos, batch["prompt_items"])
         out = steps[-1]
         key_items = out.key_items if out.key_items is not None else torch.full(out.attn.shape[::2], -1)
         item_attn = item_attention(out.attn.float(), key_items, h_max)
@@ -199,11 +200,13 @@ def collect(model, builder, rows, catalogue, batch_size: int = 16) -> FactorTrac
         for row, n in zip(chunk, n_kept, strict=True):
             slots.append(list(row.history[len(row.history) - n :]))
         zs.append(out.z.float())
+        es.append(e.float())
         fs.append(out.factors.float())
         gs.append(out.gates.float())
         attns.append(item_attn)
         hist.append(torch.arange(h_max)[None, :] < torch.tensor(n_kept)[:, None])
-    return FactorTrace(torch.cat(zs), torch.cat(gs), torch.cat(attns), torch.cat(hist), slots, torch.cat(fs))
+    return FactorTrace(torch.cat(zs), torch.cat(gs), torch.cat(attns), torch.cat(hist), slots, torch.cat(fs),
+                       torch.cat(es))
 
 
 # ------------------------------------------------------------------------------ planted intents
@@ -294,14 +297,17 @@ def trace_split(model_dir: str | Path, dataset, split: str = "test", limit: int 
     return (model, rows, trace, intents, builder) if with_builder else (model, rows, trace, intents)
 
 
-def intervention_report(model, builder, rows, catalogue, batch_size: int = 16, seed: int = 0) -> dict:
-    """:func:`flrec.models.health.thought_interventions` on ``rows`` (teacher-forced, the rows' targets)."""
+def intervention_report(model, builder, rows, catalogue, batch_size: int = 16, seed: int = 0,
+                        trace: FactorTrace | None = None) -> dict:
+    """:func:`flrec.models.health.thought_interventions` on ``rows`` (teacher-forced, the rows' targets);
+    a ``trace`` of the same rows supplies their own thoughts (no second refinement pass)."""
     from flrec.data.prompts import collate_left_padded
 
     ex = builder.encode_rows(rows, catalogue)
     pad = builder.tokenizer.pad_token_id
     batches = [collate_left_padded(ex[i : i + batch_size], pad) for i in range(0, len(ex), batch_size)]
-    return thought_interventions(model, batches, seed=seed)
+    own = (trace.thought, trace.z) if trace is not None and trace.thought is not None else None
+    return thought_interventions(model, batches, seed=seed, own=own)
 
 
 def factor_diagnostics(model_dir: str | Path, dataset, split: str = "test", limit: int | None = 200,
@@ -312,7 +318,7 @@ def factor_diagnostics(model_dir: str | Path, dataset, split: str = "test", limi
     model, rows, trace, intents, builder = trace_split(model_dir, dataset, split, limit, batch_size, with_builder=True)
     report = summarize(trace, rows, intents, n_perm=n_perm)
     if interventions:
-        report.update(intervention_report(model, builder, rows, dataset.catalogue, batch_size))
+        report.update(intervention_report(model, builder, rows, dataset.catalogue, batch_size, trace=trace))
     report.update(model=str(model_dir), split=split, reasoner=model.config.reasoner, keys=model.config.keys)
     return report
 

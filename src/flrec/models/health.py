@@ -121,27 +121,32 @@ INTERVENTIONS = ("swap", "const", "init")
 
 
 @torch.no_grad()
-def thought_interventions(model, batches: Sequence[dict], seed: int = 0) -> dict:
+def thought_interventions(model, batches: Sequence[dict], seed: int = 0,
+                          own: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
     """Run :mod:`this module's <flrec.models.health>` interventions on collated ``batches``.
 
     ``model`` is an :class:`~flrec.models.recommender.FLRRecommender` with a thought; each batch has
     ``prompt_ids, prompt_mask, target_ids, target_mask`` (and ``prompt_items``). Own and intervened
     losses are computed by the same code path (:meth:`row_losses` with a given thought), so a
-    thought that does not vary gives a swap delta of exactly 0. Returns a JSON-ready dict; the model
-    is left in the mode it was in.
+    thought that does not vary gives a swap delta of exactly 0. ``own`` = (thoughts (R, D), z (R, D)) of
+    the same rows, already computed by the caller, skips the first refinement pass. Returns a
+    JSON-ready dict; the model is left in the mode it was in.
     """
     was_training = model.training
     model.eval()
     keys = ("prompt_ids", "prompt_mask", "target_ids", "target_mask", "prompt_items")
     try:
-        own = []
-        zs = []
-        for b in batches:
-            prompt = model.encode_prompt(b["prompt_ids"], b["prompt_mask"], b.get("prompt_items"))
-            _, e, z = model.row_losses(**{k: b.get(k) for k in keys}, return_z=True, prefix=prompt)
-            own.append(e.float())
-            zs.append(z.float())
-        e_all, z_all = torch.cat(own), torch.cat(zs)
+        if own is None:
+            es, zs = [], []
+            for b in batches:
+                prompt = model.encode_prompt(b["prompt_ids"], b["prompt_mask"], b.get("prompt_items"))
+                _, e, z = model.row_losses(**{k: b.get(k) for k in keys}, return_z=True, prefix=prompt)
+                es.append(e.float())
+                zs.append(z.float())
+            own = (torch.cat(es), torch.cat(zs))
+        e_all, z_all = own[0].float(), own[1].float()
+        if e_all.shape[0] != sum(b["prompt_ids"].shape[0] for b in batches):
+            raise ValueError(f"own thoughts for {e_all.shape[0]} rows, batches hold another number of rows")
         n = e_all.shape[0]
         perm = derangement(n, seed) if n >= 2 else None
         variants = {"own": e_all, "const": e_all.mean(0, keepdim=True).expand(n, -1),
