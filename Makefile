@@ -35,6 +35,7 @@ test-all: setup
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 
+# Each benchmark named here (and every other one under benchmarks/) runs on a tiny model in tests/test_benchmarks.py.
 bench: setup
 	$(BIN)/python benchmarks/bench_refinement.py --json
 	$(BIN)/python benchmarks/bench_decoding.py --json

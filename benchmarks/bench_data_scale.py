@@ -86,13 +86,13 @@ def generate(root: Path, rows: int, items: int, seed: int = 0) -> None:
         f.close()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--items", type=int, default=50_000)
     p.add_argument("--keep", type=Path, help="write the folder here (and keep it) instead of a temp dir")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = a.keep or Path(tmp) / "scale"
         if not (root / "test.csv").exists():

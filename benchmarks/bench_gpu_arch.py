@@ -45,7 +45,7 @@ def timeit(fn, device, n):
     return statistics.median(times[1:])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="1.5b", choices=sorted(SIZES))
     ap.add_argument("--batch", type=int, default=8)
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--target", type=int, default=16)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     cfg = Qwen2Config(**SIZES[a.size], max_position_embeddings=4096)

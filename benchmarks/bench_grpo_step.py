@@ -62,7 +62,7 @@ def grpo_config(args, start: Path, run_dir: Path) -> GRPOConfig:
     })
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--backbone", default="embedded:smollm2-135m")
     p.add_argument("--data", default="embedded:synth")
@@ -75,7 +75,7 @@ def main() -> None:
     p.add_argument("--max-history", type=int, default=6)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--json", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.steps < 2 or args.steps % 2:
         p.error("--steps must be an even number >= 2 (GRPO rolls out every 2 steps)")
     torch.set_num_threads(args.threads)

@@ -64,34 +64,45 @@ def step_fn(model, batch, autocast, optimizer=None, naive: bool = False):
     return run
 
 
-def main() -> None:
+def build_inputs(backbone_spec: str, data: str, batch: int) -> dict:
+    """What the benchmark measures on, untimed: the dataset, the backbone with its thought token, the same
+    ``batch`` rows as an FLR batch and as a no-thought batch (today's collate, e.g. ``prompt_items``), and the
+    two models over the one backbone (FLR K=4 N=2 with today's defaults; no reasoner).
+    tests/test_benchmarks.py builds these on a tiny model."""
+    torch.manual_seed(0)
+    ds = load_dataset(data)
+    backbone, tok = load_backbone(backbone_spec)
+    thought = add_thought_token(backbone, tok)
+    flr_builder = PromptBuilder.for_dataset(tok, ds)
+    plain_builder = PromptBuilder.for_dataset(tok, ds, use_thought=False)
+    rows = rows_with_long_prompts(ds, flr_builder, batch)
+    b_flr = collate_left_padded(flr_builder.encode_rows(rows, ds.catalogue), tok.pad_token_id)
+    b_plain = collate_left_padded(plain_builder.encode_rows(rows, ds.catalogue), tok.pad_token_id)
+    # Same backbone object for both models, so weights are identical.
+    flr = FLRRecommender(backbone, FLRConfig(num_factors=4, num_steps=2), thought)
+    plain = FLRRecommender(backbone, FLRConfig(reasoner="none"), None)
+    return {"ds": ds, "backbone": backbone, "tokenizer": tok, "thought": thought, "b_flr": b_flr,
+            "b_plain": b_plain, "flr": flr, "plain": plain}
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--backbone", default="embedded:smollm2-135m")
     ap.add_argument("--data", default=str(SHARED_CDS) if SHARED_CDS.is_dir() else "embedded:synth")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
-    torch.manual_seed(0)
-    ds = load_dataset(a.data)
+    a = ap.parse_args(argv)
     mp = resolve_mixed_precision("auto")
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if mp == "bf16" else nullcontext
 
-    backbone, tok = load_backbone(a.backbone)
-    thought = add_thought_token(backbone, tok)
-    flr_builder = PromptBuilder.for_dataset(tok, ds)
-    plain_builder = PromptBuilder.for_dataset(tok, ds, use_thought=False)
-    rows = rows_with_long_prompts(ds, flr_builder, a.batch)
-    b_flr = collate_left_padded(flr_builder.encode_rows(rows, ds.catalogue), tok.pad_token_id)
-    b_plain = collate_left_padded(plain_builder.encode_rows(rows, ds.catalogue), tok.pad_token_id)
+    inp = build_inputs(a.backbone, a.data, a.batch)
+    backbone, thought, b_flr, b_plain = inp["backbone"], inp["thought"], inp["b_flr"], inp["b_plain"]
+    flr, plain = inp["flr"], inp["plain"]
 
     res: dict = {"backbone": a.backbone, "data": a.data, "batch": a.batch, "mixed_precision": mp,
                  "prompt_tokens_mean": float(b_flr["prompt_mask"].sum(1).float().mean()),
                  "target_tokens_mean": float(b_flr["target_mask"].sum(1).float().mean())}
-
-    # Same backbone object for both models, so weights are identical.
-    flr = FLRRecommender(backbone, FLRConfig(num_factors=4, num_steps=2), thought)
-    plain = FLRRecommender(backbone, FLRConfig(reasoner="none"), None)
     # lr=0: the optimizer does all its work but leaves the shared weights unchanged for the other model.
     opt_flr = torch.optim.AdamW([p for p in flr.parameters() if p.requires_grad], lr=0.0, fused=True)
     opt_plain = torch.optim.AdamW([p for p in plain.parameters() if p.requires_grad], lr=0.0, fused=True)

@@ -96,7 +96,7 @@ def exactness(v: dict, n_batches: int, autocast) -> float:
     return diff
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(SHARED_CDS))
     ap.add_argument("--backbone", default="embedded:smollm2-135m")
@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--variants", default="default,exact,top_half,compact")
     ap.add_argument("--json", action="store_true", help="print only the JSON result")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     ds = load_dataset(args.data)
     precision = resolve_mixed_precision("auto")

@@ -72,19 +72,27 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
+def variant_config(run_dir: Path, overrides: list[str], args, extra: tuple[str, ...] = ()):
+    """The SFT config of one variant: configs/demo.yaml, the budget of ``args``, the base, the old defaults,
+    the variant's ``overrides``, then ``extra`` (tests/test_benchmarks.py: a tiny backbone and data)."""
+    from flrec.training.sft import SFTConfig
+
+    return SFTConfig.load(REPO / "configs" / "demo.yaml", [
+        f"run_dir={run_dir}", f"train.max_steps={args.steps}", f"train.eval_every={args.steps // 2}",
+        f"train.save_every={args.steps // 2}", f"valid_limit={args.valid_rows}", f"seed={args.seed}",
+        "train.progress=false", *BASES[args.base], *OLD_DEFAULTS, *overrides, *extra])
+
+
 def run_variant(name: str, overrides: list[str], args) -> dict:
     from flrec.analysis.factors import factor_diagnostics
     from flrec.data.load import load_dataset
-    from flrec.training.sft import SFTConfig, run_sft
+    from flrec.training.sft import run_sft
 
     run_dir = Path(args.out) / name
     done = run_dir / "variant.json"
     if done.is_file():  # finished earlier (the run itself would also be reused; this skips the diagnostics)
         return json.loads(done.read_text())
-    cfg = SFTConfig.load(REPO / "configs" / "demo.yaml", [
-        f"run_dir={run_dir}", f"train.max_steps={args.steps}", f"train.eval_every={args.steps // 2}",
-        f"train.save_every={args.steps // 2}", f"valid_limit={args.valid_rows}", f"seed={args.seed}",
-        "train.progress=false", *BASES[args.base], *OLD_DEFAULTS, *overrides])
+    cfg = variant_config(run_dir, overrides, args)
     ds = load_dataset(cfg.data)
     t0 = time.time()
     res = run_sft(cfg, ds)

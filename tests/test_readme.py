@@ -1,4 +1,8 @@
-"""README.md's commands and Python examples, read from README.md itself, must work as printed (issue #18).
+"""The commands and Python examples of README.md and of the docs pages must work as printed (issue #18).
+
+What this file reads as "README" is README.md followed by every ``docs/**/*.md`` page, in the order README.md
+links them (``readme_text()`` of tests/readme_text.py): a command or example that moved from the README
+into a docs page keeps its guard, and the command blocks run in that order.
 
 * Every ``flrec`` command in a command block or in a command table parses with flrec's own argument
   parser, optional ``[...]`` parts included (a renamed or removed option fails here).
@@ -15,6 +19,10 @@
   (``EvalConfig(shard="0/4")``) run.
 
 A README line that none of these rules covers fails the test: extend the rules with the README.
+
+Besides: every docs page is linked from README.md (or from a page it links), every relative link of the
+README and the docs points at a file (and heading) that exists, README.md stays short, and the commands of
+its short command table parse.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from readme_text import heading_anchors, linked_pages, links, pages, readme_text
 
 from flrec.cli import build_parser, main
 from flrec.config import apply_overrides
@@ -39,7 +48,7 @@ from flrec.config import apply_overrides
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
+README = readme_text()  # README.md, then the docs pages in link order
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 MAKEFILE = (ROOT / "Makefile").read_text()
 
@@ -77,10 +86,15 @@ def shell_lines(block: str) -> list[str]:
 
 
 def table_rows() -> list[tuple[list[str], list[str]]]:
-    """(commands, python examples) of every README table row whose first cell names a flrec command."""
-    rows = []
+    """(commands, python examples) of every row of the README's command tables (header ``| command | Python |``)
+    whose first cell names a flrec command. Other tables (e.g. docs/audit-issues-15-17.md's) are not run."""
+    rows, in_command_table = [], False
     for line in README.splitlines():
-        if not line.startswith("| `flrec "):
+        if not line.startswith("|"):
+            in_command_table = False
+        elif re.fullmatch(r"\|\s*command\s*\|\s*Python\s*\|", line.strip()):
+            in_command_table = True
+        if not in_command_table or not line.startswith("| `flrec "):
             continue
         cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
         rows.append((re.findall(r"`(flrec [^`]+)`", cells[0]), re.findall(r"`([^`]+)`", cells[1])))
@@ -101,14 +115,45 @@ def split_command(cmd: str, optional: bool) -> list[str]:
 PLACEHOLDERS = {"N": EVAL_ROWS, "B": "2", "..": "x"}
 
 
+def short_table_commands() -> list[str]:
+    """The ``flrec`` commands of README.md's own short command table (rows whose first cell is a task)."""
+    out = []
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("| ") and not line.startswith("| `flrec "):
+            out += re.findall(r"`(flrec [^`]+)`", line)
+    return out
+
+
 def all_flrec_commands() -> list[str]:
     cmds = [line for b in code_blocks() for line in shell_lines(b) if re.match(r"(flrec|accelerate launch) ", line)]
-    return cmds + [c for cs, _ in table_rows() for c in cs]
+    return cmds + [c for cs, _ in table_rows() for c in cs] + short_table_commands()
 
 
 def test_readme_is_parsed():
     assert len(code_blocks("bash")) >= 4 and len(table_rows()) >= 15
     assert any("train sft" in c for c in all_flrec_commands())
+    assert len(short_table_commands()) >= 8
+
+
+def test_readme_is_short_and_the_docs_hold_the_rest():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+    assert pages()[0] == ROOT / "README.md" and len(pages()) > 5
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    unlinked = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md") if p.resolve() not in linked_pages())
+    assert not unlinked, f"docs pages that README.md does not reach through links: {unlinked}"
+
+
+def test_every_link_of_the_readme_and_the_docs_exists():
+    broken = []
+    for page in pages():
+        for target, anchor in links(page):
+            if not target.exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+            elif anchor and target.suffix == ".md" and anchor not in heading_anchors(target):
+                broken.append(f"{page.relative_to(ROOT)} -> {target.relative_to(ROOT)}#{anchor}")
+    assert not broken, broken
 
 
 @pytest.mark.parametrize("cmd", all_flrec_commands())

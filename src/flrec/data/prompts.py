@@ -36,7 +36,7 @@ def encode_target(tokenizer, title: str) -> list[int]:
 
 # The prompt, split where history titles go. No chat template and no BOS, as LatentR3.
 # "alpaca" is LatentR3's (the paper's) prompt; "compact" says the same in one line, for ~45 fewer
-# tokens per row (a measured speed/quality trade-off: README "Training on a CPU").
+# tokens per row (a measured speed/quality trade-off: docs/cpu-training.md).
 _HEAD = (
     "Below is an instruction that describes a task, paired with an input that provides further "
     "context. Write a response that appropriately completes the request.\n\n"

@@ -73,7 +73,7 @@ class CompletionScores:
 REASONER_DEFAULTS = {
     # reasoner: (num_steps, aux_losses, embed_scale, rope_base)
     # flr: eqs. 5-6 (not L_sparse: it pushes every gate one-hot for every user), the two cross-row terms
-    # and target_nce (chosen on validation, README "issue #9"; the paper's three: aux_losses=orth,div,sparse).
+    # and target_nce (chosen on validation, docs/results/synthetic.md; the paper's three: aux_losses=orth,div,sparse).
     "flr": (2, ("orth", "div", "thought_sim", "routing", "target_nce"), True, 10000.0),
     # LatentR3: its keys exclude the thought and its query is the pre-thought state, so a second
     # step reproduces the first exactly; its code has no embedding rescaling and RoPE base 1000.

@@ -52,7 +52,7 @@ class SFTConfig(ConfigBase):
     max_history: int = option(10, help="history titles per prompt (newest kept)")
     prompt_template: Literal["alpaca", "compact"] = option(
         "alpaca", help="alpaca = the paper's (LatentR3's) instruction prompt; compact = a one-line instruction "
-        "(~45 fewer tokens per row; a speed/quality trade-off, README 'Training on a CPU')")
+        "(~45 fewer tokens per row; a speed/quality trade-off, docs/cpu-training.md)")
     train_limit: int | None = option(None, help="train on a random subset of this many rows (None = all)")
     valid_limit: int | None = option(512, help="validation-loss rows (random subset; None = all)")
     valid_rank_rows: int = option(
