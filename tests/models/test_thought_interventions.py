@@ -170,3 +170,20 @@ def test_supplied_own_thoughts_give_the_same_report():
     a = thought_interventions(model, batches)
     b = thought_interventions(model, batches, own=(torch.cat(es), torch.cat(zs)))
     assert a == pytest.approx(b, rel=1e-6, abs=1e-9)
+
+
+def test_history_dropout_hides_the_history_from_the_answer_only_in_training():
+    model = make_model(reasoner="softprompt", history_dropout=0.999)  # the thought ignores the history here
+    batch = make_batch(seed=6)
+    other = {k: v.clone() for k, v in batch.items()}
+    hist = other["prompt_items"] >= 0
+    other["prompt_ids"][hist] = (other["prompt_ids"][hist] + 7) % 90 + 1  # other history titles, same layout
+
+    def loss(b, train: bool):
+        torch.manual_seed(0)
+        return model.train(train)(**b)["rec_loss"].detach()
+
+    torch.testing.assert_close(loss(batch, True), loss(other, True))  # the answer cannot see the history
+    assert not torch.allclose(loss(batch, False), loss(other, False))  # at inference it does
+    with pytest.raises(Exception, match="history_dropout"):
+        make_model(reasoner="none", history_dropout=0.5)

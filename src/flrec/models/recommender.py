@@ -122,6 +122,10 @@ class FLRConfig(ConfigBase):
         "hidden", "what a factor's value (and so the written thought) is made of: hidden = a projection of the "
         "keys' last-layer states (the paper); embeddings = the same positions' input embeddings through W_v "
         "(initialised to the identity), so the thought is written in the space the LM reads its inputs in")
+    history_dropout: float = option(
+        0.0, "training only: the probability that a row's scored pass (the answer) cannot attend to the history "
+        "titles, so the thought is the only route from the history to the answer and the LM must learn to read it "
+        "(the refinement steps still read everything; inference sees the whole prompt). 0 = off (the paper)")
     thought_key: bool = option(False, "the thought's own state is a key/value (true: the paper); false leaves it "
                                "out, which with query=thought removes a free sink (its query matches its own key)")
     target_nce_temperature: float = option(0.1, "target_nce regulariser: temperature of its in-batch InfoNCE")
@@ -164,6 +168,10 @@ class FLRConfig(ConfigBase):
             raise ConfigError(f"target_nce_temperature must be a finite number > 0, got {self.target_nce_temperature}")
         if not 0 <= self.attn_entropy_floor <= 1:
             raise ConfigError(f"attn_entropy_floor must be in [0, 1], got {self.attn_entropy_floor}")
+        if not 0.0 <= self.history_dropout < 1.0:
+            raise ConfigError(f"history_dropout must be in [0, 1), got {self.history_dropout}")
+        if self.history_dropout and self.reasoner == "none":
+            raise ConfigError("history_dropout needs a thought to carry the history; reasoner=none has none")
         if self.aux_warmup_steps < 0:
             raise ConfigError(f"aux_warmup_steps must be >= 0, got {self.aux_warmup_steps}")
         negative = {k: v for k, v in self.fixed_weights.items() if not v >= 0}
@@ -397,10 +405,30 @@ class FLRRecommender(nn.Module):
         else:
             e, cache, steps, aux_steps = self.refine(prompt_ids, prompt_mask, positions, prompt_items)
             embeds = torch.cat([e[:, None], self._embed(target_ids)], dim=1)
-            hidden = self._run(embeds, mask, positions[:, p - 1 :], cache)
+            hidden = self._run(embeds, self._history_dropout(mask, prompt_items), positions[:, p - 1 :], cache)
             pred = hidden[:, :-1]
             self._attach_target(aux_steps, hidden[:, 1:], target_mask)
         return self._loss(pred, target_ids, target_mask, steps, aux_steps)
+
+    def _history_dropout(self, mask: torch.Tensor, prompt_items: torch.Tensor | None) -> torch.Tensor:
+        """The attention mask of the scored pass, with the history titles hidden from a random
+        ``flr.history_dropout`` share of the rows (training only).
+
+        Why: the LM reads the whole history in its prompt, so a thought that repeats it is redundant
+        and the LM learns to ignore it (issue #24: swapping users' thoughts changed nothing). For a
+        dropped row the thought is the only route from the history to the answer (the refinement
+        steps still read everything), so the reasoner must write, and the LM must learn to read, the
+        user into it. Inference always sees the whole prompt.
+        """
+        rate = self.config.history_dropout
+        if not rate or not self.training:
+            return mask
+        if prompt_items is None:
+            raise FlrecError("flr.history_dropout needs 'prompt_items' (the history-item index of each prompt token)")
+        drop = torch.rand(mask.shape[0], device=mask.device) < rate
+        hide = torch.zeros_like(mask, dtype=torch.bool)
+        hide[:, : prompt_items.shape[1]] = (prompt_items >= 0) & drop[:, None]
+        return mask.masked_fill(hide, 0)
 
     def _attach_target(self, aux_steps: list[ReasonerOutput], target_hidden: torch.Tensor,
                        target_mask: torch.Tensor) -> None:
@@ -704,6 +732,7 @@ def _migrate_flr_config(saved: dict, state: dict[str, torch.Tensor], fmt: int = 
     if fmt < 2 and saved.get("reasoner") == "softprompt" and saved.get("embed_scale") is None:
         saved["embed_scale"] = True
     saved.setdefault("values", "hidden")
+    saved.setdefault("history_dropout", 0.0)
     if saved.get("aux_losses") is None and saved.get("reasoner", "flr") == "flr":
         # "the reasoner's default" has changed over versions: the saved loss weights name what it was.
         used = {k.rsplit(".", 1)[-1] for k in state if k.startswith("objective.log_vars.")}
