@@ -454,3 +454,32 @@ def test_report_out_that_is_a_file_or_an_input_is_a_one_line_error(tmp_path, cap
     assert "is a file" in capsys.readouterr().err and (tmp_path / "file.md").read_text() == "mine"
     assert main(["report", str(res), "--out", str(tmp_path), "--overwrite"]) == 2
     assert "contains the input" in capsys.readouterr().err
+
+
+def test_thought_finding_rests_on_interventions():
+    from pathlib import Path
+
+    from flrec.analysis.report import thought_finding
+
+    used = {"thought_swap_delta": 0.05, "thought_swap_delta_p": 0.001, "thought_user_share": 0.4,
+            "argmax_intent_mi_p": 0.01}
+    assert thought_finding([(Path("factors.json"), used)])[2] == "reproduced"
+    inert = {**used, "thought_swap_delta": -0.00003, "thought_swap_delta_p": 0.6}
+    assert thought_finding([(Path("factors.json"), inert)])[2] == "not reproduced"
+    unrouted = {**used, "argmax_intent_mi_p": 0.4}
+    assert thought_finding([(Path("factors.json"), unrouted)])[2] == "not reproduced"
+    z_only = {"z_cross_row_cosine": 0.03}  # a healthy z says nothing about what the LM receives
+    assert thought_finding([(Path("factors.json"), z_only)])[2] == "not measured"
+    assert thought_finding([])[2] == "not measured"
+
+
+def test_long_tail_verdict_compares_flr_with_latentr3_only():
+    from flrec.analysis.report import Sources, paper_findings
+
+    groups = {"popular": {"ndcg@10": 1.0}, "unpopular": {"ndcg@10": 5.0}}
+    grpo_vs_flr = {"reference": "flr_grpo", "improvement": {"flr": groups}}
+    rows = {f: v for f, _, v in paper_findings(Sources(), grpo_vs_flr, None)}
+    assert rows["FLR's gain over LatentR3 is larger on the long tail (Fig. 7)"] == "not measured"
+    flr_vs_lr3 = {"reference": "flr", "improvement": {"latentr3": groups, "bigrec": groups}}
+    rows = {f: v for f, _, v in paper_findings(Sources(), flr_vs_lr3, None)}
+    assert rows["FLR's gain over LatentR3 is larger on the long tail (Fig. 7)"] == "reproduced"
