@@ -88,6 +88,7 @@ class SearchStats:
     forwards: int = 0  # sequential decoder forwards after the prefill: the search's critical path
     token_slots: int = 0  # beam x position slots fed to the model, padding included
     padded_slots: int = 0  # of those, padding (rows that jumped fewer forced tokens than the widest)
+    stopped_in_jump: int = 0  # rows whose stopping test fired on a forced token inside a jump
     row_forwards: list[int] = field(default_factory=list)  # per prompt row: the forwards it took part in
 
     @property
@@ -303,6 +304,8 @@ def constrained_beam_search(
         perm = (order + torch.arange(b, device=dev)[:, None] * K).view(-1)
         nodes, logits = nodes[perm], logits[perm]
         if bool(stop.any()):  # the finished set is that of the step where the row stopped
+            if stats is not None:
+                stats.stopped_in_jump += int(stop.sum())
             out_score[rows[stop]], out_title[rows[stop]] = fin_score[stop], fin_title[stop]
             kept = (~stop).nonzero().squeeze(1)
             if kept.numel() == 0:
@@ -347,6 +350,23 @@ def _sliding_cache(cache) -> bool:
     """Whether some layer keeps a sliding window (masked padding slots would shift it): no padding then."""
     layers = getattr(cache, "layers", None)
     return layers is None or any(getattr(layer, "is_sliding", False) for layer in layers)
+
+
+def _scored_children(trie: TitleTrie, nodes: torch.Tensor, logits: torch.Tensor, beam_row: torch.Tensor,
+                     scoring: str, edge_weight: torch.Tensor | None, node_allowed: torch.Tensor | None,
+                     node_mass: torch.Tensor | None, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(b*K, F) token scores of every beam's children under the decoding options, and the tokens."""
+    child_tok, real, edge = trie.child_edges(nodes)
+    child_node = trie.child_node[edge]
+    if node_allowed is not None:
+        real = real & node_allowed[beam_row[:, None], child_node]
+    logp = torch.log_softmax(logits, dim=-1).gather(1, child_tok).masked_fill(~real, NEG_INF)
+    s = token_scores(logp, real, edge, scoring, edge_weight)
+    if node_mass is not None and gamma < 1.0:
+        cf = cf_log_probs(node_mass[beam_row[:, None], child_node], real)
+        # gamma = 0 exactly: the ID model alone (0 * a finite LLM score would do, but keep it exact)
+        s = cf if gamma == 0.0 else torch.where(real, gamma * s + (1.0 - gamma) * cf, NEG_INF)
+    return s, child_tok
 
 
 def _to_lists(score: torch.Tensor, title: torch.Tensor) -> list[list[tuple[int, float]]]:

@@ -64,6 +64,9 @@ class LLMRecConfig(ConfigBase):
     beam: int = option(10, help="beam width of constrained decoding = number of ranked titles (>= the largest K)")
     length_penalty: float = option(1.0, help="HF-style length normalisation of finished beams (1.0 = HF default)")
     batch_size: int = option(8, help="users decoded together (results do not depend on it)")
+    jump_forward: bool = option(
+        True, help="beam search feeds forced trie chains (the rest of a unique title) in one multi-token forward "
+        "instead of a step per token; exact: same titles, order and scores (false = the step-by-step reference)")
     inference_dtype: Literal["float32", "bfloat16", "auto"] = option(
         "float32", help="weights dtype for ranking; bfloat16 is ~2x faster on CPUs with native bf16 and much slower "
         "(emulated) on CPUs without; auto = bfloat16 where native (a bf16 GPU, or a CPU with AVX512-BF16/AMX), "
@@ -88,8 +91,9 @@ class LLMRecConfig(ConfigBase):
 
     def inert_keys(self) -> tuple[str, ...]:
         """Keys that cannot change what ``fit`` yields here (a comparison cell's fingerprint leaves them
-        out): ``use_tuned_decoding`` unless a trained model is loaded (``llm_dir``)."""
-        return ("use_tuned_decoding",) if self.llm_dir is None else ()
+        out): ``use_tuned_decoding`` unless a trained model is loaded (``llm_dir``), and ``jump_forward``
+        (how the search runs, not what it returns)."""
+        return ("use_tuned_decoding", "jump_forward") if self.llm_dir is None else ("jump_forward",)
 
     def input_dirs(self) -> dict[str, str]:
         """Folders whose contents (not only whose names) decide what ``fit`` yields: ``{key: path}``
@@ -281,7 +285,8 @@ class LLMRecommender(Recommender):
             state = self._prefill(batch)
             ranked = constrained_beam_search(self.model.backbone, state, self._trie, beam_size=self.config.beam,
                                              length_penalty=lp, scoring=dec.scoring,
-                                             edge_weight=self._edge_weights(dec), **extra)
+                                             edge_weight=self._edge_weights(dec),
+                                             jump_forward=self.config.jump_forward, **extra)
             for r, hyps in enumerate(ranked):
                 cands.append(hyps)
                 probs.append(None if q is None else q[r])
