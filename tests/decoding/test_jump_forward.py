@@ -81,7 +81,7 @@ def _same(a, b, tol: float = 1e-5) -> None:
 
 
 def test_forced_chains_match_brute_force(tok, trie):
-    only_tok, only_child, length = trie.forced_chains()
+    only_tok, only_child, length, ends = trie.forced_chains()
     table: dict[tuple[int, ...], set[int]] = {}
     for t in trie.titles:
         ids = encode_target(tok, t)
@@ -98,6 +98,8 @@ def test_forced_chains_match_brute_force(tok, trie):
             while n + i < len(ids) and len(table[tuple(ids[: i + n])]) == 1 and ids[i + n] != tok.eos_token_id:
                 n += 1
             assert int(length[node]) == n
+            # ends: after the chain, the only way on is EOS (the rest of a unique title)
+            assert bool(ends[node]) == (table[tuple(ids[: i + n])] == {tok.eos_token_id})
             child = trie.advance(node, torch.tensor([ids[i]]))
             if forced:
                 assert int(only_child[node]) == int(child)

@@ -39,6 +39,7 @@ from flrec.models.sharing import hoist_shared_prefix
 from flrec.models.state import PrefillState
 
 NEG_INF = float("-inf")
+_NO_LIMIT = 1 << 40  # "no beam bounds this row's jump"
 
 
 @torch.inference_mode()
@@ -201,7 +202,7 @@ def constrained_beam_search(
     top_k_mask = torch.arange(2 * K, device=dev) < K
     jump = jump_forward and jump_max_tokens > 1 and T > 1
     min_fill = 1.0 if _sliding_cache(cache) else jump_min_fill
-    only_tok, only_child, forced_len = trie.forced_chains() if jump else (None, None, None)
+    only_tok, only_child, forced_len, ends = trie.forced_chains() if jump else (None,) * 4
 
     while True:
         b = rows.numel()
@@ -250,8 +251,13 @@ def constrained_beam_search(
         W = 1
         if jump:
             live = running > NEG_INF
-            chain = torch.where(live, forced_len[nodes.clamp(min=0)].view(b, K), T).min(1).values
-            width = 1 + torch.minimum(chain, T - t - 1).clamp(min=0, max=jump_max_tokens - 1)
+            n = nodes.clamp(min=0)
+            chain, finishing = forced_len[n].view(b, K), live & ends[n].view(b, K)
+            # a beam that can only finish its title bounds the jump by its EOS step only if every
+            # other live beam can, too; otherwise by the shortest chain of those that cannot
+            span = torch.where(live & ~finishing, chain, _NO_LIMIT).min(1).values
+            span = torch.where(span < _NO_LIMIT, span, torch.where(finishing, chain + 1, 0).max(1).values)
+            width = 1 + torch.minimum(span, T - t - 1).clamp(min=0, max=jump_max_tokens - 1)
             W = _jump_width(width, min_fill)
             width = width.clamp(max=W)
         beam_width = width.repeat_interleave(K)
@@ -290,14 +296,26 @@ def constrained_beam_search(
             t = t + 1
             continue
 
-        # the forced tokens, scored at their positions, added one step at a time (as steps would)
+        # the forced tokens (and forced EOS), scored at their positions and applied one step at a
+        # time as the steps would: each candidate is a beam's only child, so at most K exist, all
+        # in the top K: an EOS finishes its beam, the others keep running; then the stopping test
         s, _ = score(torch.stack(path[:-1], 1).reshape(-1), all_logits[:, :-1].reshape(-1, V),
                      rows.repeat_interleave(K * (W - 1)))
         s = s[:, 0].view(b, K, W - 1)  # a forced node's only child sits in slot 0
+        eos_at = torch.where(finishing, chain + 1, W)  # (b, K) offset of each beam's forced EOS
         stop = torch.zeros(b, dtype=torch.bool, device=dev)
         for k in range(1, W):
-            on = k < width
-            running = torch.where(on[:, None], running + s[:, :, k - 1], running)
+            on = (k < width) & ~stop  # a stopped row's finished set is frozen
+            cand = running + s[:, :, k - 1]
+            done = on[:, None] & (eos_at == k) & (cand > NEG_INF)
+            if bool(done.any()):
+                leaf = trie.advance(path[k - 1], torch.full_like(path[k - 1], trie.eos_token_id)).view(b, K)
+                new = torch.where(done, cand / _norm(t + k, length_penalty)[:, None], NEG_INF)
+                fin_score, keep = torch.topk(torch.cat([fin_score, new], 1), K)
+                fin_title = torch.cat([fin_title, trie.title_of(leaf)], 1).gather(1, keep)
+                worst = _worst(fin_score)
+            ended = on[:, None] & (eos_at == k)
+            running = torch.where(ended, NEG_INF, torch.where(on[:, None], cand, running))
             stop |= on & ~(running.max(1).values / _norm(t + k, length_penalty) > worst)
         t = t + width
         running, order = running.sort(dim=1, descending=True, stable=True)  # what each step's top-k did
