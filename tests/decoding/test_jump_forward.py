@@ -18,7 +18,7 @@ from flrec.decoding.scoring import DecodingConfig, edge_weights
 from flrec.decoding.trie import TitleTrie
 from flrec.models.backbone import add_thought_token
 from flrec.models.recommender import FLRConfig, FLRRecommender
-from flrec.models.testing import tiny_tokenizer
+from flrec.models.testing import build_tiny, tiny_tokenizer
 
 K = 5
 TITLES = [
@@ -213,3 +213,11 @@ def test_reasoners_jump_equals_steps(tok, kind):
         keep = mask[i : i + 1].any(0)
         one += _search(model.backbone, model.prefill, trie, ids[i : i + 1, keep], mask[i : i + 1, keep])
     _same(one, ref)
+
+
+def test_qwen2_backbone_jump_equals_steps(tok, trie):
+    qwen = build_tiny("qwen2", seed=2)[0].double()
+    ids, mask = _prompts(4, len(tok), seed=9)
+    prefill = lambda i, m: prefill_plain(qwen, i, m)  # noqa: E731
+    _same(_search(qwen, prefill, trie, ids, mask, jump_min_fill=0.0),
+          _search(qwen, prefill, trie, ids, mask, jump_forward=False))

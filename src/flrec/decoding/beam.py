@@ -16,6 +16,10 @@ mask with tensor ops instead of a Python callback per beam per step. Per step, a
    score — HF's ``early_stopping=False`` heuristic, reproduced as is (it is a heuristic: a running
    beam can still end better after one more token; HF accepts that and so do we, for agreement).
 
+Jump-forward (on by default, exact): where every live beam of a user has a forced continuation
+(the rest of a unique title), its tokens run as one multi-token forward and the steps are replayed
+on its logits, so a user waits for about one forward per branching point, not one per token.
+
 Differences from HF, all in degenerate cases only: HF seeds beams 2..K with log-prob -1e9 and
 keeps -1e9-penalised duplicates/finished beams running; here they are -inf ("dead"), so a row
 whose trie admits fewer than K titles returns fewer than K results instead of duplicates. Frozen
@@ -155,15 +159,18 @@ def constrained_beam_search(
       masses (:meth:`TitleTrie.node_mass`); token score ``gamma * s + (1 - gamma) * log p_CF``.
 
     **Jump-forward** (``jump_forward``, exact): when every live beam of a row sits on a forced
-    chain (:meth:`TitleTrie.forced_chains`: one child, not EOS), the row's chosen token and the
-    shortest of its beams' chains (at most ``jump_max_tokens`` in all) go through the model as one
-    multi-token forward. The forced tokens are scored as a step would score them and HF's stopping
-    test is applied after each of them (no beam can finish on a forced non-EOS token, so the
-    finished set is unchanged and a row that would have stopped mid-chain stops with it), so titles,
-    order and scores are those of the step-by-step search (``jump_forward=False``). Rows jump by
-    different counts in one forward, padded with masked slots; the width is the largest keeping at
-    least ``jump_min_fill`` of the slots real (1.0: no padding; always so under sliding-window
-    attention, whose window counts cache slots). ``stats`` (:class:`SearchStats`) counts forwards.
+    chain (:meth:`TitleTrie.forced_chains`: nodes with one child), the row's chosen token and the
+    following forced tokens go through the model as one multi-token forward (at most
+    ``jump_max_tokens``). The row jumps as far as its shortest chain, or, when every live beam can
+    only finish its title, until the last of them emits its EOS. Each forced step is then replayed
+    on the forward's logits exactly as a step would run it: every candidate is a beam's only child,
+    so at most K exist and all rank in the top K; a forced EOS finishes its beam into the finished
+    set, the others keep running, and HF's stopping test follows (a row that stops mid-jump keeps
+    the finished set of that step). Titles, order and scores are those of the step-by-step search
+    (``jump_forward=False``). Rows jump by different counts in one forward, padded with masked
+    slots; the width is the largest keeping at least ``jump_min_fill`` of the slots real (1.0: no
+    padding; always so under sliding-window attention, whose window counts cache slots).
+    ``stats`` (:class:`SearchStats`) counts the forwards.
     """
     if scoring == "info_gain" and edge_weight is None:
         raise FlrecError("scoring='info_gain' needs edge_weight; pass flrec.decoding.scoring.edge_weights(trie, cfg)")
@@ -307,14 +314,12 @@ def constrained_beam_search(
         for k in range(1, W):
             on = (k < width) & ~stop  # a stopped row's finished set is frozen
             cand = running + s[:, :, k - 1]
-            done = on[:, None] & (eos_at == k) & (cand > NEG_INF)
-            if bool(done.any()):
-                leaf = trie.advance(path[k - 1], torch.full_like(path[k - 1], trie.eos_token_id)).view(b, K)
-                new = torch.where(done, cand / _norm(t + k, length_penalty)[:, None], NEG_INF)
-                fin_score, keep = torch.topk(torch.cat([fin_score, new], 1), K)
-                fin_title = torch.cat([fin_title, trie.title_of(leaf)], 1).gather(1, keep)
-                worst = _worst(fin_score)
             ended = on[:, None] & (eos_at == k)
+            leaf = trie.advance(path[k - 1], torch.full_like(path[k - 1], trie.eos_token_id)).view(b, K)
+            new = torch.where(ended & (cand > NEG_INF), cand / _norm(t + k, length_penalty)[:, None], NEG_INF)
+            fin_score, keep = torch.topk(torch.cat([fin_score, new], 1), K)  # no host sync per token
+            fin_title = torch.cat([fin_title, trie.title_of(leaf)], 1).gather(1, keep)
+            worst = _worst(fin_score)
             running = torch.where(ended, NEG_INF, torch.where(on[:, None], cand, running))
             stop |= on & ~(running.max(1).values / _norm(t + k, length_penalty) > worst)
         t = t + width
