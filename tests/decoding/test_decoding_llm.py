@@ -100,11 +100,14 @@ def test_jump_forward_switch_keeps_the_rankings(rec, ds, decoding):
     rows = ds["test"][:6]
     _set(rec, **decoding)
     on = rec.decode_candidates(rows)[0]
+    steps_on = rec.last_search_stats.steps_per_user
     rec.config = rec.config.replace(jump_forward=False)
     try:
         off = rec.decode_candidates(rows)[0]
     finally:
         rec.config = rec.config.replace(jump_forward=True)
+    assert len(rec.last_search_stats.row_forwards) == len(rows)
+    assert steps_on < rec.last_search_stats.steps_per_user
     assert [[t for t, _ in r] for r in on] == [[t for t, _ in r] for r in off]
     for a, b in zip(on, off, strict=True):
         assert [s for _, s in a] == pytest.approx([s for _, s in b], abs=1e-5)

@@ -124,6 +124,7 @@ class LLMRecommender(Recommender):
         self.model = self.tokenizer = self.builder = self._trie = None
         self.last_generated_tokens = 0  # tokens of the titles returned by the last recommend(); the runner's tokens/s
         self.last_item_rankings: list[ItemRanked] | None = None  # items of the last recommend() (item protocol)
+        self.last_search_stats = None  # flrec.decoding.beam.SearchStats of the last decode_candidates()
         self.assistant: Recommender | None = None  # an ID model mixed into decoding (flr+sasrec)
         self.item_popularity: np.ndarray | None = None  # train count + 1 per item: shares a title among its items
         self._priors: dict[str, Any] = {}
@@ -256,12 +257,13 @@ class LLMRecommender(Recommender):
         """Beam-search candidates per row (before the prior correction) and, where the assistant is
         used, its item distribution per row. ``decoding``/``length_penalty`` default to the config's."""
         from flrec.data.prompts import collate_left_padded
-        from flrec.decoding.beam import constrained_beam_search
+        from flrec.decoding.beam import SearchStats, constrained_beam_search
 
         dec = decoding or self.config.decoding
         lp = self.config.length_penalty if length_penalty is None else length_penalty
         self._prepare()
         self.last_generated_tokens = 0
+        self.last_search_stats = SearchStats()  # sequential forwards per user etc. (counted, for benchmarks)
         # Decoding is driven by the recommender's own batch size: beam search memory grows with
         # users x beams, so an evaluation runner's large batch is split here.
         bs = min(batch_size or self.config.batch_size, self.config.batch_size)
@@ -286,7 +288,8 @@ class LLMRecommender(Recommender):
             ranked = constrained_beam_search(self.model.backbone, state, self._trie, beam_size=self.config.beam,
                                              length_penalty=lp, scoring=dec.scoring,
                                              edge_weight=self._edge_weights(dec),
-                                             jump_forward=self.config.jump_forward, **extra)
+                                             jump_forward=self.config.jump_forward,
+                                             stats=self.last_search_stats, **extra)
             for r, hyps in enumerate(ranked):
                 cands.append(hyps)
                 probs.append(None if q is None else q[r])
