@@ -294,8 +294,8 @@ def constrained_beam_search(
             stats.forwards += 1
             stats.token_slots += b * K * W
             stats.padded_slots += K * (b * W - int(width.sum()))
-        all_logits = out.logits.float()  # (b*K, W, V)
-        logits = all_logits[torch.arange(b * K, device=dev), beam_width - 1]
+        all_logits = out.logits  # (b*K, W, V), model dtype: positions go to float32 one at a time
+        logits = all_logits[torch.arange(b * K, device=dev), beam_width - 1].float()
         nodes = path[-1]
         pos = pos + beam_width
         perm = torch.arange(b * K, device=dev)
@@ -306,14 +306,13 @@ def constrained_beam_search(
         # the forced tokens (and forced EOS), scored at their positions and applied one step at a
         # time as the steps would: each candidate is a beam's only child, so at most K exist, all
         # in the top K: an EOS finishes its beam, the others keep running; then the stopping test
-        s, _ = score(torch.stack(path[:-1], 1).reshape(-1), all_logits[:, :-1].reshape(-1, V),
-                     rows.repeat_interleave(K * (W - 1)))
-        s = s[:, 0].view(b, K, W - 1)  # a forced node's only child sits in slot 0
+        beam_row = rows.repeat_interleave(K)
         eos_at = torch.where(finishing, chain + 1, W)  # (b, K) offset of each beam's forced EOS
         stop = torch.zeros(b, dtype=torch.bool, device=dev)
         for k in range(1, W):
             on = (k < width) & ~stop  # a stopped row's finished set is frozen
-            cand = running + s[:, :, k - 1]
+            # scored as the step would (a forced node's only child sits in slot 0)
+            cand = running + score(path[k - 1], all_logits[:, k - 1].float(), beam_row)[0][:, 0].view(b, K)
             ended = on[:, None] & (eos_at == k)
             leaf = trie.advance(path[k - 1], torch.full_like(path[k - 1], trie.eos_token_id)).view(b, K)
             new = torch.where(ended & (cand > NEG_INF), cand / _norm(t + k, length_penalty)[:, None], NEG_INF)
