@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from flrec.data.prompts import encode_target
-from flrec.decoding.beam import SearchStats, _jump_width, constrained_beam_search, prefill_plain
+from flrec.decoding.beam import (
+    SearchStats,
+    _jump_width,
+    _sliding_cache,
+    constrained_beam_search,
+    prefill_plain,
+)
 from flrec.decoding.scoring import DecodingConfig, edge_weights
 from flrec.decoding.trie import TitleTrie
 from flrec.models.backbone import add_thought_token
@@ -221,3 +227,21 @@ def test_qwen2_backbone_jump_equals_steps(tok, trie):
     prefill = lambda i, m: prefill_plain(qwen, i, m)  # noqa: E731
     _same(_search(qwen, prefill, trie, ids, mask, jump_min_fill=0.0),
           _search(qwen, prefill, trie, ids, mask, jump_forward=False))
+
+
+def test_sliding_window_backbone_jumps_without_padding(tok, trie):
+    """A sliding window counts cache slots, so masked padding would move it: such caches jump only
+    by counts every row shares, and still rank exactly as steps do."""
+    torch.manual_seed(3)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5, use_sliding_window=True,
+                      sliding_window=8, max_window_layers=0, pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id, bos_token_id=None)
+    assert _sliding_cache(DynamicCache(config=cfg))
+    qwen = Qwen2ForCausalLM(cfg).double().eval()
+    ids, mask = _prompts(4, len(tok), seed=11)
+    prefill = lambda i, m: prefill_plain(qwen, i, m)  # noqa: E731
+    st, old = SearchStats(), SearchStats()
+    got = _search(qwen, prefill, trie, ids, mask, st, jump_min_fill=0.0)
+    _same(got, _search(qwen, prefill, trie, ids, mask, old, jump_forward=False))
+    assert st.padded_slots == 0 and st.forwards < old.forwards
