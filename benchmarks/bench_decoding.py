@@ -1,11 +1,13 @@
-"""Trie-constrained beam search: flrec's batched search vs HF ``generate`` + prefix callback.
+"""Trie-constrained beam search: flrec's batched search vs HF ``generate`` + prefix callback, and
+jump-forward (forced trie chains in one forward, the default) vs the step-by-step search.
 
-Same model, same users, same beams; each batch is decoded by both (interleaved, so machine noise
-hits both alike). Prints speed and ranking agreement::
+Same model, same users, same beams; each batch is decoded by every search (interleaved, so machine
+noise hits all alike). Prints speed, ranking agreement and the sequential forwards per user
+(counted, so machine load cannot blur them)::
 
     python benchmarks/bench_decoding.py --json [--backbone embedded:smollm2-135m] [--users 16]
         [--beam 10] [--batch 8] [--data DIR] [--dtype float32|bfloat16] [--threads N]
-        [--device cpu|cuda] [--random-init]
+        [--device cpu|cuda] [--random-init] [--jump-min-fill F] [--jump-max-tokens N] [--no-hf]
 
 ``--random-init`` builds the backbone's architecture (config + tokenizer from a model folder) with
 random weights: for speed checks on machines the trained weights cannot reach, not for quality.
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 
 from flrec.data.prompts import PromptBuilder
-from flrec.decoding.beam import constrained_beam_search, hf_reference_search, prefill_plain
+from flrec.decoding.beam import SearchStats, constrained_beam_search, hf_reference_search, prefill_plain
 from flrec.decoding.trie import TitleTrie
 from flrec.models.state import PrefillState
 
@@ -74,12 +76,18 @@ def decode_users(
     batches: Sequence[Batch],
     trie: TitleTrie,
     beam: int = 10,
+    stats: SearchStats | None = None,
+    **search_kw,
 ) -> tuple[list[Ranking], float]:
-    """Rankings of every user (prefill via ``state_fn``, then the batched search) and total seconds."""
+    """Rankings of every user (prefill via ``state_fn``, then the batched search) and total seconds.
+
+    ``search_kw`` go to :func:`constrained_beam_search` (e.g. ``jump_forward=False``); ``stats``
+    collects its forward counts."""
     res: list[Ranking] = []
     t0 = time.perf_counter()
     for ids, mask in batches:
-        res += constrained_beam_search(model, state_fn(model, ids, mask), trie, beam_size=beam)
+        res += constrained_beam_search(model, state_fn(model, ids, mask), trie, beam_size=beam, stats=stats,
+                                       **search_kw)
     return res, time.perf_counter() - t0
 
 
@@ -155,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--random-init", action="store_true", help="random weights, backbone folder's config")
     ap.add_argument("--json", action="store_true", help="print one JSON object only")
     ap.add_argument("--no-flr", action="store_true", help="skip the FLR (K=4, N=2) vs no-thought latency part")
+    ap.add_argument("--no-hf", action="store_true", help="skip HF generate (slow) and the unshared-prefix run")
+    ap.add_argument("--jump-min-fill", type=float, default=0.75,
+                    help="jump-forward: least share of real (not padding) token slots in a forward")
+    ap.add_argument("--jump-max-tokens", type=int, default=16, help="jump-forward: most tokens per forward")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -170,19 +182,26 @@ def main(argv: Sequence[str] | None = None) -> dict:
         (i.to(args.device), m.to(args.device)) for i, m in make_batches(prompts, args.batch, tok.pad_token_id)
     ]
 
-    decode_users(model, prefill_plain, batches[:1], trie, args.beam)  # warm-up (allocator, kernels)
+    jump_kw = {"jump_min_fill": args.jump_min_fill, "jump_max_tokens": args.jump_max_tokens}
+    decode_users(model, prefill_plain, batches[:1], trie, args.beam, **jump_kw)  # warm-up (allocator, kernels)
+    decode_users(model, prefill_plain, batches[:1], trie, args.beam, jump_forward=False)
     unshared = partial(prefill_plain, share_prefix=False)
-    ours, hf, t_ours, t_hf, t_unshared, same_as_unshared = [], [], 0.0, 0.0, 0.0, True
-    for b in batches:  # interleaved so load changes on the machine hit both decoders alike
-        r, s = decode_users(model, prefill_plain, [b], trie, args.beam)
+    ours, hf, steps, t_ours, t_hf, t_unshared, t_steps, same_as_unshared = [], [], [], 0.0, 0.0, 0.0, 0.0, True
+    st_jump, st_step = SearchStats(), SearchStats()
+    for b in batches:  # interleaved so load changes on the machine hit every decoder alike
+        r, s = decode_users(model, prefill_plain, [b], trie, args.beam, st_jump, **jump_kw)
         ours, t_ours = ours + r, t_ours + s
-        r_u, s = decode_users(model, unshared, [b], trie, args.beam)
+        r_s, s = decode_users(model, prefill_plain, [b], trie, args.beam, st_step, jump_forward=False)
+        steps, t_steps = steps + r_s, t_steps + s
+        if args.no_hf:
+            continue
+        r_u, s = decode_users(model, unshared, [b], trie, args.beam, **jump_kw)
         t_unshared += s
         same_as_unshared &= [[t for t, _ in x] for x in r_u] == [[t for t, _ in x] for x in r]
         r, s = hf_users(model, tok, [b], trie, args.beam)
         hf, t_hf = hf + r, t_hf + s
-    agree, gap = agreement(ours, hf, 10)
     n = len(prompts)
+    jump_agree, jump_gap = agreement(ours, steps, 10)
     report = {
         "backbone": args.backbone + (" (random init)" if args.random_init else ""),
         "dtype": args.dtype,
@@ -196,17 +215,36 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "trie_depth": trie.depth,
         "trie_build_seconds": round(trie_s, 3),
         "mean_prompt_tokens": round(sum(map(len, prompts)) / n, 1),
-        "speedup_vs_hf_generate": round(t_hf / t_ours, 2),
-        "top10_agreement_vs_hf_generate": agree,  # top-min(10, beam)
-        "max_score_gap_agreeing_users": gap,
         "users_per_second": round(n / t_ours, 3),
         "seconds_per_user_flrec": round(t_ours / n, 3),
-        "seconds_per_user_hf": round(t_hf / n, 3),
-        # the same search with every prompt prefilled in full (no shared instruction prefix)
-        "users_per_second_unshared_prefix": round(n / t_unshared, 3),
-        "shared_prefix_speedup": round(t_unshared / t_ours, 3),
-        "shared_prefix_same_rankings": same_as_unshared,
+        # jump-forward (the default search) vs the step-by-step reference, same batches, interleaved
+        "users_per_second_jump_forward": round(n / t_ours, 3),
+        "users_per_second_step_by_step": round(n / t_steps, 3),
+        "jump_forward_speedup": round(t_steps / t_ours, 3),
+        "top10_agreement_jump_vs_step": jump_agree,  # same titles, same order (top-min(10, beam))
+        "max_score_diff_jump_vs_step": jump_gap,
+        "steps_per_user_jump_forward": round(st_jump.steps_per_user, 2),  # sequential forwards, counted
+        "steps_per_user_step_by_step": round(st_step.steps_per_user, 2),
+        "forwards_per_batch_jump_forward": round(st_jump.forwards / len(batches), 2),
+        "forwards_per_batch_step_by_step": round(st_step.forwards / len(batches), 2),
+        "token_slots_jump_forward": st_jump.token_slots,
+        "token_slots_step_by_step": st_step.token_slots,
+        "padded_slot_fraction_jump_forward": round(st_jump.padded_slots / max(1, st_jump.token_slots), 4),
+        "jump_min_fill": args.jump_min_fill,
+        "jump_max_tokens": args.jump_max_tokens,
     }
+    if not args.no_hf:
+        agree, gap = agreement(ours, hf, 10)
+        report.update({
+            "speedup_vs_hf_generate": round(t_hf / t_ours, 2),
+            "top10_agreement_vs_hf_generate": agree,  # top-min(10, beam)
+            "max_score_gap_agreeing_users": gap,
+            "seconds_per_user_hf": round(t_hf / n, 3),
+            # the same search with every prompt prefilled in full (no shared instruction prefix)
+            "users_per_second_unshared_prefix": round(n / t_unshared, 3),
+            "shared_prefix_speedup": round(t_unshared / t_ours, 3),
+            "shared_prefix_same_rankings": same_as_unshared,
+        })
     if not args.no_flr:
         report.update(flr_latency(model, tok, prompts, titles, args))
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))

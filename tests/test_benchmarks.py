@@ -74,6 +74,10 @@ def test_bench_decoding_runs_tiny(tmp_path, capsys):
     res = _script("bench_decoding").main(["--backbone", "tiny:llama", "--users", "2", "--beam", "2", "--batch", "2",
                                           "--data", str(tmp_path / "none"), "--device", "cpu", "--json"])
     assert res["users"] == 2 and res["shared_prefix_same_rankings"] and "latency_ratio_flr_vs_nothought" in res
+    # jump-forward vs step-by-step on the same batches: identical rankings, never more forwards per user
+    assert res["top10_agreement_jump_vs_step"] == 1.0 and res["max_score_diff_jump_vs_step"] < 1e-4
+    assert res["steps_per_user_jump_forward"] <= res["steps_per_user_step_by_step"]
+    assert res["users_per_second_jump_forward"] > 0 and res["users_per_second_step_by_step"] > 0
 
 
 def test_bench_grpo_step_runs_tiny(data_dir, capsys):

@@ -94,6 +94,26 @@ def test_default_decoding_is_todays(rec, ds):
             assert s <= by_title[t] + 1e-9
 
 
+@pytest.mark.parametrize("decoding", [{}, {"scoring": "trie_renorm", "exclude_seen": True}])
+def test_jump_forward_switch_keeps_the_rankings(rec, ds, decoding):
+    """``jump_forward: false`` is the step-by-step reference; on (the default) ranks identically."""
+    rows = ds["test"][:6]
+    _set(rec, **decoding)
+    on = rec.decode_candidates(rows)[0]
+    steps_on = rec.last_search_stats.steps_per_user
+    rec.config = rec.config.replace(jump_forward=False)
+    try:
+        off = rec.decode_candidates(rows)[0]
+    finally:
+        rec.config = rec.config.replace(jump_forward=True)
+    assert len(rec.last_search_stats.row_forwards) == len(rows)
+    assert steps_on < rec.last_search_stats.steps_per_user
+    assert [[t for t, _ in r] for r in on] == [[t for t, _ in r] for r in off]
+    for a, b in zip(on, off, strict=True):
+        assert [s for _, s in a] == pytest.approx([s for _, s in b], abs=1e-5)
+    assert "jump_forward" in rec.config.inert_keys()
+
+
 def test_exclude_seen_never_returns_a_history_item(rec, ds):
     rows = [r for r in ds["test"] if len(r.history) >= 3][:8]
     _set(rec)

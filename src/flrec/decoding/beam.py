@@ -16,6 +16,10 @@ mask with tensor ops instead of a Python callback per beam per step. Per step, a
    score — HF's ``early_stopping=False`` heuristic, reproduced as is (it is a heuristic: a running
    beam can still end better after one more token; HF accepts that and so do we, for agreement).
 
+Jump-forward (on by default, exact): where every live beam of a user has a forced continuation
+(the rest of a unique title), its tokens run as one multi-token forward and the steps are replayed
+on its logits, so a user waits for about one forward per branching point, not one per token.
+
 Differences from HF, all in degenerate cases only: HF seeds beams 2..K with log-prob -1e9 and
 keeps -1e9-penalised duplicates/finished beams running; here they are -inf ("dead"), so a row
 whose trie admits fewer than K titles returns fewer than K results instead of duplicates. Frozen
@@ -25,6 +29,8 @@ would return them); the default ``max_new_tokens`` = trie depth makes that impos
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,6 +43,7 @@ from flrec.models.sharing import hoist_shared_prefix
 from flrec.models.state import PrefillState
 
 NEG_INF = float("-inf")
+_NO_LIMIT = 1 << 40  # "no beam bounds this row's jump"
 
 
 @torch.inference_mode()
@@ -76,6 +83,48 @@ def prefill_plain(
     )
 
 
+@dataclass
+class SearchStats:
+    """What a search ran, counted not timed (benchmarks report steps per user, old vs jump-forward).
+
+    Pass one to :func:`constrained_beam_search` (it accumulates, so one object can span batches).
+    """
+
+    forwards: int = 0  # sequential decoder forwards after the prefill: the search's critical path
+    token_slots: int = 0  # beam x position slots fed to the model, padding included
+    padded_slots: int = 0  # of those, padding (rows that jumped fewer forced tokens than the widest)
+    stopped_in_jump: int = 0  # rows whose stopping test fired on a forced token inside a jump
+    row_forwards: list[int] = field(default_factory=list)  # per prompt row: the forwards it took part in
+
+    @property
+    def steps_per_user(self) -> float:
+        """Mean sequential forwards a user waited through (what jump-forward cuts)."""
+        return sum(self.row_forwards) / max(1, len(self.row_forwards))
+
+
+@dataclass
+class _Scorer:
+    """The per-token score of every beam's trie children under the decoding options (one call site
+    for the branching step and for the forced tokens of a jump, so both score alike)."""
+
+    trie: TitleTrie
+    scoring: str
+    edge_weight: torch.Tensor | None
+    node_allowed: torch.Tensor | None
+    node_mass: torch.Tensor | None
+    gamma: float
+
+    def __call__(self, nodes: torch.Tensor, logits: torch.Tensor, beam_row: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, F) scores of each node's children (-inf where none) and their tokens (ascending)."""
+        plain = self.scoring == "sum" and self.node_allowed is None and (self.node_mass is None or self.gamma >= 1.0)
+        if plain:
+            child_tok, real = self.trie.children(nodes)
+            return torch.log_softmax(logits, dim=-1).gather(1, child_tok).masked_fill(~real, NEG_INF), child_tok
+        return _scored_children(self.trie, nodes, logits, beam_row, self.scoring, self.edge_weight,
+                                self.node_allowed, self.node_mass, self.gamma)
+
+
 @torch.inference_mode()
 def constrained_beam_search(
     model: torch.nn.Module,
@@ -91,6 +140,10 @@ def constrained_beam_search(
     node_allowed: torch.Tensor | None = None,
     node_mass: torch.Tensor | None = None,
     gamma: float = 1.0,
+    jump_forward: bool = True,
+    jump_min_fill: float = 0.75,
+    jump_max_tokens: int = 16,
+    stats: SearchStats | None = None,
 ) -> list[list[tuple[int, float]]]:
     """Top distinct titles per prompt row: ``[(title index in trie.titles, score), ...]`` best first.
 
@@ -104,8 +157,21 @@ def constrained_beam_search(
       with at least one allowed title below them);
     * ``node_mass`` (B, N) float64 with ``gamma`` < 1 — the text-free assistant's per-row subtree
       masses (:meth:`TitleTrie.node_mass`); token score ``gamma * s + (1 - gamma) * log p_CF``.
+
+    **Jump-forward** (``jump_forward``, exact): when every live beam of a row sits on a forced
+    chain (:meth:`TitleTrie.forced_chains`: nodes with one child), the row's chosen token and the
+    following forced tokens go through the model as one multi-token forward (at most
+    ``jump_max_tokens``). The row jumps as far as its shortest chain, or, when every live beam can
+    only finish its title, until the last of them emits its EOS. Each forced step is then replayed
+    on the forward's logits exactly as a step would run it: every candidate is a beam's only child,
+    so at most K exist and all rank in the top K; a forced EOS finishes its beam into the finished
+    set, the others keep running, and HF's stopping test follows (a row that stops mid-jump keeps
+    the finished set of that step). Titles, order and scores are those of the step-by-step search
+    (``jump_forward=False``). Rows jump by different counts in one forward, padded with masked
+    slots; the width is the largest keeping at least ``jump_min_fill`` of the slots real (1.0: no
+    padding; always so under sliding-window attention, whose window counts cache slots).
+    ``stats`` (:class:`SearchStats`) counts the forwards.
     """
-    plain = scoring == "sum" and node_allowed is None and (node_mass is None or gamma >= 1.0)
     if scoring == "info_gain" and edge_weight is None:
         raise FlrecError("scoring='info_gain' needs edge_weight; pass flrec.decoding.scoring.edge_weights(trie, cfg)")
     K = beam_size
@@ -117,6 +183,7 @@ def constrained_beam_search(
     dev = logits.device
     trie = trie if trie.child_ptr.device == dev else trie.to(dev)
     edge_weight, node_allowed, node_mass = (None if x is None else x.to(dev) for x in (edge_weight, node_allowed, node_mass))
+    score = _Scorer(trie, scoring, edge_weight, node_allowed, node_mass, gamma)
     B, V = logits.shape
     if V < trie.vocab_size:
         raise FlrecError(
@@ -126,7 +193,7 @@ def constrained_beam_search(
 
     cache = state.cache
     cache.batch_repeat_interleave(K)  # one copy of the prompt cache per beam
-    attn = state.attention_mask.repeat_interleave(K, 0)
+    attn = state.attention_mask.repeat_interleave(K, 0)  # rows of one user stay identical
     pos = state.next_position.to(dev).repeat_interleave(K)
     logits = logits.repeat_interleave(K, 0)
     nodes = torch.zeros(B * K, dtype=torch.long, device=dev)
@@ -135,19 +202,20 @@ def constrained_beam_search(
     fin_score = torch.full((B, K), NEG_INF, device=dev)
     fin_title = torch.full((B, K), -1, dtype=torch.long, device=dev)
     rows = torch.arange(B, device=dev)  # original row of each row still searching
+    t = torch.ones(B, dtype=torch.long, device=dev)  # per row: the step whose token is chosen next
+    perm = torch.arange(B * K, device=dev)  # cache row of each beam (a jump re-sorts beams lazily)
+    row_forwards = torch.zeros(B, dtype=torch.long, device=dev)
     out_score, out_title = fin_score.clone(), fin_title.clone()
     top_k_mask = torch.arange(2 * K, device=dev) < K
+    jump = jump_forward and jump_max_tokens > 1 and T > 1
+    min_fill = 1.0 if _sliding_cache(cache) else jump_min_fill
+    only_tok, only_child, forced_len, ends = trie.forced_chains() if jump else (None,) * 4
 
-    for t in range(1, T + 1):
+    while True:
         b = rows.numel()
         # Only trie children can score above -inf, so rank those (b, K*F) instead of all (b, K*V)
         # tokens; children are in ascending token order, so ties break as in HF's dense top-k.
-        if plain:
-            child_tok, real = trie.children(nodes)  # (b*K, F)
-            logp = torch.log_softmax(logits, dim=-1).gather(1, child_tok).masked_fill(~real, NEG_INF)
-        else:
-            logp, child_tok = _scored_children(trie, nodes, logits, rows.repeat_interleave(K), scoring,
-                                               edge_weight, node_allowed, node_mass, gamma)
+        logp, child_tok = score(nodes, logits, rows.repeat_interleave(K))
         F = child_tok.shape[1]
         acc = (logp.view(b, K, F) + running[:, :, None]).view(b, K * F)
         cand, idx = torch.topk(acc, 2 * K)  # (b, 2K), sorted
@@ -157,7 +225,7 @@ def constrained_beam_search(
         ended = tok == trie.eos_token_id
 
         # finished: top-K candidates that emit EOS compete with the row's finished slots
-        new = torch.where(ended & top_k_mask & (cand > NEG_INF), cand / (t**length_penalty), NEG_INF)
+        new = torch.where(ended & top_k_mask & (cand > NEG_INF), cand / _norm(t, length_penalty)[:, None], NEG_INF)
         merged = torch.cat([fin_score, new], 1)
         merged_title = torch.cat([fin_title, trie.title_of(child)], 1)
         fin_score, keep = torch.topk(merged, K)
@@ -165,44 +233,145 @@ def constrained_beam_search(
 
         # running: the best K candidates that did not end
         running, sel = torch.topk(cand.masked_fill(ended, NEG_INF), K)
-        beam_src = (src.gather(1, sel) + torch.arange(b, device=dev)[:, None] * K).view(-1)
+        beam_src = src.gather(1, sel) + torch.arange(b, device=dev)[:, None] * K
         nodes = child.gather(1, sel).view(-1)
-        next_tok = tok.gather(1, sel).view(-1, 1)
+        next_tok = tok.gather(1, sel).view(-1)
 
         # HF's early-stopping heuristic (early_stopping=False): is improvement still possible?
-        full = (fin_score > NEG_INF).all(1)
-        worst = torch.where(full, fin_score.min(1).values, torch.full_like(fin_score[:, 0], NEG_INF))
-        go_on = running[:, 0] / (t**length_penalty) > worst
-        n_go = int(go_on.sum())  # the one host sync per step
-        if t == T or n_go == 0:
-            out_score[rows], out_title[rows] = fin_score, fin_title
-            break
-        if n_go < b:  # freeze finished rows and drop them from the batch
+        worst = _worst(fin_score)
+        go_on = (running[:, 0] / _norm(t, length_penalty) > worst) & (t < T)
+        if not bool(go_on.all()):  # the one host sync per step: freeze finished rows, drop them
             done = ~go_on
             out_score[rows[done]], out_title[rows[done]] = fin_score[done], fin_title[done]
-            keep_rows = go_on.nonzero().squeeze(1)
-            keep_beams = (keep_rows[:, None] * K + torch.arange(K, device=dev)).view(-1)
-            beam_src = beam_src.view(b, K)[keep_rows].view(-1)
-            nodes, next_tok = nodes.view(b, K)[keep_rows].view(-1), next_tok.view(b, K)[keep_rows].view(-1, 1)
-            attn, pos = attn[keep_beams], pos[keep_beams]
-            running, fin_score, fin_title = running[keep_rows], fin_score[keep_rows], fin_title[keep_rows]
-            rows = rows[keep_rows]
-        cache.reorder_cache(beam_src)  # also drops the beams of frozen rows
-        attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], 1)
+            kept = go_on.nonzero().squeeze(1)
+            if kept.numel() == 0:
+                break
+            beams = _beams_of(kept, K)
+            beam_src, nodes, next_tok = beam_src[kept], nodes[beams], next_tok[beams]
+            attn, pos = attn[beams], pos[beams]
+            running, fin_score, fin_title, rows, t, worst = (
+                x[kept] for x in (running, fin_score, fin_title, rows, t, worst))
+            b = kept.numel()
+
+        # tokens to feed: the chosen one, then (jump-forward) the row's forced chain
+        width = torch.ones(b, dtype=torch.long, device=dev)
+        W = 1
+        if jump:
+            live = running > NEG_INF
+            n = nodes.clamp(min=0)
+            chain, finishing = forced_len[n].view(b, K), live & ends[n].view(b, K)
+            # a beam that can only finish its title bounds the jump by its EOS step only if every
+            # other live beam can, too; otherwise by the shortest chain of those that cannot
+            span = torch.where(live & ~finishing, chain, _NO_LIMIT).min(1).values
+            span = torch.where(span < _NO_LIMIT, span, torch.where(finishing, chain + 1, 0).max(1).values)
+            width = 1 + torch.minimum(span, T - t - 1).clamp(min=0, max=jump_max_tokens - 1)
+            W = _jump_width(width, min_fill)
+            width = width.clamp(max=W)
+        beam_width = width.repeat_interleave(K)
+        ids, path = [next_tok], [nodes]
+        for k in range(1, W):  # walk each beam's chain; beams of rows that jump less get padding
+            n = path[-1]
+            nxt = only_tok[n.clamp(min=0)]
+            on = (k < beam_width) & (n >= 0) & (nxt >= 0)  # dead beams may sit anywhere: pad them
+            ids.append(torch.where(on, nxt, 0))
+            path.append(torch.where(on, only_child[n.clamp(min=0)], n))
+        slots = (torch.arange(W, device=dev) < beam_width[:, None]).to(attn.dtype)
+
+        cache.reorder_cache(perm[beam_src.view(-1)])  # also drops the beams of frozen rows
+        attn = torch.cat([attn, slots], 1)
         out = lm_forward(
             model,
             cache=cache,
-            input_ids=next_tok,
+            input_ids=torch.stack(ids, 1),
             attention_mask=attn,
-            position_ids=pos[:, None],
+            position_ids=pos[:, None] + torch.arange(W, device=dev),
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=W,
         )
         cache = out_cache(out)
-        logits = out.logits[:, -1].float()
-        pos = pos + 1
+        row_forwards[rows] += 1
+        if stats is not None:
+            stats.forwards += 1
+            stats.token_slots += b * K * W
+            stats.padded_slots += K * (b * W - int(width.sum()))
+        all_logits = out.logits  # (b*K, W, V), model dtype: positions go to float32 one at a time
+        logits = all_logits[torch.arange(b * K, device=dev), beam_width - 1].float()
+        nodes = path[-1]
+        pos = pos + beam_width
+        perm = torch.arange(b * K, device=dev)
+        if W == 1:
+            t = t + 1
+            continue
 
+        # the forced tokens (and forced EOS), scored at their positions and applied one step at a
+        # time as the steps would: each candidate is a beam's only child, so at most K exist, all
+        # in the top K: an EOS finishes its beam, the others keep running; then the stopping test
+        beam_row = rows.repeat_interleave(K)
+        eos_at = torch.where(finishing, chain + 1, W)  # (b, K) offset of each beam's forced EOS
+        stop = torch.zeros(b, dtype=torch.bool, device=dev)
+        for k in range(1, W):
+            on = (k < width) & ~stop  # a stopped row's finished set is frozen
+            # scored as the step would (a forced node's only child sits in slot 0)
+            cand = running + score(path[k - 1], all_logits[:, k - 1].float(), beam_row)[0][:, 0].view(b, K)
+            ended = on[:, None] & (eos_at == k)
+            leaf = trie.advance(path[k - 1], torch.full_like(path[k - 1], trie.eos_token_id)).view(b, K)
+            new = torch.where(ended & (cand > NEG_INF), cand / _norm(t + k, length_penalty)[:, None], NEG_INF)
+            fin_score, keep = torch.topk(torch.cat([fin_score, new], 1), K)  # no host sync per token
+            fin_title = torch.cat([fin_title, trie.title_of(leaf)], 1).gather(1, keep)
+            worst = _worst(fin_score)
+            running = torch.where(ended, NEG_INF, torch.where(on[:, None], cand, running))
+            stop |= on & ~(running.max(1).values / _norm(t + k, length_penalty) > worst)
+        t = t + width
+        running, order = running.sort(dim=1, descending=True, stable=True)  # what each step's top-k did
+        perm = (order + torch.arange(b, device=dev)[:, None] * K).view(-1)
+        nodes, logits = nodes[perm], logits[perm]
+        if bool(stop.any()):  # the finished set is that of the step where the row stopped
+            if stats is not None:
+                stats.stopped_in_jump += int(stop.sum())
+            out_score[rows[stop]], out_title[rows[stop]] = fin_score[stop], fin_title[stop]
+            kept = (~stop).nonzero().squeeze(1)
+            if kept.numel() == 0:
+                break
+            beams = _beams_of(kept, K)
+            nodes, logits, attn, pos, perm = nodes[beams], logits[beams], attn[beams], pos[beams], perm[beams]
+            running, fin_score, fin_title, rows, t = (x[kept] for x in (running, fin_score, fin_title, rows, t))
+
+    if stats is not None:
+        stats.row_forwards.extend(row_forwards.tolist())
     return _to_lists(out_score[:, :num_return], out_title[:, :num_return])
+
+
+def _norm(t: torch.Tensor, length_penalty: float) -> torch.Tensor:
+    """HF's length normaliser ``t ** length_penalty`` per row (float64 power, as Python's, then float32)."""
+    return (t.double() ** length_penalty).float()
+
+
+def _worst(fin_score: torch.Tensor) -> torch.Tensor:
+    """Per row: the worst finished score once all K slots are full, else -inf (anything improves)."""
+    full = (fin_score > NEG_INF).all(1)
+    return torch.where(full, fin_score.min(1).values, torch.full_like(fin_score[:, 0], NEG_INF))
+
+
+def _beams_of(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """Flat beam indices of ``rows`` in a users × ``k`` layout."""
+    return (rows[:, None] * k + torch.arange(k, device=rows.device)).view(-1)
+
+
+def _jump_width(width: torch.Tensor, min_fill: float) -> int:
+    """Widest forward (<= the widest row) whose slots are at least ``min_fill`` real tokens; a row
+    wanting fewer tokens is padded. The narrowest row's width always qualifies (no padding)."""
+    w = width.tolist()
+    best = min(w)
+    for c in sorted(set(w)):
+        if sum(min(x, c) for x in w) >= min_fill * c * len(w):
+            best = c
+    return best
+
+
+def _sliding_cache(cache) -> bool:
+    """Whether some layer keeps a sliding window (masked padding slots would shift it): no padding then."""
+    layers = getattr(cache, "layers", None)
+    return layers is None or any(getattr(layer, "is_sliding", False) for layer in layers)
 
 
 def _scored_children(trie: TitleTrie, nodes: torch.Tensor, logits: torch.Tensor, beam_row: torch.Tensor,

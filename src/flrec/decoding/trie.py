@@ -224,6 +224,32 @@ class TitleTrie:
         )
         return n[edge_parent].log() - n[self.child_node].log()
 
+    def forced_chains(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Where a beam's next tokens are forced, so a search can feed them in one forward.
+
+        Returns (N,) ``only_tok``/``only_child`` (the single non-EOS child of a node with exactly one
+        child, else -1), ``forced_len``: how many such forced tokens follow each node in a row, and
+        ``ends``: whether the chain then meets a node whose only child is EOS (the title is unique
+        from here, so the beam can only finish it). EOS is never a chain token. Cached per trie.
+        """
+        cached = getattr(self, "_forced", None)
+        if cached is not None:
+            return cached
+        first = self.child_ptr[:-1].clamp(max=self.child_tok.numel() - 1)
+        tok = self.child_tok[first]
+        one = self.child_ptr.diff() == 1
+        single = one & (tok != self.eos_token_id)
+        only_tok = torch.where(single, tok, -1)
+        only_child = torch.where(single, self.child_node[first], -1)
+        length = torch.zeros_like(only_tok)
+        last = torch.arange(self.num_nodes, device=tok.device)  # the node where each chain stops
+        for _ in range(self.depth):  # chains are shorter than the depth: this reaches the fixed point
+            length = torch.where(single, 1 + length[only_child.clamp(min=0)], 0)
+            last = torch.where(single[last], only_child[last], last)
+        ends = one[last] & (tok[last] == self.eos_token_id)
+        self._forced = (only_tok, only_child, length, ends)
+        return self._forced
+
     def title_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, depth) target ids of every title (EOS included; -1 after the end) and (T,) lengths,
         read back from the trie (edge ``e`` leads to node ``e + 1``: nodes are numbered after the root).

@@ -64,6 +64,9 @@ class LLMRecConfig(ConfigBase):
     beam: int = option(10, help="beam width of constrained decoding = number of ranked titles (>= the largest K)")
     length_penalty: float = option(1.0, help="HF-style length normalisation of finished beams (1.0 = HF default)")
     batch_size: int = option(8, help="users decoded together (results do not depend on it)")
+    jump_forward: bool = option(
+        True, help="beam search feeds forced trie chains (the rest of a unique title) in one multi-token forward "
+        "instead of a step per token; exact: same titles, order and scores (false = the step-by-step reference)")
     inference_dtype: Literal["float32", "bfloat16", "auto"] = option(
         "float32", help="weights dtype for ranking; bfloat16 is ~2x faster on CPUs with native bf16 and much slower "
         "(emulated) on CPUs without; auto = bfloat16 where native (a bf16 GPU, or a CPU with AVX512-BF16/AMX), "
@@ -88,8 +91,9 @@ class LLMRecConfig(ConfigBase):
 
     def inert_keys(self) -> tuple[str, ...]:
         """Keys that cannot change what ``fit`` yields here (a comparison cell's fingerprint leaves them
-        out): ``use_tuned_decoding`` unless a trained model is loaded (``llm_dir``)."""
-        return ("use_tuned_decoding",) if self.llm_dir is None else ()
+        out): ``use_tuned_decoding`` unless a trained model is loaded (``llm_dir``), and ``jump_forward``
+        (how the search runs, not what it returns)."""
+        return ("use_tuned_decoding", "jump_forward") if self.llm_dir is None else ("jump_forward",)
 
     def input_dirs(self) -> dict[str, str]:
         """Folders whose contents (not only whose names) decide what ``fit`` yields: ``{key: path}``
@@ -120,6 +124,7 @@ class LLMRecommender(Recommender):
         self.model = self.tokenizer = self.builder = self._trie = None
         self.last_generated_tokens = 0  # tokens of the titles returned by the last recommend(); the runner's tokens/s
         self.last_item_rankings: list[ItemRanked] | None = None  # items of the last recommend() (item protocol)
+        self.last_search_stats = None  # flrec.decoding.beam.SearchStats of the last decode_candidates()
         self.assistant: Recommender | None = None  # an ID model mixed into decoding (flr+sasrec)
         self.item_popularity: np.ndarray | None = None  # train count + 1 per item: shares a title among its items
         self._priors: dict[str, Any] = {}
@@ -252,12 +257,13 @@ class LLMRecommender(Recommender):
         """Beam-search candidates per row (before the prior correction) and, where the assistant is
         used, its item distribution per row. ``decoding``/``length_penalty`` default to the config's."""
         from flrec.data.prompts import collate_left_padded
-        from flrec.decoding.beam import constrained_beam_search
+        from flrec.decoding.beam import SearchStats, constrained_beam_search
 
         dec = decoding or self.config.decoding
         lp = self.config.length_penalty if length_penalty is None else length_penalty
         self._prepare()
         self.last_generated_tokens = 0
+        self.last_search_stats = SearchStats()  # sequential forwards per user etc. (counted, for benchmarks)
         # Decoding is driven by the recommender's own batch size: beam search memory grows with
         # users x beams, so an evaluation runner's large batch is split here.
         bs = min(batch_size or self.config.batch_size, self.config.batch_size)
@@ -281,7 +287,9 @@ class LLMRecommender(Recommender):
             state = self._prefill(batch)
             ranked = constrained_beam_search(self.model.backbone, state, self._trie, beam_size=self.config.beam,
                                              length_penalty=lp, scoring=dec.scoring,
-                                             edge_weight=self._edge_weights(dec), **extra)
+                                             edge_weight=self._edge_weights(dec),
+                                             jump_forward=self.config.jump_forward,
+                                             stats=self.last_search_stats, **extra)
             for r, hyps in enumerate(ranked):
                 cands.append(hyps)
                 probs.append(None if q is None else q[r])
