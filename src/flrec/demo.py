@@ -37,8 +37,9 @@ def results_table(rows: dict[str, dict]) -> str:
 
 
 def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows: int | None = None,
-             config: str | Path | None = None) -> dict:
-    """Run the main job on the embedded defaults; returns ``{method: summary}``."""
+             config: str | Path | None = None, probe_rows: int | None = None) -> dict:
+    """Run the main job on the embedded defaults; returns ``{method: summary}``. ``probe_rows``: test rows
+    of the factor diagnostics and thought interventions (default: the larger of ``eval_rows`` and 192)."""
     from flrec.analysis.factors import factor_diagnostics, format_report
     from flrec.data.load import load_dataset
     from flrec.data.prompts import PromptBuilder
@@ -105,7 +106,7 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows:
     # Check the mechanism, not just the metric: does the thought differ across users, are the
     # factors used, do they look at the history items that predict the target?
     # And intervene on what the LM receives: does giving each user another user's thought cost anything?
-    probe_rows = max(eval_rows, DEMO_PROBE_ROWS)
+    probe_rows = max(eval_rows, DEMO_PROBE_ROWS) if probe_rows is None else probe_rows
     factors = factor_diagnostics(res["model_dir"], ds, split="test", limit=probe_rows)
     atomic_write_json(out / "factors.json", factors)
     print(format_report(factors))
