@@ -14,9 +14,9 @@ from flrec.errors import FlrecError
 REPO = Path(__file__).resolve().parents[2]
 METRICS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10")
 DEMO_EVAL_ROWS = 64  # test rows ranked by default: with set-up the demo stays under 15 minutes on 2 cores
-# test rows of the factor diagnostics and thought interventions (teacher-forced: much cheaper than ranking);
-# enough for a paired test of whether the LM uses the user's thought.
-DEMO_PROBE_ROWS = 192
+# test rows of the factor diagnostics and thought interventions (two prompt passes per row: ~1.5 min for 64
+# rows on 2 cores); `flrec analyze factors --limit 192` gives the paired test more power.
+DEMO_PROBE_ROWS = 64
 
 
 def _banner(text: str) -> None:
