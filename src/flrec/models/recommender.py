@@ -365,22 +365,29 @@ class FLRRecommender(nn.Module):
             # Keys/values cover the prompt *including* the thought, so step n+1 sees a changed state.
             h = torch.cat([h_prefix, h_t], dim=1)
             emb = None if emb_prefix is None else torch.cat([emb_prefix, e[:, None].to(emb_prefix.dtype)], dim=1)
-            out = self._reason(h, prompt_mask, prompt_items, emb)
+            out, aux = self._reason_step(h, prompt_mask, prompt_items, emb, detach_aux, h_prefix.dtype)
             steps.append(out)
-            if detach_aux:
-                aux = self._reason(h.detach(), prompt_mask, prompt_items, None if emb is None else emb.detach())
-                aux_steps.append(aux)
-            else:
-                aux_steps.append(out)
-            e = self._write_thought(out.z).to(h_prefix.dtype)
-            out.thought = e
-            if detach_aux:
-                aux_steps[-1].thought = self._write_thought(aux_steps[-1].z)
+            aux_steps.append(aux)
+            e = out.thought
         return e, cache, steps, aux_steps
 
     @property
     def _values_from_embeddings(self) -> bool:
         return getattr(self.reasoner, "values", "hidden") == "embeddings"
+
+    def _reason_step(self, h, mask, items, emb, detach_aux: bool, dtype: torch.dtype) -> tuple[ReasonerOutput, ReasonerOutput]:
+        """One refinement step's reasoner outputs ``(out, aux)``, each with the thought it writes set.
+
+        ``aux`` is what the regularisers read: ``out`` itself, or with ``detach_aux`` a second pass over
+        detached states (its own written thought, so cross-row terms still reach the write path).
+        ``dtype``: that of the embeddings the thought is fed back with."""
+        out = self._reason(h, mask, items, emb)
+        out.thought = self._write_thought(out.z).to(dtype)
+        if not detach_aux:
+            return out, out
+        aux = self._reason(h.detach(), mask, items, None if emb is None else emb.detach())
+        aux.thought = self._write_thought(aux.z)
+        return out, aux
 
     def _reason(self, hidden, mask, items, embeds=None) -> ReasonerOutput:
         """One reasoner call; ``embeds`` (the positions' input embeddings) only for values=embeddings."""
@@ -480,17 +487,10 @@ class FLRRecommender(nn.Module):
             embeds = torch.cat([base[:, :-1], e[:, None]], dim=1)
             h = self._run(embeds, prompt_mask, positions[:, :p])
             emb = embeds if self._values_from_embeddings else None
-            out = self._reason(h, prompt_mask, prompt_items, emb)
+            out, aux = self._reason_step(h, prompt_mask, prompt_items, emb, detach_aux, base.dtype)
             steps.append(out)
-            if detach_aux:
-                aux_steps.append(self._reason(h.detach(), prompt_mask, prompt_items,
-                                              None if emb is None else emb.detach()))
-            else:
-                aux_steps.append(out)
-            e = self._write_thought(out.z).to(base.dtype)
-            out.thought = e
-            if detach_aux:
-                aux_steps[-1].thought = self._write_thought(aux_steps[-1].z)
+            aux_steps.append(aux)
+            e = out.thought
         embeds = torch.cat([base[:, :-1], e[:, None], self._embed(target_ids)], dim=1)
         hidden = self._run(embeds, mask, positions)
         self._attach_target(aux_steps, hidden[:, p:], target_mask)
