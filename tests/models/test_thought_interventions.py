@@ -184,6 +184,13 @@ def test_history_dropout_hides_the_history_from_the_answer_only_in_training():
         return model.train(train)(**b)["rec_loss"].detach()
 
     torch.testing.assert_close(loss(batch, True), loss(other, True))  # the answer cannot see the history
+    # Nor the tokens after it (commas, the fixed tail): under causal attention they have read it.
+    tail = {k: v.clone() for k, v in batch.items()}
+    tail_other = {k: v.clone() for k, v in other.items()}
+    for b in (tail, tail_other):
+        b["prompt_items"][:, -3:-1] = -1  # the last history tokens become a tail shared by both batches
+        b["prompt_ids"][:, -3:-1] = batch["prompt_ids"][:, -3:-1]
+    torch.testing.assert_close(loss(tail, True), loss(tail_other, True))
     assert not torch.allclose(loss(batch, False), loss(other, False))  # at inference it does
     with pytest.raises(Exception, match="history_dropout"):
         make_model(reasoner="none", history_dropout=0.5)

@@ -124,8 +124,9 @@ class FLRConfig(ConfigBase):
         "(initialised to the identity), so the thought is written in the space the LM reads its inputs in")
     history_dropout: float = option(
         0.0, "training only: the probability that a row's scored pass (the answer) cannot attend to the history "
-        "titles, so the thought is the only route from the history to the answer and the LM must learn to read it "
-        "(the refinement steps still read everything; inference sees the whole prompt). 0 = off (the paper)")
+        "(its titles, and the commas and tail after them, which have read the titles), so the thought is the only "
+        "route from the history to the answer and the LM must learn to read it (the refinement steps still read "
+        "everything; inference sees the whole prompt). 0 = off (the paper)")
     thought_key: bool = option(False, "the thought's own state is a key/value (true: the paper); false leaves it "
                                "out, which with query=thought removes a free sink (its query matches its own key)")
     target_nce_temperature: float = option(0.1, "target_nce regulariser: temperature of its in-batch InfoNCE")
@@ -418,14 +419,18 @@ class FLRRecommender(nn.Module):
         return self._loss(pred, target_ids, target_mask, steps, aux_steps)
 
     def _history_dropout(self, mask: torch.Tensor, prompt_items: torch.Tensor | None) -> torch.Tensor:
-        """The attention mask of the scored pass, with the history titles hidden from a random
-        ``flr.history_dropout`` share of the rows (training only).
+        """The attention mask of the scored pass, with everything that has read the history hidden from
+        a random ``flr.history_dropout`` share of the rows (training only).
 
         Why: the LM reads the whole history in its prompt, so a thought that repeats it is redundant
         and the LM learns to ignore it (issue #24: swapping users' thoughts changed nothing). For a
         dropped row the thought is the only route from the history to the answer (the refinement
         steps still read everything), so the reasoner must write, and the LM must learn to read, the
         user into it. Inference always sees the whole prompt.
+        Hidden: every prompt column from the row's first history token up to (not including) the
+        thought, i.e. the titles *and* the commas and fixed tail after them, whose states have read the
+        titles under causal attention (hiding the titles alone leaves the history readable there).
+        Only the instruction head before the history stays visible; it is the same for every user.
         """
         rate = self.config.history_dropout
         if not rate or not self.training:
@@ -433,8 +438,11 @@ class FLRRecommender(nn.Module):
         if prompt_items is None:
             raise FlrecError("flr.history_dropout needs 'prompt_items' (the history-item index of each prompt token)")
         drop = torch.rand(mask.shape[0], device=mask.device) < rate
-        hide = torch.zeros_like(mask, dtype=torch.bool)
-        hide[:, : prompt_items.shape[1]] = (prompt_items >= 0) & drop[:, None]
+        p = prompt_items.shape[1]
+        has = prompt_items >= 0
+        first = torch.where(has.any(1), has.int().argmax(1), p)  # rows with no history hide nothing
+        col = torch.arange(mask.shape[1], device=mask.device)
+        hide = (col[None] >= first[:, None]) & (col[None] < p - 1) & drop[:, None]
         return mask.masked_fill(hide, 0)
 
     def _attach_target(self, aux_steps: list[ReasonerOutput], target_hidden: torch.Tensor,
