@@ -26,9 +26,11 @@ def test_derangement_has_no_fixed_point():
 def test_constant_thought_gives_exactly_zero_deltas():
     model = make_model(reasoner="softprompt")
     batches = [make_batch(seed=1), make_batch(lengths=(5, 8), target_lengths=(4, 2), seed=2)]
-    rep = thought_interventions(model, batches)
+    rep = thought_interventions(model, batches, hidden_history=True)
     assert rep["rows"] == 5
     assert rep["thought_swap_delta"] == 0.0  # exactly: the same embedding through the same code path
+    assert rep["thought_hidden_swap_delta"] == 0.0
+    assert rep["thought_hidden_own_loss"] != rep["thought_own_loss"]  # the answer saw less
     assert rep["thought_const_delta"] == pytest.approx(0.0, abs=1e-8)  # the mean of equal rows rounds
     assert rep["thought_user_share"] == pytest.approx(0.0, abs=1e-12)
     assert rep["thought_cross_row_cosine"] == pytest.approx(1.0)
@@ -52,8 +54,10 @@ def test_thought_only_model_gives_large_swap_delta():
         return 50.0 * emb[first]
 
     model._write_thought = own_target_thought
-    rep = thought_interventions(model, [batch])
+    rep = thought_interventions(model, [batch], hidden_history=True)
     assert rep["thought_swap_delta"] > 1.0
+    assert rep["thought_hidden_swap_delta"] > 1.0
+    assert "thought_hidden_swap_delta" not in thought_interventions(model, [batch])
     assert rep["thought_const_delta"] > 0.1
     assert rep["thought_user_share"] > 0.5
 

@@ -300,14 +300,15 @@ def trace_split(model_dir: str | Path, dataset, split: str = "test", limit: int 
 def intervention_report(model, builder, rows, catalogue, batch_size: int = 16, seed: int = 0,
                         trace: FactorTrace | None = None) -> dict:
     """:func:`flrec.models.health.thought_interventions` on ``rows`` (teacher-forced, the rows' targets);
-    a ``trace`` of the same rows supplies their own thoughts (no second refinement pass)."""
+    a ``trace`` of the same rows supplies their own thoughts (no second refinement pass). Includes the
+    swap with the history hidden from the answer (``thought_hidden_*``)."""
     from flrec.data.prompts import collate_left_padded
 
     ex = builder.encode_rows(rows, catalogue)
     pad = builder.tokenizer.pad_token_id
     batches = [collate_left_padded(ex[i : i + batch_size], pad) for i in range(0, len(ex), batch_size)]
     own = (trace.thought, trace.z) if trace is not None and trace.thought is not None else None
-    return thought_interventions(model, batches, seed=seed, own=own)
+    return thought_interventions(model, batches, seed=seed, own=own, hidden_history=True)
 
 
 def factor_diagnostics(model_dir: str | Path, dataset, split: str = "test", limit: int | None = 200,

@@ -122,7 +122,7 @@ INTERVENTIONS = ("swap", "const", "init")
 
 @torch.no_grad()
 def thought_interventions(model, batches: Sequence[dict], seed: int = 0,
-                          own: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+                          own: tuple[torch.Tensor, torch.Tensor] | None = None, hidden_history: bool = False) -> dict:
     """Run :mod:`this module's <flrec.models.health>` interventions on collated ``batches``.
 
     ``model`` is an :class:`~flrec.models.recommender.FLRRecommender` with a thought; each batch has
@@ -131,6 +131,10 @@ def thought_interventions(model, batches: Sequence[dict], seed: int = 0,
     thought that does not vary gives a swap delta of exactly 0. ``own`` = (thoughts (R, D), z (R, D)) of
     the same rows, already computed by the caller, skips the first refinement pass. Returns a
     JSON-ready dict; the model is left in the mode it was in.
+    ``hidden_history`` adds ``thought_hidden_own_loss`` and ``thought_hidden_swap_delta`` (+ se, p): the
+    same swap with the history hidden from the answer, so the thought is its only route to the user.
+    It tells a reasoner or LM that cannot carry the user (≈ 0 here too) from an LM that can but prefers
+    to read the history itself (> 0 here, ≈ 0 with the whole prompt).
     """
     was_training = model.training
     model.eval()
@@ -153,7 +157,8 @@ def thought_interventions(model, batches: Sequence[dict], seed: int = 0,
                     "init": model.thought_init.detach().float()[None].expand(n, -1)}
         if perm is not None:
             variants["swap"] = e_all[perm]
-        losses: dict[str, list[torch.Tensor]] = {k: [] for k in variants}
+        hidden = ("own", "swap") if hidden_history and perm is not None else ()
+        losses: dict[str, list[torch.Tensor]] = {k: [] for k in [*variants, *(f"hidden_{v}" for v in hidden)]}
         start = 0
         for b in batches:
             rows = b["prompt_ids"].shape[0]
@@ -163,6 +168,10 @@ def thought_interventions(model, batches: Sequence[dict], seed: int = 0,
                 loss, _ = model.row_losses(**{k: b.get(k) for k in keys}, thought=e[start : start + rows],
                                            prefix=prompt)
                 losses[name].append(loss.double())
+            for name in hidden:
+                loss, _ = model.row_losses(**{k: b.get(k) for k in keys}, thought=variants[name][start : start + rows],
+                                           prefix=prompt, hide_history=True)
+                losses[f"hidden_{name}"].append(loss.double())
             start += rows
     finally:
         model.train(was_training)
@@ -179,6 +188,10 @@ def thought_interventions(model, batches: Sequence[dict], seed: int = 0,
         s = paired_summary(loss[name] - loss["own"])
         out.update({f"thought_{name}_delta": s["mean"], f"thought_{name}_delta_se": s["se"],
                     f"thought_{name}_delta_p": s["p"]})
+    if hidden:
+        s = paired_summary(loss["hidden_swap"] - loss["hidden_own"])
+        out.update({"thought_hidden_own_loss": float(loss["hidden_own"].mean()), "thought_hidden_swap_delta": s["mean"],
+                    "thought_hidden_swap_delta_se": s["se"], "thought_hidden_swap_delta_p": s["p"]})
     return out
 
 
@@ -197,4 +210,6 @@ def format_interventions(rep: dict) -> str:
         f"  the mean thought          {delta('const')}",
         f"  the initial thought E0    {delta('init')}",
         f"  user share of the thought {rep['thought_user_share']:.3f}   (RMS of e - mean(e) over RMS of e)",
+        *([f"  history hidden: another user's thought {delta('hidden_swap')}   (rec loss with its own "
+           f"{rep['thought_hidden_own_loss']:.4f})"] if rep.get("thought_hidden_swap_delta") is not None else []),
     ])

@@ -437,7 +437,12 @@ class FLRRecommender(nn.Module):
             return mask
         if prompt_items is None:
             raise FlrecError("flr.history_dropout needs 'prompt_items' (the history-item index of each prompt token)")
-        drop = torch.rand(mask.shape[0], device=mask.device) < rate
+        return self._hide_history(mask, prompt_items, torch.rand(mask.shape[0], device=mask.device) < rate)
+
+    @staticmethod
+    def _hide_history(mask: torch.Tensor, prompt_items: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        """``mask`` with, in the rows where ``drop`` (B,) is True, every prompt column from the first
+        history token up to (not including) the thought set to 0 (see :meth:`_history_dropout`)."""
         p = prompt_items.shape[1]
         has = prompt_items >= 0
         first = torch.where(has.any(1), has.int().argmax(1), p)  # rows with no history hide nothing
@@ -508,13 +513,15 @@ class FLRRecommender(nn.Module):
     def row_losses(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, target_ids: torch.Tensor,
                    target_mask: torch.Tensor, prompt_items: torch.Tensor | None = None,
                    thought: torch.Tensor | None = None, return_z: bool = False,
-                   prefix: PromptPrefix | None = None):
+                   prefix: PromptPrefix | None = None, hide_history: bool = False):
         """Per-row teacher-forced rec loss (mean NLL over the row's target tokens) and the thought
         embedding the LM received, ``(losses (B,), e (B, D))`` (+ the last step's ``z`` with ``return_z``).
 
         ``thought`` (B, D) replaces the model's own: the refinement steps are skipped and the LM gets
         exactly this embedding at the thought position (the intervention of :mod:`flrec.models.health`).
         ``prefix`` (:meth:`encode_prompt` of the same prompts) reuses an encoded prompt.
+        ``hide_history``: the answer cannot attend to the history (as a ``history_dropout`` row in
+        training; the refinement steps still read it), so the thought is its only route to the user.
         """
         if not self.config.uses_thought:
             raise FlrecError("row_losses needs a thought token (reasoner=none has none)")
@@ -534,6 +541,10 @@ class FLRRecommender(nn.Module):
                 cache = new_cache(self.causal_lm)
                 h = self._encode(prompt_ids[:, :-1], prompt_mask[:, :-1], positions[:, : p - 1], cache)
             e = thought.to(h.dtype)
+        if hide_history:
+            if prompt_items is None:
+                raise FlrecError("hide_history needs 'prompt_items' (the history-item index of each prompt token)")
+            mask = self._hide_history(mask, prompt_items, torch.ones_like(mask[:, 0], dtype=torch.bool))
         hidden = self._run(torch.cat([e[:, None], self._embed(target_ids)], dim=1), mask, positions[:, p - 1 :], cache)
         logits = self._lm_head(hidden[:, :-1])
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
