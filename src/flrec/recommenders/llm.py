@@ -14,7 +14,7 @@ they train; all share SFT (:mod:`flrec.training.sft`) and constrained beam-searc
 
 Decoding options (``decoding.*``, :class:`~flrec.decoding.scoring.DecodingConfig`) choose the token
 score, the PMI prior correction, exclude-seen and how titles become ranked items; their defaults
-are today's decoding. ``flrec tune-decoding`` (:mod:`flrec.decoding.tune`) picks them on validation
+are today's decoding. ``flrec tune-decoding`` (:mod:`flrec.experiments.tune`) picks them on validation
 rows and writes them to the model directory as ``decoding.json``. Loading applies it only when asked
 (``use_tuned_decoding: true``; ``flrec evaluate --use-tuned-decoding``): it then logs the decoding it
 adopted, and :meth:`LLMRecommender.decoding_info` (an evaluation's summary and fingerprint) records it.
