@@ -28,7 +28,7 @@ from flrec.data.prompts import PromptBuilder, collate_left_padded
 from flrec.models.backbone import add_thought_token, load_backbone
 from flrec.models.flr import positions_from_mask
 from flrec.models.recommender import FLRConfig, FLRRecommender
-from flrec.training.trainer import resolve_mixed_precision
+from flrec.utils.precision import resolve_mixed_precision
 
 SHARED_CDS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "amazon" / "CDs"
 

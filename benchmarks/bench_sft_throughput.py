@@ -29,7 +29,8 @@ from flrec.data.load import load_dataset
 from flrec.data.prompts import collate_left_padded
 from flrec.models.freeze import decoder_blocks
 from flrec.training.sft import SFTConfig, build_model, example_lengths, subsample
-from flrec.training.trainer import EpochShuffleSampler, padding_fraction, resolve_mixed_precision
+from flrec.training.trainer import EpochShuffleSampler, padding_fraction
+from flrec.utils.precision import resolve_mixed_precision
 
 SHARED_CDS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "amazon" / "CDs"
 

@@ -52,7 +52,7 @@ def test_stats_json_on_cds(capsys):
 
 
 def test_single_value_list_override():
-    from flrec.evaluation.compare import CompareConfig
+    from flrec.experiments.compare import CompareConfig
 
     cfg = CompareConfig.load(None, ["methods=pop", "seeds=1", "data=x"])
     assert cfg.seeds == [1] and cfg.methods == ["pop"]

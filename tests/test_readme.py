@@ -447,7 +447,7 @@ def test_readme_command_tables_run(sandbox, capsys, monkeypatch):
                 assert (ROOT / NOT_RUN[name]).is_file()
                 continue
             if base[:2] == ["compare", "--config"]:  # trains 4 LLMs: load and check the config only
-                from flrec.evaluation.compare import CompareConfig
+                from flrec.experiments.compare import CompareConfig
 
                 assert CompareConfig.load(ROOT / base[2]).methods
                 continue
@@ -466,7 +466,7 @@ def test_readme_command_tables_run(sandbox, capsys, monkeypatch):
 
 # ------------------------------------------------------------------------------------ Python examples
 def _resolve(name: str):
-    """A full dotted name (``flrec.data.stats.dataset_stats``, ``flrec.evaluation.compare.CompareConfig.load``).
+    """A full dotted name (``flrec.data.stats.dataset_stats``, ``flrec.experiments.compare.CompareConfig.load``).
 
     Bare names are refused: the README's Python column must print import paths that work as shown.
     """
@@ -491,7 +491,7 @@ def test_readme_python_examples_use_full_import_paths():
     assert {c: names for c, names in bare.items() if names} == {}
     with pytest.raises(AttributeError, match="full dotted path"):
         _resolve("read_d3")
-    assert _resolve("flrec.evaluation.compare.CompareConfig.load").__name__ == "load"
+    assert _resolve("flrec.experiments.compare.CompareConfig.load").__name__ == "load"
 
 
 def _dotted(node: ast.AST) -> str | None:

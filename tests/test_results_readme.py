@@ -2,7 +2,7 @@
 
 ``results/<dataset>/summary.json`` is what ``flrec compare`` wrote; the README (README.md and the docs pages
 it links, tests/readme_text.py; the tables are in docs/results/) shows its table as
-:func:`flrec.evaluation.compare.format_markdown` renders it. Editing one without the other fails here.
+:func:`flrec.experiments.compare.format_markdown` renders it. Editing one without the other fails here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from readme_text import readme_text
 
-from flrec.evaluation.compare import TABLE_METRICS, format_markdown
+from flrec.experiments.compare import TABLE_METRICS, format_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARIES = sorted((ROOT / "results").glob("*/summary.json"))

@@ -23,10 +23,10 @@ CONFIGS = {
     "grpo": "flrec.training.grpo:GRPOConfig",
     "flr": "flrec.models.recommender:FLRConfig",
     "train": "flrec.training.trainer:TrainConfig",
-    "eval": "flrec.evaluation.runner:EvalConfig",
-    "tune-decoding": "flrec.decoding.tune:TuneConfig",
-    "compare": "flrec.evaluation.compare:CompareConfig",
-    "ablate": "flrec.evaluation.ablation:AblateConfig",
+    "eval": "flrec.experiments.runner:EvalConfig",
+    "tune-decoding": "flrec.experiments.tune:TuneConfig",
+    "compare": "flrec.experiments.compare:CompareConfig",
+    "ablate": "flrec.experiments.ablation:AblateConfig",
     "cot": "flrec.recommenders.cot:CoTRecConfig",
     "synth": "flrec.data.synth:SynthConfig",
     "amazon": "flrec.data.amazon:AmazonPrepConfig",
@@ -205,7 +205,7 @@ def cmd_train_grpo(a) -> None:
 
 def cmd_evaluate(a) -> None:
     from flrec.data.load import load_dataset
-    from flrec.evaluation.runner import EvalConfig, evaluate, merge_shards
+    from flrec.experiments.runner import EvalConfig, evaluate, merge_shards
 
     if a.merge:
         if not a.out:
@@ -231,7 +231,7 @@ def cmd_evaluate(a) -> None:
             if val is not None:
                 overrides.append(f"{key}={val}")
         cfg = EvalConfig.load(a.config, overrides)
-        from flrec.recommenders.llm import resolve_inference_dtype
+        from flrec.utils.precision import resolve_inference_dtype
 
         dtype = resolve_inference_dtype(a.dtype)  # the fingerprint records what actually ran
         rec = load_llm_recommender(model_dir, ds, dtype=dtype, beam=cfg.beam)
@@ -257,7 +257,7 @@ def cmd_tune_decoding(a) -> None:
     import logging
 
     from flrec.data.load import load_dataset
-    from flrec.decoding.tune import TuneConfig, tune_model_dir
+    from flrec.experiments.tune import TuneConfig, tune_model_dir
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = list(a.overrides)
@@ -291,7 +291,7 @@ def add_tune_decoding_parser(sub, with_config) -> None:
 
 
 def cmd_compare(a) -> None:
-    from flrec.evaluation.compare import CompareConfig, format_markdown, run_comparison
+    from flrec.experiments.compare import CompareConfig, format_markdown, run_comparison
 
     overrides = list(a.overrides)
     for key, val in (("data", a.data), ("methods", a.methods), ("seeds", a.seeds), ("limit", a.limit), ("out", a.out),
@@ -326,7 +326,7 @@ def cmd_analyze_factors(a) -> None:
 
 
 def cmd_ablate(a) -> None:
-    from flrec.evaluation.ablation import AblateConfig, format_grid, run_ablation
+    from flrec.experiments.ablation import AblateConfig, format_grid, run_ablation
 
     overrides = list(a.overrides)
     for key, val in (("data", a.data), ("grid", a.grid), ("seeds", a.seeds), ("limit", a.limit), ("out", a.out),

@@ -25,7 +25,7 @@ def _banner(text: str) -> None:
 
 def results_table(rows: dict[str, dict]) -> str:
     """Markdown table of ``{method: evaluation summary}``."""
-    from flrec.analysis.tables import markdown_table
+    from flrec.utils.text import markdown_table
 
     body = []
     for name, s in rows.items():
@@ -45,12 +45,12 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, eval_rows:
     from flrec.data.prompts import PromptBuilder
     from flrec.data.stats import dataset_stats, format_stats
     from flrec.evaluation.metrics import EVAL_KS
-    from flrec.evaluation.runner import EvalConfig, evaluate
-    from flrec.recommenders.llm import resolve_inference_dtype
+    from flrec.experiments.runner import EvalConfig, evaluate
     from flrec.recommenders.pop import Pop
     from flrec.serving.load import load_llm_recommender
     from flrec.training.sft import SFTConfig, run_sft
     from flrec.utils.io import atomic_write_json, atomic_write_text
+    from flrec.utils.precision import resolve_inference_dtype
     from flrec.utils.runid import model_identity
 
     t0 = time.time()

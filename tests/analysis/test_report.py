@@ -29,10 +29,10 @@ from flrec.cli import main
 from flrec.data.prompts import PromptBuilder
 from flrec.data.synth import SynthConfig, generate_synthetic
 from flrec.errors import ConfigError, FlrecError
-from flrec.evaluation.ablation import AblateConfig, build_grid, format_grid, run_ablation
 from flrec.evaluation.analysis import popular_items
-from flrec.evaluation.compare import CompareConfig, run_comparison
-from flrec.evaluation.runner import evaluate
+from flrec.experiments.ablation import AblateConfig, build_grid, format_grid, run_ablation
+from flrec.experiments.compare import CompareConfig, run_comparison
+from flrec.experiments.runner import evaluate
 from flrec.models.backbone import add_thought_token
 from flrec.models.recommender import FLRConfig, FLRRecommender
 from flrec.models.testing import build_tiny

@@ -11,7 +11,7 @@ import torch
 from flrec.data.schema import Catalogue, Interaction, RecDataset
 from flrec.errors import ConfigError, FlrecError
 from flrec.evaluation.analysis import expand_titles_to_items, item_popularity_weights, per_row_metric
-from flrec.evaluation.runner import EvalConfig, evaluate
+from flrec.experiments.runner import EvalConfig, evaluate
 from flrec.recommenders.base import Recommender
 
 # items: 0 "A", 1 "B", 2 "B", 3 "C", 4 "D"; train targets: item 1 twice, item 3 once
@@ -97,7 +97,7 @@ def test_item_protocol_hand_case(tmp_path):
     ex = s["item_metrics_expected"]
     assert ex["ndcg@3"] == pytest.approx((0.5 + 0.5 + 0.5 / math.log2(3)) / 3)
     assert s["item_top1_distinct_share"] == pytest.approx(1.0)  # top-1 items 1, 0, 3
-    from flrec.evaluation.runner import load_ranks
+    from flrec.evaluation.records import load_ranks
 
     recs = load_ranks(tmp_path / "t" / "ranks.jsonl")
     assert [r["item_rank"] for r in recs] == [2, 3, 2] and recs[0]["items"] == [1, 2, 0]
@@ -122,7 +122,7 @@ def test_tune_selection_and_title_floor_by_hand(tmp_path, monkeypatch):
     """Selection on a stubbed grid: best item-level point, ties to the earlier point, title floor."""
     from dataclasses import dataclass
 
-    import flrec.decoding.tune as tune
+    import flrec.experiments.tune as tune
     from flrec.recommenders.llm import DECODING_FILE
 
     @dataclass
@@ -168,7 +168,7 @@ def test_tune_selection_and_title_floor_by_hand(tmp_path, monkeypatch):
 
 def test_choose_with_a_distinct_top1_floor_by_hand():
     """``choose`` alone: the diversity floor removes collapsed points; nothing qualifying -> the first point."""
-    from flrec.decoding.tune import TuneConfig, choose
+    from flrec.experiments.tune import TuneConfig, choose
     from flrec.recommenders.llm import ASSISTED_DECODING_FILE, DECODING_FILE
 
     def pt(alpha, gamma, title, item, distinct):

@@ -185,15 +185,15 @@ def test_prior_cache_survives_a_new_recommender(rec, ds, tmp_path, monkeypatch):
     rec._priors.clear()
     first = rec.recommend(ds["test"][:2], k=10)
     rec._priors.clear()  # as a fresh process would: only the disk cache is left
-    import flrec.decoding.prior as prior_mod
+    import flrec.decoding.ranker as ranker_mod
 
-    monkeypatch.setattr(prior_mod, "score_titles", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    monkeypatch.setattr(ranker_mod, "score_titles", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
     assert rec.recommend(ds["test"][:2], k=10) == first
 
 
 def test_tune_writes_decoding_json_and_evaluate_uses_it(rec, ds, tmp_path, capsys, caplog):
-    from flrec.decoding.tune import TuneConfig, tune_model_dir
-    from flrec.evaluation.runner import EvalConfig, evaluate
+    from flrec.experiments.runner import EvalConfig, evaluate
+    from flrec.experiments.tune import TuneConfig, tune_model_dir
     from flrec.serving.load import load_llm_recommender
 
     _set(rec)
@@ -239,7 +239,7 @@ def test_tune_writes_decoding_json_and_evaluate_uses_it(rec, ds, tmp_path, capsy
 
 def test_a_decoding_json_changes_nothing_unless_asked(rec, ds, tmp_path):
     """A model folder with a decoding.json ranks exactly as without one, unless the user asks for it."""
-    from flrec.evaluation.runner import EvalConfig, evaluate
+    from flrec.experiments.runner import EvalConfig, evaluate
 
     _set(rec)
     rec.save(tmp_path / "saved")
@@ -332,7 +332,7 @@ def test_cli_tune_decoding(rec, tmp_path, capsys):
 
 
 def test_tune_resumes_after_an_interruption(rec, ds, tmp_path, monkeypatch):
-    from flrec.decoding.tune import TuneConfig, tune_decoding
+    from flrec.experiments.tune import TuneConfig, tune_decoding
 
     _set(rec)
     cfg = TuneConfig(limit=4, scorings=["sum", "trie_renorm", "info_gain"], length_penalties=[1.0], alphas=[0.0],
@@ -363,7 +363,7 @@ def test_llm_dir_reuses_a_trained_model_and_its_tuned_decoding(ds, tmp_path, mon
     """``llm_dir``: fit loads the trained model instead of training, applies its decoding.json when asked, refuses
     a model of another reasoner; a comparison cell's fingerprint follows the folder's files."""
     import flrec.recommenders.llm as llm_mod
-    from flrec.evaluation.compare import CompareConfig, cell_fingerprint
+    from flrec.experiments.compare import CompareConfig, cell_fingerprint
     from flrec.serving.load import resolve_model_dir
 
     cfg = LLMRecConfig.from_dict({

@@ -15,8 +15,8 @@ from scipy import stats
 from flrec.config import ConfigBase, option
 from flrec.data.schema import Catalogue, Interaction, RecDataset
 from flrec.errors import ConfigError
-from flrec.evaluation.compare import CompareConfig, format_markdown, run_comparison
-from flrec.evaluation.runner import load_ranks
+from flrec.evaluation.records import load_ranks
+from flrec.experiments.compare import CompareConfig, format_markdown, run_comparison
 from flrec.recommenders import base
 from flrec.recommenders.base import Recommender
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from test_evaluation import FakeRec, _stable, toy_dataset
 
-import flrec.evaluation.runner as runner
+import flrec.experiments.runner as runner
 from flrec.data.schema import Catalogue, RecDataset
 from flrec.errors import ConfigError, DataError, FlrecError
-from flrec.evaluation.runner import EvalConfig, evaluate, merge_shards
+from flrec.experiments.runner import EvalConfig, evaluate, merge_shards
 from flrec.utils.io import dir_lock
 
 

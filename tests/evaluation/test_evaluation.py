@@ -23,7 +23,8 @@ from flrec.evaluation.analysis import (
     summarise_seeds,
 )
 from flrec.evaluation.metrics import metrics_from_ranks, target_rank
-from flrec.evaluation.runner import EvalConfig, evaluate, evaluate_rankings, load_ranks
+from flrec.evaluation.records import evaluate_rankings, load_ranks
+from flrec.experiments.runner import EvalConfig, evaluate
 from flrec.recommenders.base import Recommender
 
 # ----------------------------------------------------------------------------- fixtures

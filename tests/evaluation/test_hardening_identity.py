@@ -11,8 +11,8 @@ from test_evaluation import FakeRec, toy_dataset
 
 from flrec.data.schema import Catalogue
 from flrec.errors import ConfigError, FlrecError
-from flrec.evaluation.compare import CompareConfig, run_comparison
-from flrec.evaluation.runner import EvalConfig, evaluate
+from flrec.experiments.compare import CompareConfig, run_comparison
+from flrec.experiments.runner import EvalConfig, evaluate
 from flrec.utils.io import dir_lock
 
 

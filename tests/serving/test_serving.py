@@ -17,7 +17,7 @@ from tiny_runs import sft_cfg  # the SFT tests' tiny-run config (tiny:llama, sma
 from flrec.cli import main
 from flrec.data.synth import SynthConfig, generate_synthetic
 from flrec.errors import FlrecError
-from flrec.evaluation.runner import EvalConfig, evaluate
+from flrec.experiments.runner import EvalConfig, evaluate
 from flrec.recommenders.base import get_recommender
 from flrec.serving import Query, RequestError, export, load_llm_recommender, load_recommender
 from flrec.training.sft import run_sft

@@ -308,7 +308,7 @@ def test_grpo_config_fix_it_errors(sft_run):
 
 @pytest.mark.parametrize("method", ["flr_grpo", "lr_grpo", "latentr3"])
 def test_compare_methods_fit_from_the_same_sft_start_and_rank(method, sft_run, latentr3_sft_run, tiny_data, tmp_path):
-    from flrec.evaluation.compare import CompareConfig
+    from flrec.experiments.compare import CompareConfig
     from flrec.recommenders.base import get_recommender
 
     CompareConfig(methods=["flr", "flr_grpo", "lr_grpo", "latentr3_sft", "latentr3"])  # known to flrec compare
@@ -348,7 +348,7 @@ def test_shipped_grpo_config_loads():
 def test_shipped_grpo_comparison_configs_load():
     from pathlib import Path
 
-    from flrec.evaluation.compare import CompareConfig
+    from flrec.experiments.compare import CompareConfig
     from flrec.recommenders.grpo import GRPORecConfig
 
     root = Path(__file__).resolve().parents[2] / "configs"
@@ -454,7 +454,7 @@ def test_latentr3_rl_stage_noise_is_absolute_and_baseline_global(latentr3_rl, la
 def test_shipped_five_row_config_gives_each_method_its_own_settings():
     from pathlib import Path
 
-    from flrec.evaluation.compare import CompareConfig
+    from flrec.experiments.compare import CompareConfig
     from flrec.recommenders.base import get_recommender
 
     root = Path(__file__).resolve().parents[2]

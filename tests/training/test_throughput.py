@@ -78,8 +78,7 @@ def test_a_second_cpu_job_is_noticed_and_stale_records_are_dropped(tmp_path):
 
 
 def test_auto_inference_dtype_is_bf16_only_where_native():
-    from flrec.recommenders.llm import resolve_inference_dtype
-    from flrec.training.trainer import resolve_mixed_precision
+    from flrec.utils.precision import resolve_inference_dtype, resolve_mixed_precision
 
     native = resolve_mixed_precision("auto") == "bf16"
     assert resolve_inference_dtype("auto") == ("bfloat16" if native else "float32")

@@ -149,7 +149,7 @@ def test_valid_rank_names():
 
 
 def test_sft_ranks_validation_rows_and_selects_on_ndcg(tmp_path, tiny_data):
-    from flrec.evaluation.runner import EvalConfig, evaluate
+    from flrec.experiments.runner import EvalConfig, evaluate
     from flrec.recommenders.llm import FLRRec
 
     cfg_ = sft_cfg(tmp_path, valid_rank_rows=4,

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from flrec.errors import ConfigError
-from flrec.recommenders.base import Recommender
+from flrec.models.folder import resolve_model_dir
+from flrec.recommenders.base import Recommender, get_recommender
 
 COST_ORDER = ("bigrec", "latentr3", "flr", "cot")  # the paper's Fig. 9 order
 
@@ -81,9 +82,6 @@ def inference_cost(models: Mapping[str, str | Path], dataset, split: str = "test
     ``cot_beam`` (default ``beam``) is the CoT method's beam (the paper used 1); ``rationale_tokens``
     caps its rationale (None = the method's default, 256: until the model starts the title).
     """
-    from flrec.recommenders.base import get_recommender
-    from flrec.serving.load import resolve_model_dir
-
     if split not in dataset.splits:
         raise ConfigError(f"split '{split}' is not in the dataset (has {sorted(dataset.splits)})")
     rows = dataset[split][:limit]

@@ -39,13 +39,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flrec.data.prompts import PromptBuilder, collate_left_padded
 from flrec.errors import FlrecError
+from flrec.models.flr import positions_from_mask
+from flrec.models.folder import resolve_model_dir
 from flrec.models.health import (  # noqa: F401 (gate_usage_entropy_ratio, thought_cross_row_cosine re-exported)
     format_interventions,
     gate_usage_entropy_ratio,
     thought_cross_row_cosine,
     thought_interventions,
 )
+from flrec.models.recommender import FLRRecommender
 
 ACTIVE_GATE = 0.1
 
@@ -178,9 +182,6 @@ class FactorTrace:
 @torch.no_grad()
 def collect(model, builder, rows, catalogue, batch_size: int = 16) -> FactorTrace:
     """Run refinement on ``rows`` and keep the final step's thought, gates and per-item attention."""
-    from flrec.data.prompts import collate_left_padded
-    from flrec.models.flr import positions_from_mask
-
     if not model.config.uses_thought:
         raise FlrecError("this model has no thought (reasoner=none); factor diagnostics need flr/latentr3/softprompt")
     model.eval()
@@ -278,10 +279,6 @@ def trace_split(model_dir: str | Path, dataset, split: str = "test", limit: int 
     Returns ``(model, rows, trace, intents)`` (+ the prompt builder with ``with_builder``); ``intents``
     is None unless the data has ``intents.json``.
     """
-    from flrec.data.prompts import PromptBuilder
-    from flrec.models.recommender import FLRRecommender
-    from flrec.serving.load import resolve_model_dir
-
     if split not in dataset.splits:
         raise FlrecError(f"split '{split}' not in the dataset (has {sorted(dataset.splits)})")
     rows = dataset[split][:limit] if limit else dataset[split]
@@ -302,8 +299,6 @@ def intervention_report(model, builder, rows, catalogue, batch_size: int = 16, s
     """:func:`flrec.models.health.thought_interventions` on ``rows`` (teacher-forced, the rows' targets);
     a ``trace`` of the same rows supplies their own thoughts (no second refinement pass). Includes the
     swap with the history hidden from the answer (``thought_hidden_*``)."""
-    from flrec.data.prompts import collate_left_padded
-
     ex = builder.encode_rows(rows, catalogue)
     pad = builder.tokenizer.pad_token_id
     batches = [collate_left_padded(ex[i : i + batch_size], pad) for i in range(0, len(ex), batch_size)]

@@ -17,23 +17,9 @@ import json
 from pathlib import Path
 
 from flrec.errors import FlrecError
-from flrec.evaluation.analysis import relative_improvement
+from flrec.evaluation.analysis import GROUPS, average_groups, relative_improvement
 
-GROUPS = ("popular", "unpopular")
 LONGTAIL_METRICS = ("hr@10", "ndcg@10")
-
-
-def average_groups(cell_summaries: list[dict]) -> dict | None:
-    """Seed-mean group metrics ``{group: {"n_rows", metric: mean}}`` of evaluation summaries (None if
-    any lacks ``popularity``)."""
-    pops = [s.get("popularity") for s in cell_summaries]
-    if not pops or any(p is None for p in pops):
-        return None
-    out: dict = {"popular_fraction": pops[0].get("popular_fraction")}
-    for g in GROUPS:
-        keys = [k for k in pops[0][g] if k != "n_rows"]
-        out[g] = {"n_rows": pops[0][g]["n_rows"], **{k: sum(p[g][k] for p in pops) / len(pops) for k in keys}}
-    return out
 
 
 def _from_cells(compare_dir: Path, methods: list[str]) -> dict[str, dict]:

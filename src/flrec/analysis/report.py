@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flrec.errors import FlrecError
-from flrec.evaluation.runner import format_seconds
 from flrec.utils.io import atomic_write_text
 from flrec.utils.outputs import check_output
+from flrec.utils.text import format_seconds
 
 REPORT = "report.md"
 FIGURES = "figures"
@@ -186,7 +186,7 @@ def _extreme_call(vals: dict, k: int, sign: int, noise: float, txt: str) -> tupl
 
 def _section_comparison(r: _Report, src: Sources) -> None:
     from flrec.analysis.plots import bar_chart
-    from flrec.evaluation.compare import format_markdown
+    from flrec.experiments.compare import format_markdown
 
     r.h("RQ1 — Overall comparison (paper Table 2)")
     if src.comparison is None:
@@ -203,7 +203,7 @@ def _section_comparison(r: _Report, src: Sources) -> None:
 
 def _section_grid(r: _Report, data: tuple[Path, dict] | None, kind: str) -> None:
     from flrec.analysis.plots import bar_chart, line_plot
-    from flrec.evaluation.ablation import format_grid
+    from flrec.experiments.ablation import format_grid
 
     if kind == "regularisers":
         r.h("RQ2 — Ablation of the regularisers (paper Table 3)")

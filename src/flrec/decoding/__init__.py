@@ -6,5 +6,8 @@
 * :mod:`~flrec.decoding.scoring` — decoding options: token scores (``sum`` / ``trie_renorm`` /
   ``info_gain``), PMI prior correction, the text-free assistant, exclude-seen, item-level split;
 * :mod:`~flrec.decoding.prior` — teacher-forced title scores and the disk-cached PMI prior;
-* :mod:`~flrec.decoding.tune` — ``flrec tune-decoding``: choose the options on validation rows.
+* :mod:`~flrec.decoding.ranker` — the ranking pipeline of the LLM recommenders (prefill, beam
+  candidates, prior correction, titles to items), also used by SFT's validation ranking.
+
+``flrec tune-decoding`` (choosing the options on validation rows) is :mod:`flrec.experiments.tune`.
 """

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from flrec.data.prompts import encode_target
 from flrec.decoding.scoring import cf_log_probs, token_scores
 from flrec.decoding.trie import TitleTrie
 from flrec.errors import FlrecError
@@ -415,8 +416,6 @@ def hf_reference_search(
     parity reference for tests and benchmarks. Non-title hypotheses HF pads with are left out.
     """
     from transformers import GenerationConfig
-
-    from flrec.data.prompts import encode_target
 
     seqs = [tuple(encode_target(tokenizer, t)) for t in trie.titles]
     table: dict[tuple[int, ...], set[int]] = {}

@@ -1,23 +1,25 @@
 """Statistics over per-row evaluation records: paired t-tests, seed summaries, popularity groups,
-and the item-level view of title rankings (:func:`expand_titles_to_items`).
+and the item-level view of title rankings (:func:`~flrec.data.items.expand_titles_to_items`).
 
-A *record* is one line of ``ranks.jsonl`` written by :func:`flrec.evaluation.runner.evaluate`:
+A *record* is one line of ``ranks.jsonl`` written by :func:`flrec.experiments.runner.evaluate`:
 at least ``{"row": int, "rank": int | None}``. Every comparison pairs rows by their ``row`` index.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
 
+from flrec.data.items import expand_titles_to_items, item_popularity_weights
 from flrec.data.schema import Catalogue, RecDataset
 from flrec.errors import FlrecError
-from flrec.evaluation.metrics import hit_at, ndcg_at
+from flrec.evaluation.metrics import hit_at, metrics_from_ranks, ndcg_at
 
 POPULAR_FRACTION = 0.2  # the paper's RQ5 split: top 20% of items by train frequency are "popular"
+GROUPS = ("popular", "unpopular")  # the popularity groups of an evaluation summary (``popularity``)
 
 
 def _metric_fn(metric: str):
@@ -143,61 +145,21 @@ def popular_items(dataset: RecDataset, fraction: float = POPULAR_FRACTION, split
     return mask & (counts > 0)
 
 
+def average_groups(cell_summaries: list[dict]) -> dict | None:
+    """Seed-mean group metrics ``{group: {"n_rows", metric: mean}}`` of evaluation summaries (None if
+    any lacks ``popularity``)."""
+    pops = [s.get("popularity") for s in cell_summaries]
+    if not pops or any(p is None for p in pops):
+        return None
+    out: dict = {"popular_fraction": pops[0].get("popular_fraction")}
+    for g in GROUPS:
+        keys = [k for k in pops[0][g] if k != "n_rows"]
+        out[g] = {"n_rows": pops[0][g]["n_rows"], **{k: sum(p[g][k] for p in pops) / len(pops) for k in keys}}
+    return out
+
+
+
 # ------------------------------------------------------------------------------------ item level
-
-
-def expand_titles_to_items(
-    ranked: Sequence[tuple[str, float]],
-    catalogue: Catalogue,
-    weight: Sequence[float] | np.ndarray,
-    mode: str = "split",
-    exclude: Collection[int] = (),
-    k: int | None = None,
-) -> list[tuple[int, float]]:
-    """Turn a ranked list of titles into a ranked list of *items* (best first, with scores).
-
-    A title names ``m >= 1`` catalogue items. Each item ``i`` of title ``y`` gets a share
-    ``w_i / sum_{j in y} w_j`` of the title (``weight``: e.g. train popularity + 1, or an ID model's
-    item probabilities; items in ``exclude`` — e.g. the history — are dropped before sharing):
-
-    * ``split`` — ``score(i) = score(y) + log share(i)``: with log-probability title scores this is
-      ``log P(y) + log P(i | y)``, so an item of a generic title shared by many items can fall below
-      the single item of a slightly less likely title. Ties: title rank, then share, then item id.
-    * ``assign`` — every item keeps its title's score and the titles' order; items within a title
-      are ordered by share (then item id).
-
-    A title all of whose items are excluded contributes nothing.
-    """
-    if mode not in ("split", "assign"):
-        raise FlrecError(f"unknown item split mode {mode!r}; use split or assign")
-    w = np.asarray(weight, dtype=np.float64)
-    excl = set(exclude)
-    entries: list[tuple[float, int, float, int]] = []  # (score, title rank, share, item)
-    for rank, (title, score) in enumerate(ranked):
-        items = [i for i in catalogue.item_ids(title) if i not in excl]
-        if not items:
-            continue
-        ws = w[items]
-        total = float(ws.sum())
-        shares = ws / total if total > 0 else np.full(len(items), 1.0 / len(items))
-        for i, sh in zip(items, shares.tolist(), strict=True):
-            s = score + math.log(sh) if mode == "split" and sh > 0 else (score if mode == "assign" else -math.inf)
-            entries.append((s, rank, sh, i))
-    if mode == "split":
-        entries.sort(key=lambda e: (-e[0], e[1], -e[2], e[3]))
-    else:
-        entries.sort(key=lambda e: (e[1], -e[2], e[3]))
-    out = [(i, s) for s, _, _, i in entries]
-    return out[:k] if k is not None else out
-
-
-def item_popularity_weights(dataset: RecDataset, split: str = "train") -> np.ndarray:
-    """``count + 1`` per item id (``split`` target frequency, add-one so unseen items can still be
-    ordered): the default way to share a title among its items."""
-    w = np.ones(len(dataset.catalogue), dtype=np.float64)
-    for i, c in dataset.item_popularity(split).items():
-        w[i] += c
-    return w
 
 
 def item_rankings_for(recommender, dataset: RecDataset, rows: Sequence, rankings: Sequence[Sequence[tuple[str, float]]],
@@ -254,8 +216,6 @@ def item_level_summary(dataset: RecDataset, records: Sequence[Mapping], ks: Sequ
       item ranking, :func:`add_item_ranks`) and ``item_top1_distinct_share``;
     * ``decoding`` when the recommender reports one (``decoding_info()``, LLM recommenders).
     """
-    from flrec.evaluation.metrics import metrics_from_ranks
-
     n = max(len(records), 1)
     expected = {}
     for k in ks:

@@ -31,17 +31,14 @@ from flrec.config import ConfigBase, option
 from flrec.errors import ConfigError, FlrecError
 from flrec.models.compat import cache_kwarg, crop_cache, expand_cache, fork_cache, new_cache
 from flrec.models.flr import EmbeddingScale, FactorizedLatentReasoner, ReasonerOutput, positions_from_mask  # noqa: F401
+from flrec.models.folder import CONFIG_NAME, FORMAT_VERSION, STATE_NAME, migrate_flr_config
 from flrec.models.freeze import frozen_bottom_no_grad, parse_top, set_top_trainable
 from flrec.models.health import health_stats
 from flrec.models.losses import REGULARISERS, FLRObjective
 from flrec.models.reasoners import build_reasoner
 from flrec.models.sharing import hoist_shared_prefix, shared_head_len
 from flrec.models.state import PrefillState
-
-CONFIG_NAME = "flr_config.json"
-# 2: the soft-prompt control's thought is not rescaled by default (models saved before resolve it as on).
-FORMAT_VERSION = 2
-STATE_NAME = "flr_state.safetensors"
+from flrec.utils.io import atomic_path, atomic_write_json
 
 
 @dataclass
@@ -153,8 +150,6 @@ class FLRConfig(ConfigBase):
         "(a regulariser missing here gets 0.1)")
 
     def __post_init__(self) -> None:
-        from flrec.models.losses import REGULARISERS
-
         names = list(REGULARISERS)
         bad = set(self.aux_losses or ()) - set(names)
         if bad:
@@ -687,8 +682,6 @@ class FLRRecommender(nn.Module):
         """One directory: config, FLR weights, tokenizer additions, and the backbone if it changed."""
         from safetensors.torch import save_file
 
-        from flrec.utils.io import atomic_path, atomic_write_json
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         if self.trainable_mode == "lora":
@@ -720,7 +713,7 @@ class FLRRecommender(nn.Module):
             raise FlrecError(f"{path} is not an flrec model directory ({CONFIG_NAME} missing); pass a trained run's model dir")
         meta = json.loads((path / CONFIG_NAME).read_text())
         state = load_file(str(path / STATE_NAME))
-        cfg = FLRConfig.from_dict(_migrate_flr_config(meta["flr"], state, meta.get("format", 1)))
+        cfg = FLRConfig.from_dict(migrate_flr_config(meta["flr"], state, meta.get("format", 1)))
         spec = backbone_override or (str(path / "backbone") if (path / "backbone").is_dir() else meta["backbone_spec"])
         backbone, tokenizer = load_backbone(spec, dtype=dtype)
         if (path / "tokenizer").is_dir():
@@ -742,31 +735,6 @@ class FLRRecommender(nn.Module):
         if bad:
             raise FlrecError(f"{path / STATE_NAME}: weights do not match the config (e.g. '{bad[0]}'); was it saved by another flrec version?")
         return model.to(dtype), tokenizer
-
-
-def _migrate_flr_config(saved: dict, state: dict[str, torch.Tensor], fmt: int = FORMAT_VERSION) -> dict:
-    """Read configs written before an option existed (or its default changed) as what they trained with;
-    ``state`` is the saved FLR weights, ``fmt`` the saved folder's format version."""
-    saved = dict(saved)
-    if fmt < 2 and saved.get("reasoner") == "softprompt" and saved.get("embed_scale") is None:
-        saved["embed_scale"] = True
-    saved.setdefault("values", "hidden")
-    saved.setdefault("history_dropout", 0.0)
-    if saved.get("aux_losses") is None and saved.get("reasoner", "flr") == "flr":
-        # "the reasoner's default" has changed over versions: the saved loss weights name what it was.
-        used = {k.rsplit(".", 1)[-1] for k in state if k.startswith("objective.log_vars.")}
-        saved["aux_losses"] = [n for n in REGULARISERS if n in used]
-    if "keys" not in saved:  # the paper's formulation was the only one
-        saved.update(keys="tokens", key_positions="absolute", aux_to_backbone=True)
-    saved.setdefault("center_keys", False)
-    saved.setdefault("query", "prototypes")  # options added later: absent = what the model trained with
-    saved.setdefault("thought_key", True)
-    saved.setdefault("thought_residual", False)
-    if saved.get("reasoner") == "latentr3" and saved.get("num_steps") == 2:
-        saved["num_steps"] = None  # its second step reproduced the first exactly
-    if saved.get("reasoner") in ("latentr3", "none") and saved.get("num_steps") == 0:
-        saved["num_steps"] = None
-    return saved
 
 
 __all__ = ["CompletionScores", "FLRConfig", "FLRRecommender", "FactorizedLatentReasoner", "PromptPrefix"]

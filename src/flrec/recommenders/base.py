@@ -16,10 +16,9 @@ from typing import ClassVar
 
 import torch
 
+from flrec.data.items import Ranked  # distinct titles, best first, with the method's score
 from flrec.data.schema import Catalogue, Interaction, RecDataset
 from flrec.errors import ConfigError
-
-Ranked = list[tuple[str, float]]  # distinct titles, best first, with the method's score
 
 _REGISTRY: dict[str, type[Recommender]] = {}
 

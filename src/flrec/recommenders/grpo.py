@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from flrec.config import option
+from flrec.data.items import item_popularity_weights
 from flrec.data.schema import RecDataset
 from flrec.errors import ConfigError
 from flrec.recommenders.base import register_recommender
@@ -85,8 +86,6 @@ class _GRPORec(LLMRecommender):
     def fit(self, dataset: RecDataset, run_dir: str | Path | None = None) -> _GRPORec:
         cfg: GRPORecConfig = self.config  # type: ignore[assignment]
         if cfg.sft_dir is not None:
-            from flrec.evaluation.analysis import item_popularity_weights
-
             start = Path(cfg.sft_dir.replace("{seed}", str(cfg.seed if cfg.seed is not None else cfg.sft.seed)))
             self.catalogue = dataset.catalogue
             self.item_popularity = item_popularity_weights(dataset)

@@ -14,7 +14,7 @@ they train; all share SFT (:mod:`flrec.training.sft`) and constrained beam-searc
 
 Decoding options (``decoding.*``, :class:`~flrec.decoding.scoring.DecodingConfig`) choose the token
 score, the PMI prior correction, exclude-seen and how titles become ranked items; their defaults
-are today's decoding. ``flrec tune-decoding`` (:mod:`flrec.decoding.tune`) picks them on validation
+are today's decoding. ``flrec tune-decoding`` (:mod:`flrec.experiments.tune`) picks them on validation
 rows and writes them to the model directory as ``decoding.json``. Loading applies it only when asked
 (``use_tuned_decoding: true``; ``flrec evaluate --use-tuned-decoding``): it then logs the decoding it
 adopted, and :meth:`LLMRecommender.decoding_info` (an evaluation's summary and fingerprint) records it.
@@ -24,36 +24,30 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import torch
 
 from flrec.config import ConfigBase, option
-from flrec.data.schema import Catalogue, Interaction, RecDataset
+from flrec.data.items import ItemRanked, item_popularity_weights
+from flrec.data.prompts import PromptBuilder
+from flrec.data.schema import Catalogue, RecDataset
+from flrec.decoding.ranker import Candidates, TitleRanker
 from flrec.decoding.scoring import DecodingConfig
 from flrec.errors import ConfigError, FlrecError
-from flrec.recommenders.base import Ranked, Recommender, get_recommender, register_recommender
+from flrec.models.folder import ASSISTED_DECODING_FILE, DECODING_FILE, resolve_model_dir
+from flrec.models.recommender import FLRRecommender
+from flrec.recommenders.base import Recommender, get_recommender, register_recommender
 from flrec.training.sft import SFTConfig, build_model, run_sft
-from flrec.utils.dtypes import DTYPES
+from flrec.utils.io import atomic_write_json, atomic_write_text
+from flrec.utils.precision import resolve_inference_dtype
+
+__all__ = ["ASSISTED_DECODING_FILE", "DECODING_FILE", "Candidates", "ItemRanked", "LLMRecConfig", "LLMRecommender",
+           "load_saved_recommender", "resolve_inference_dtype"]
 
 log = logging.getLogger(__name__)
-DECODING_FILE = "decoding.json"  # tuned decoding of a model directory (flrec tune-decoding)
-ASSISTED_DECODING_FILE = "decoding+assistant.json"  # the same, tuned with an ID-model assistant
-ItemRanked = list[tuple[int, float]]  # item ids, best first, with scores
-Candidates = list[list[tuple[int, float]]]  # per row: (title index in the trie, beam score)
-
-
-def resolve_inference_dtype(name: str) -> str:
-    """``"auto"`` -> ``"bfloat16"`` where the hardware runs it natively, else ``"float32"``; others unchanged."""
-    if name != "auto":
-        return name
-    from flrec.training.trainer import resolve_mixed_precision
-
-    return "bfloat16" if resolve_mixed_precision("auto") == "bf16" else "float32"
 
 
 @dataclass
@@ -98,8 +92,6 @@ class LLMRecConfig(ConfigBase):
     def input_dirs(self) -> dict[str, str]:
         """Folders whose contents (not only whose names) decide what ``fit`` yields: ``{key: path}``
         (``llm_dir`` resolved to its model folder, so the run's logs and checkpoints do not count)."""
-        from flrec.serving.load import resolve_model_dir
-
         if self.llm_dir is None:
             return {}
         try:
@@ -108,8 +100,9 @@ class LLMRecConfig(ConfigBase):
             return {"llm_dir": self.llm_dir}
 
 
-class LLMRecommender(Recommender):
-    """Shared implementation; subclasses pick the reasoner and whether ``fit`` trains."""
+class LLMRecommender(TitleRanker, Recommender):
+    """Shared implementation; subclasses pick the reasoner and whether ``fit`` trains. The ranking
+    (``recommend``, ``decode_candidates``, ``finalise``, ``title_prior``) is :class:`~flrec.decoding.ranker.TitleRanker`'s."""
 
     reasoner: ClassVar[str] = "flr"
     trains: ClassVar[bool] = True
@@ -121,19 +114,11 @@ class LLMRecommender(Recommender):
         # comparison) keeps its own reasoner.
         self.config = config.replace(sft=config.sft.replace(flr=config.sft.flr.replace(reasoner=self.reasoner)))
         self.catalogue = catalogue
-        self.model = self.tokenizer = self.builder = self._trie = None
-        self.last_generated_tokens = 0  # tokens of the titles returned by the last recommend(); the runner's tokens/s
-        self.last_item_rankings: list[ItemRanked] | None = None  # items of the last recommend() (item protocol)
-        self.last_search_stats = None  # flrec.decoding.beam.SearchStats of the last decode_candidates()
-        self.assistant: Recommender | None = None  # an ID model mixed into decoding (flr+sasrec)
-        self.item_popularity: np.ndarray | None = None  # train count + 1 per item: shares a title among its items
-        self._priors: dict[str, Any] = {}
-        self._fingerprint: str | None = None
+        self.model = self.tokenizer = self.builder = None
+        self._init_ranking_state()  # trie, caches, the last call's outputs, assistant, item_popularity
 
     # ------------------------------------------------------------------------------------ fitting
     def fit(self, dataset: RecDataset, run_dir: str | Path | None = None) -> LLMRecommender:
-        from flrec.evaluation.analysis import item_popularity_weights
-
         self.catalogue = dataset.catalogue
         self.item_popularity = item_popularity_weights(dataset)
         if self.config.llm_dir is not None:  # reuse a trained model (e.g. to rank it with a tuned decoding)
@@ -151,8 +136,6 @@ class LLMRecommender(Recommender):
         return self
 
     def _attach_trained(self, path: str | Path, dataset: RecDataset) -> None:
-        from flrec.serving.load import resolve_model_dir
-
         model_dir = resolve_model_dir(path)
         model, tokenizer = _load_model(model_dir)
         got = model.config.reasoner
@@ -163,8 +146,6 @@ class LLMRecommender(Recommender):
         self._apply_tuned(model_dir)
 
     def _attach(self, model, tokenizer, dataset: RecDataset | None, domain: str | None = None) -> None:
-        from flrec.data.prompts import PromptBuilder
-
         # Prompts must be built exactly as in training: the model carries its prompt settings; the
         # config (and then the dataset) only fill in what an older/untrained model does not say.
         sft = self.config.sft
@@ -213,183 +194,8 @@ class LLMRecommender(Recommender):
                 "use_tuned_decoding": self.config.use_tuned_decoding, "tuned_from": getattr(self, "_tuned_from", None),
                 "assistant": None if self.assistant is None else self.assistant.name}
 
-    # ------------------------------------------------------------------------------------ ranking
-    def _prepare(self) -> None:
-        from flrec.decoding.trie import TitleTrie
-
-        if self.model is None:
-            raise ConfigError(f"{self.name}: no model yet; call fit() or load() first")
-        dtype = DTYPES[resolve_inference_dtype(self.config.inference_dtype)]
-        if next(self.model.parameters()).dtype != dtype:
-            self.model.to(dtype)
-            self._fingerprint = None
-        self.model.eval()
-        if self._trie is None:
-            vocab = self.model.causal_lm.get_output_embeddings().weight.shape[0]
-            self._trie = TitleTrie.build(self.tokenizer, self.catalogue.unique_titles, vocab_size=vocab)
-            self._title_len = self._trie.title_lengths().tolist()
-            index = {t: i for i, t in enumerate(self._trie.titles)}
-            self._item_title = torch.tensor([index[t] for t in self.catalogue.titles], dtype=torch.long)
-            self._title_size = torch.bincount(self._item_title, minlength=len(index))
-            self._edge_w: dict[str, torch.Tensor | None] = {}
-
-    @torch.inference_mode()
-    def recommend(self, rows: Sequence[Interaction], k: int = 20, batch_size: int | None = None) -> list[Ranked]:
-        """Top titles per row by trie-constrained beam search (beam = ``config.beam``; k <= beam).
-
-        Also sets :attr:`last_item_rankings` (the same rows as ranked items, see
-        :func:`~flrec.evaluation.analysis.expand_titles_to_items`).
-        """
-        cands, probs = self.decode_candidates(rows, batch_size=batch_size)
-        titles, items = self.finalise(rows, cands, probs, k=k)
-        self.last_item_rankings = items
-        return titles
-
-    def recommend_items(self, rows: Sequence[Interaction], k: int = 20, batch_size: int | None = None) -> list[ItemRanked]:
-        """Top-``k`` *items* per row: the beam's titles split over the items they name
-        (``decoding.item_split`` / ``item_tiebreak``; history items dropped with ``exclude_seen``)."""
-        self.recommend(rows, k=k, batch_size=batch_size)
-        return self.last_item_rankings
-
-    def decode_candidates(self, rows: Sequence[Interaction], decoding: DecodingConfig | None = None,
-                          length_penalty: float | None = None, batch_size: int | None = None
-                          ) -> tuple[Candidates, list[torch.Tensor | None]]:
-        """Beam-search candidates per row (before the prior correction) and, where the assistant is
-        used, its item distribution per row. ``decoding``/``length_penalty`` default to the config's."""
-        from flrec.data.prompts import collate_left_padded
-        from flrec.decoding.beam import SearchStats, constrained_beam_search
-
-        dec = decoding or self.config.decoding
-        lp = self.config.length_penalty if length_penalty is None else length_penalty
-        self._prepare()
-        self.last_generated_tokens = 0
-        self.last_search_stats = SearchStats()  # sequential forwards per user etc. (counted, for benchmarks)
-        # Decoding is driven by the recommender's own batch size: beam search memory grows with
-        # users x beams, so an evaluation runner's large batch is split here.
-        bs = min(batch_size or self.config.batch_size, self.config.batch_size)
-        cands: Candidates = []
-        probs: list[torch.Tensor | None] = []
-        for start in range(0, len(rows), bs):
-            chunk = rows[start : start + bs]
-            q = self._assistant_probs(chunk, dec)
-            extra: dict[str, Any] = {}
-            if dec.exclude_seen:
-                seen, allowed = self._seen(chunk)
-                extra["node_allowed"] = self._trie.node_mass(allowed.double()) > 0
-                if q is not None:
-                    q = q.masked_fill(seen, 0.0)  # the assistant's mass of seen items must not pull beams
-            if q is not None and dec.gamma < 1.0:
-                tm = torch.zeros(len(chunk), len(self._trie.titles), dtype=torch.float64)
-                extra["node_mass"] = self._trie.node_mass(tm.index_add_(1, self._item_title, q))
-                extra["gamma"] = dec.gamma
-            examples = self.builder.encode_rows(chunk, self.catalogue)
-            batch = collate_left_padded(examples, self.tokenizer.pad_token_id)
-            state = self._prefill(batch)
-            ranked = constrained_beam_search(self.model.backbone, state, self._trie, beam_size=self.config.beam,
-                                             length_penalty=lp, scoring=dec.scoring,
-                                             edge_weight=self._edge_weights(dec),
-                                             jump_forward=self.config.jump_forward,
-                                             stats=self.last_search_stats, **extra)
-            for r, hyps in enumerate(ranked):
-                cands.append(hyps)
-                probs.append(None if q is None else q[r])
-                self.last_generated_tokens += sum(self._title_len[i] for i, _ in hyps)
-        return cands, probs
-
-    def _prefill(self, batch: dict[str, torch.Tensor]):
-        """The decoding state after reading the prompt (a subclass may generate more first, e.g. ``cot``).
-
-        The batch goes to the model's device (a model on a GPU, e.g. SFT's validation ranking)."""
-        dev = next(self.model.parameters()).device
-        items = batch.get("prompt_items")
-        return self.model.prefill(batch["prompt_ids"].to(dev), batch["prompt_mask"].to(dev),
-                                  None if items is None else items.to(dev))
-
-    def finalise(self, rows: Sequence[Interaction], cands: Candidates, probs: Sequence[torch.Tensor | None],
-                 decoding: DecodingConfig | None = None, length_penalty: float | None = None, k: int = 20
-                 ) -> tuple[list[Ranked], list[ItemRanked]]:
-        """Apply the prior correction to the candidates and return the top-``k`` titles and items per row."""
-        from flrec.evaluation.analysis import expand_titles_to_items
-
-        dec = decoding or self.config.decoding
-        lp = self.config.length_penalty if length_penalty is None else length_penalty
-        if dec.pmi_alpha != 0.0:
-            used = sorted({t for hyps in cands for t, _ in hyps})
-            prior = dict(zip(used, self.title_prior(used, dec, lp).tolist(), strict=True))
-            cands = [sorted(((t, s - dec.pmi_alpha * prior[t]) for t, s in hyps), key=lambda x: -x[1])
-                     for hyps in cands]
-        titles = self._trie.titles
-        out_titles = [[(titles[i], s) for i, s in hyps[:k]] for hyps in cands]
-        pop = self.item_popularity if self.item_popularity is not None else np.ones(len(self.catalogue))
-        out_items = []
-        for row, hyps, q in zip(rows, cands, probs, strict=True):
-            w = q.numpy() if dec.item_tiebreak == "assistant" and q is not None else pop
-            excl = set(row.history) if dec.exclude_seen else ()
-            out_items.append(expand_titles_to_items([(titles[i], s) for i, s in hyps], self.catalogue, w,
-                                                    dec.item_split, excl, k))
-        return out_titles, out_items
-
-    def _edge_weights(self, dec: DecodingConfig) -> torch.Tensor | None:
-        from flrec.decoding.scoring import edge_weights
-
-        key = json.dumps(dec.signature(), sort_keys=True)
-        if key not in self._edge_w:
-            self._edge_w[key] = edge_weights(self._trie, dec)
-        return self._edge_w[key]
-
-    def _assistant_probs(self, chunk: Sequence[Interaction], dec: DecodingConfig) -> torch.Tensor | None:
-        if self.assistant is None or (dec.gamma >= 1.0 and dec.item_tiebreak != "assistant"):
-            return None
-        scores = self.assistant.score(chunk).double().cpu()
-        return torch.softmax(scores / dec.cf_temperature, dim=1)
-
-    def _seen(self, chunk: Sequence[Interaction]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, n_items) history items, (B, T) titles that still name an unseen item."""
-        seen = torch.zeros(len(chunk), len(self.catalogue), dtype=torch.bool)
-        for r, row in enumerate(chunk):
-            seen[r, row.history] = True
-        per_title = torch.zeros(len(chunk), len(self._title_size), dtype=torch.long)
-        per_title.index_add_(1, self._item_title, seen.long())
-        return seen, per_title < self._title_size
-
-    # ----------------------------------------------------------------------------------- PMI prior
-    @torch.inference_mode()  # always: the cached values are then never mixed with autograd tensors
-    def title_prior(self, titles: Sequence[int], decoding: DecodingConfig | None = None,
-                    length_penalty: float | None = None) -> torch.Tensor:
-        """``S_0`` of trie titles ``titles`` under the empty-history prompt with the same decoding
-        (cached on disk per model, catalogue, decoding and prompt; see :mod:`flrec.decoding.prior`)."""
-        from flrec.decoding.prior import TitlePrior, catalogue_hash, model_fingerprint, score_titles
-
-        dec = decoding or self.config.decoding
-        lp = self.config.length_penalty if length_penalty is None else length_penalty
-        self._prepare()
-        if self._fingerprint is None:
-            self._fingerprint = model_fingerprint(self.model)
-        key = {"model": self._fingerprint, "catalogue": catalogue_hash(self._trie.titles),
-               "decoding": dec.signature(), "length_penalty": lp, "dtype": resolve_inference_dtype(self.config.inference_dtype),
-               "prompt": {"domain": self.builder.domain, "thought": self.builder.use_thought}}
-        k = json.dumps(key, sort_keys=True)
-        if k not in self._priors:
-            self._priors[k] = TitlePrior(len(self._trie.titles), key, dec.prior_cache_dir)
-
-        def compute(missing: list[int]) -> torch.Tensor:
-            return score_titles(self.model.backbone, self._empty_prefill, self._trie, missing, dec, lp,
-                                batch_size=max(1, self.config.batch_size))
-
-        return self._priors[k].get(titles, compute)
-
-    def _empty_prefill(self):
-        # The prompt with an empty history: head + tail (+ thought), the same pieces the builder
-        # joins around history titles (PromptBuilder refuses empty histories for dataset rows).
-        b = self.builder
-        ids = b._head + b._tail + ([b.thought_token_id] if b.use_thought else [])
-        t = torch.tensor([ids], dtype=torch.long)
-        return self.model.prefill(t, torch.ones_like(t), torch.full_like(t, -1))  # no token is in a history item
-
     # ----------------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
-        from flrec.utils.io import atomic_write_json, atomic_write_text
-
         path = Path(path)
         self.model.save_pretrained(path / "model", self.tokenizer)
         atomic_write_text(path / "recommender.yaml", self.config.to_yaml())
@@ -450,8 +256,6 @@ class LLMRecommender(Recommender):
 
 
 def _load_model(model_dir: str | Path):
-    from flrec.models.recommender import FLRRecommender
-
     return FLRRecommender.from_pretrained(model_dir)
 
 

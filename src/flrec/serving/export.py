@@ -28,12 +28,17 @@ from typing import Any
 
 import yaml
 
+from flrec.data.load import load_dataset
 from flrec.errors import FlrecError
+from flrec.models.folder import read_model_meta, resolve_model_dir
+from flrec.recommenders.base import get_recommender
+from flrec.recommenders.folder import method_for_reasoner, open_model_dir
+from flrec.recommenders.llm import LLMRecConfig, LLMRecommender
 from flrec.utils.outputs import check_output, staged_dir
+from flrec.utils.runid import dataset_hash, read_fingerprint
 
 MANIFEST = "flrec_export.json"
 FORMAT_VERSION = 1
-_CLASS_BY_REASONER = {"flr": "flr", "latentr3": "latentr3", "none": "bigrec"}
 
 
 # ----------------------------------------------------------------------------------- source lookup
@@ -115,8 +120,6 @@ def _cli_run_data(dirs: list[Path]) -> str | None:
 
 
 def _load_data(spec: str, where: str):
-    from flrec.data.load import load_dataset
-
     try:
         return load_dataset(spec)
     except FlrecError as e:
@@ -126,8 +129,6 @@ def _load_data(spec: str, where: str):
 
 def _resolve_source(source: Path, data: str | None):
     """Load the recommender behind ``source``; returns (recommender, method, dataset or None, provenance)."""
-    from flrec.recommenders.base import get_recommender
-
     if (source / MANIFEST).is_file():
         raise FlrecError(f"{source} is already an export; load it with flrec.serving.load_recommender or copy it")
     if not source.is_dir():
@@ -149,13 +150,8 @@ def _resolve_source(source: Path, data: str | None):
         return rec, method, dataset, {"source": str(source.resolve()), "saved_recommender": str(save_dir.resolve()),
                                       "summary_dirs": [cell]}
     # An SFT run (or its best/ folder, or a demo run): the model directory plus the dataset's catalogue.
-    from flrec.models.recommender import CONFIG_NAME
-    from flrec.recommenders.llm import LLMRecConfig
-    from flrec.serving.load import resolve_model_dir
-
     model_dir = resolve_model_dir(source)
-    meta = _read_json(model_dir / CONFIG_NAME)
-    method = _CLASS_BY_REASONER[meta["flr"]["reasoner"]]
+    method = method_for_reasoner(read_model_meta(model_dir)["flr"].get("reasoner", "flr"))
     spec = data
     if spec is None:
         spec = _cli_run_data([model_dir, *list(model_dir.parents)[:3]])
@@ -164,8 +160,7 @@ def _resolve_source(source: Path, data: str | None):
                          "names its dataset (runs started from Python or by `flrec compare` record only the default); "
                          "pass --data DIR with the dataset it was trained on, or export the compare cell instead")
     dataset = _load_data(spec, str(source))
-    cfg = LLMRecConfig()
-    rec = get_recommender(method).from_model_dir(model_dir, dataset.catalogue, cfg, domain=dataset.domain)
+    rec = open_model_dir(model_dir, dataset.catalogue, LLMRecConfig(), domain=dataset.domain)
     summary_dirs = [model_dir, *list(model_dir.parents)[:3]]
     return rec, method, dataset, {"source": str(source.resolve()), "model_dir": str(model_dir.resolve()),
                                   "data": spec, "summary_dirs": summary_dirs}
@@ -188,15 +183,13 @@ def _cell_method(cell: Path) -> str | None:
 def _reasoner_method(recommender_yaml: Path) -> str | None:
     try:
         cfg = yaml.safe_load(recommender_yaml.read_text()) or {}
-        return _CLASS_BY_REASONER.get(cfg["sft"]["flr"]["reasoner"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return method_for_reasoner(cfg["sft"]["flr"]["reasoner"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, FlrecError):
         return None
 
 
 def _check_training_data(dirs: list[Path], dataset, where: str) -> None:
     """Refuse a dataset whose content is not what the run recorded (``data.hash`` in its fingerprint)."""
-    from flrec.utils.runid import dataset_hash, read_fingerprint
-
     for d in dirs:
         fp = read_fingerprint(d)
         stored = fp.get("data.hash") if fp else None
@@ -215,8 +208,6 @@ def _try_data(spec: str | None):
     if not spec:
         return None
     try:
-        from flrec.data.load import load_dataset
-
         return load_dataset(spec)
     except FlrecError:
         return None
@@ -246,8 +237,6 @@ def export(source: str | Path, out: str | Path, *, data: str | None = None, over
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise FlrecError(f"{name} must be an integer >= 1, got {v!r}")
     rec, method, dataset, prov = _resolve_source(source, data)
-    from flrec.recommenders.llm import LLMRecommender
-
     # generative (flr, latentr3, bigrec, base, flr+sasrec, ...) or an ID model scoring every item
     kind = "llm" if isinstance(rec, LLMRecommender) else "id"
     explains = kind == "llm" and bool(rec.model.config.uses_thought)

@@ -38,6 +38,7 @@ import torch
 
 from flrec.data.schema import Catalogue, Interaction
 from flrec.errors import FlrecError
+from flrec.recommenders.base import Recommender, get_recommender
 from flrec.serving.export import FORMAT_VERSION, MANIFEST
 
 TOP_ATTENDED = 3  # history items listed per factor
@@ -95,8 +96,6 @@ class ServedRecommender:
     @property
     def recommender(self):
         """The underlying :class:`~flrec.recommenders.base.Recommender` (read from disk on first use)."""
-        from flrec.recommenders.base import Recommender
-
         if not isinstance(self._recommender, Recommender):  # a loader
             self._recommender = self._recommender()
         return self._recommender
@@ -362,8 +361,6 @@ def load_recommender(path: str | Path, *, dtype: str | None = None, beam: int | 
     ``dtype`` (float32 | bfloat16), ``beam`` and ``batch_size`` override an LLM recommender's
     exported decoding settings. ``lazy``: read the catalogue now and the weights on first use.
     """
-    from flrec.recommenders.base import get_recommender
-
     path = Path(path)
     if not (path / MANIFEST).is_file():
         hint = (" (it looks like a run directory: run `flrec export RUN_DIR --out DIR` first)"

@@ -61,6 +61,9 @@ from torch import nn
 from torch.utils.data import Sampler
 
 from flrec.config import ConfigBase, load_yaml, option
+from flrec.data.load import load_dataset
+from flrec.data.prompts import PromptBuilder, collate_left_padded
+from flrec.decoding.trie import TitleTrie
 from flrec.errors import ConfigError, FlrecError
 from flrec.models.recommender import FLRRecommender, PromptPrefix
 from flrec.training.probe import THOUGHT_PROBE_NAMES, probe_batches, run_probe
@@ -71,7 +74,10 @@ from flrec.training.rewards import (
     greedy_trie_match,
     zero_advantage_share,
 )
+from flrec.training.sft import subsample
 from flrec.training.trainer import TRAIN_COSMETIC, TrainConfig, Trainer, TrainState
+from flrec.utils.dtypes import DTYPES
+from flrec.utils.runid import config_identity, dataset_hash, make_fingerprint, model_identity
 
 # variant -> (reward, advantage estimator, preset): what "flr" and "lr" mean for the keys left null.
 VARIANTS = {
@@ -519,8 +525,6 @@ def _run_data(from_run: str | Path) -> str:
 
 def grpo_fingerprint(cfg: GRPOConfig, dataset, model_dir: Path) -> dict:
     """The config (minus paths, progress and logging), the train/valid rows and the SFT model's files."""
-    from flrec.utils.runid import config_identity, dataset_hash, make_fingerprint, model_identity
-
     ignore = ("run_dir", "data", "from_run", "thought_probe_rows", *(f"train.{k}" for k in TRAIN_COSMETIC))
     return make_fingerprint(config_identity(cfg, ignore), data={"hash": dataset_hash(dataset, ("train", "valid"))},
                             start=model_identity(model_dir))
@@ -528,12 +532,6 @@ def grpo_fingerprint(cfg: GRPOConfig, dataset, model_dir: Path) -> dict:
 
 def build_grpo_trainer(cfg: GRPOConfig, dataset=None) -> GRPOTrainer:
     """The SFT model, the encoded rows, the title trie and the trainer (nothing is written yet)."""
-    from flrec.data.load import load_dataset
-    from flrec.data.prompts import PromptBuilder, collate_left_padded
-    from flrec.decoding.trie import TitleTrie
-    from flrec.training.sft import subsample
-    from flrec.utils.dtypes import DTYPES
-
     model_dir = sft_model_dir(cfg.from_run)
     dataset = dataset or load_dataset(cfg.data or _run_data(cfg.from_run))
     model, tokenizer = FLRRecommender.from_pretrained(model_dir, dtype=DTYPES[cfg.dtype])

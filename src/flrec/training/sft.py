@@ -19,9 +19,13 @@ import torch
 
 from flrec.config import ConfigBase, option
 from flrec.data.load import load_dataset
+from flrec.data.prompts import PromptBuilder, collate_left_padded
 from flrec.data.schema import Interaction, RecDataset
+from flrec.decoding.ranker import RankSettings, TitleRanker
 from flrec.errors import ConfigError
 from flrec.evaluation.metrics import EVAL_KS
+from flrec.evaluation.records import evaluate_rankings
+from flrec.models.freeze import parse_top
 from flrec.models.recommender import FLRConfig, FLRRecommender
 from flrec.training.probe import THOUGHT_PROBE_NAMES, probe_batches, run_probe
 from flrec.training.trainer import TRAIN_COSMETIC, TrainConfig, Trainer, is_ranking_metric
@@ -75,8 +79,6 @@ class SFTConfig(ConfigBase):
     train: TrainConfig = option(factory=TrainConfig, help="optimisation, schedule, checkpoints (run_dir overrides output_dir)")
 
     def __post_init__(self) -> None:
-        from flrec.models.freeze import parse_top
-
         if self.trainable not in ("full", "lora", "frozen") and parse_top(self.trainable) is None:
             raise ConfigError(f"trainable: unknown mode '{self.trainable}'; use full, lora, frozen or top:N (e.g. top:15)")
         if self.lora_r < 1 or self.lora_alpha <= 0:
@@ -129,8 +131,8 @@ def valid_rank_names(beam: int) -> tuple[str, ...]:
 
 class SFTTrainer(Trainer):
     """The generic :class:`Trainer` plus validation ranking: with ``rank_rows``, every validation ranks
-    them by trie-constrained beam search (:class:`~flrec.recommenders.llm.LLMRecommender`, the model as it
-    is at that step, eval mode, no grad) and reports title-level ``hr@K``/``ndcg@K`` as the evaluation
+    them by trie-constrained beam search (:class:`~flrec.decoding.ranker.TitleRanker`, the ranking of the
+    LLM recommenders, with the model as it is at that step, eval mode, no grad) and reports title-level ``hr@K``/``ndcg@K`` as the evaluation
     runner computes them. Each process ranks a strided shard of the rows; the sums are reduced."""
 
     def __init__(self, *args: Any, dataset: RecDataset | None = None, tokenizer: Any = None,
@@ -143,7 +145,7 @@ class SFTTrainer(Trainer):
         self.rank_dataset, self.rank_tokenizer = dataset, tokenizer
         if self.rank_rows and (dataset is None or tokenizer is None):
             raise ValueError("SFTTrainer: rank_rows need the dataset and the tokenizer")
-        self._recommender = None
+        self._ranker_cache: TitleRanker | None = None
 
     def extra_validation_names(self) -> tuple[str, ...]:
         names = valid_rank_names(self.rank_beam) if self.rank_rows else ()
@@ -159,8 +161,6 @@ class SFTTrainer(Trainer):
         return run_probe(self.accelerator.unwrap_model(self.model), self.probe_batches, self.accelerator.device)
 
     def _valid_ranking(self) -> dict[str, float]:
-        from flrec.evaluation.runner import evaluate_rankings
-
         acc = self.accelerator
         model = acc.unwrap_model(self.model)
         rec = self._ranker(model)
@@ -178,19 +178,15 @@ class SFTTrainer(Trainer):
         sums = acc.reduce(sums, "sum").tolist()
         return {k: sums[i] / max(sums[-1], 1.0) for i, k in enumerate(names)}
 
-    def _ranker(self, model: FLRRecommender):
-        """The recommender around ``model`` (built once: its title trie is reused)."""
-        from flrec.recommenders.llm import LLMRecConfig, LLMRecommender
-        from flrec.utils.dtypes import DTYPES
-
-        if self._recommender is None or self._recommender.model is not model:
+    def _ranker(self, model: FLRRecommender) -> TitleRanker:
+        """The ranker around ``model`` (built once: its title trie is reused); prompts follow
+        ``model.prompt_settings``, decoding is the default one (as ``flrec evaluate`` without a tuned decoding)."""
+        if self._ranker_cache is None or self._ranker_cache.model is not model:
             # Rank in the dtype the model has (no cast of the weights being trained).
             dtype = {v: k for k, v in DTYPES.items()}[next(model.parameters()).dtype]
-            config = LLMRecConfig(beam=self.rank_beam, batch_size=self.rank_batch_size, inference_dtype=dtype,
-                                  use_tuned_decoding=False)
-            self._recommender = LLMRecommender.from_model(model, self.rank_tokenizer, self.rank_dataset.catalogue,
-                                                          config, self.rank_dataset)
-        return self._recommender
+            config = RankSettings(beam=self.rank_beam, batch_size=self.rank_batch_size, inference_dtype=dtype)
+            self._ranker_cache = TitleRanker(model, self.rank_tokenizer, self.rank_dataset.catalogue, config)
+        return self._ranker_cache
 
 
 def subsample(rows: list, limit: int | None, seed: int) -> list:
@@ -203,8 +199,7 @@ def subsample(rows: list, limit: int | None, seed: int) -> list:
 
 def build_model(cfg: SFTConfig, dataset: RecDataset):
     """Backbone + tokenizer (+ thought token) + FLR, in the configured training mode; and a prompt builder."""
-    from flrec.data.prompts import PromptBuilder
-    from flrec.models.backbone import add_thought_token, load_backbone
+    from flrec.models.backbone import add_thought_token, load_backbone  # lazy: transformers
 
     torch.manual_seed(cfg.seed)
     backbone, tokenizer = load_backbone(cfg.backbone, dtype=DTYPES[cfg.dtype])
@@ -246,8 +241,6 @@ def example_lengths(examples) -> list[int]:
 def run_sft(cfg: SFTConfig, dataset: RecDataset | None = None) -> dict:
     """Train, select the best step on validation (``train.select_metric``: the recommendation loss, or with
     ``valid_rank_rows`` e.g. NDCG@10; ``best_valid_loss`` is its best value), write the model to ``run_dir/best``."""
-    from flrec.data.prompts import collate_left_padded
-
     dataset = dataset or load_dataset(cfg.data)
     model, tokenizer, builder = build_model(cfg, dataset)
     train_rows = subsample(dataset["train"], cfg.train_limit, cfg.seed)

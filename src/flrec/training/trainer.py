@@ -41,6 +41,7 @@ from flrec.config import ConfigBase, option, save_run_metadata
 from flrec.errors import ConfigError, FlrecError, disk_full_error
 from flrec.utils.io import atomic_save, atomic_write_json, atomic_write_text, dir_lock, read_jsonl_tolerant
 from flrec.utils.outputs import check_overlap
+from flrec.utils.precision import resolve_mixed_precision
 from flrec.utils.runid import (
     FINGERPRINT,
     config_identity,
@@ -340,31 +341,6 @@ def padding_fraction(lengths: Sequence[int], order: Sequence[int], batch_size: i
 
 def _derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
-
-
-def resolve_mixed_precision(setting: str) -> str:
-    """``"auto"`` -> ``"bf16"`` on a bf16 GPU or a CPU with native bf16 (AVX512-BF16/AMX), else ``"no"``.
-
-    On CPU, torch only reports the vector ISA (e.g. "AVX512"), and oneDNN also runs bf16 on plain
-    AVX512 by emulation (slower than fp32), so we read the native flags from /proc/cpuinfo and then
-    confirm a tiny autocast matmul works.
-    """
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return "no"
-    if "avx512_bf16" not in flags and "amx_bf16" not in flags:
-        return "no"
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            ok = (torch.ones(4, 4) @ torch.ones(4, 4)).dtype == torch.bfloat16
-    except RuntimeError:
-        ok = False
-    return "bf16" if ok else "no"
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:

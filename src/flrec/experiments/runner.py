@@ -34,7 +34,6 @@ import logging
 import os
 import sys
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +44,10 @@ from tqdm import tqdm
 from flrec.config import ConfigBase, option, save_run_metadata
 from flrec.data.schema import SPLITS, Interaction, RecDataset
 from flrec.errors import ConfigError, DataError, FlrecError
-from flrec.evaluation.analysis import POPULAR_FRACTION, add_item_ranks, item_level_summary, popular_items
-from flrec.evaluation.metrics import EVAL_KS, metrics_from_ranks, target_rank
-from flrec.recommenders.base import Ranked, Recommender
+from flrec.evaluation.analysis import add_item_ranks, item_level_summary
+from flrec.evaluation.metrics import EVAL_KS
+from flrec.evaluation.records import RANKS, RECORDED_TOP, SUMMARY, load_ranks, row_records, summarise_records
+from flrec.recommenders.base import Recommender
 from flrec.utils.io import atomic_write_json, atomic_write_jsonl, dir_lock, read_jsonl_tolerant
 from flrec.utils.runid import (
     FINGERPRINT,
@@ -60,12 +60,10 @@ from flrec.utils.runid import (
     write_fingerprint,
 )
 from flrec.utils.seed import seed_everything
+from flrec.utils.text import format_seconds
 
 log = logging.getLogger(__name__)
 
-RECORDED_TOP = 20  # titles/scores kept per row in ranks.jsonl
-HIT_K_DIAG = 10  # K of the "hits on shared titles" diagnostic
-RANKS, SUMMARY = "ranks.jsonl", "summary.json"
 PARTIAL, PROGRESS = "ranks.partial.jsonl", "ranks.progress.json"
 LOG = "log.jsonl"
 PROGRESS_EVERY_S = 30.0  # one progress line on stderr this often when stderr is not a terminal
@@ -114,88 +112,6 @@ class EvalConfig(ConfigBase):
         if not (n >= 1 and 0 <= i < n):
             raise ConfigError(f"config key 'shard': {self.shard!r} needs 0 <= i < n, e.g. 0/4 ... 3/4")
         return i * n_rows // n, (i + 1) * n_rows // n
-
-
-def _row_records(dataset: RecDataset, rows: Sequence[Interaction], rankings: Sequence[Ranked], start: int = 0) -> list[dict]:
-    if len(rankings) != len(rows):
-        raise ValueError(f"recommender returned {len(rankings)} rankings for {len(rows)} rows")
-    cat = dataset.catalogue
-    out = []
-    for i, (row, ranked) in enumerate(zip(rows, rankings, strict=True)):
-        titles = [t for t, _ in ranked]
-        if len(set(titles)) != len(titles):
-            raise ValueError(f"row {start + i}: the ranking repeats a title; recommend() must return distinct titles")
-        target_title = cat.title(row.target)
-        out.append({
-            "row": start + i,
-            "user": row.user,
-            "target": row.target,
-            "target_title": target_title,
-            "rank": target_rank(titles, target_title),
-            "titles": titles[:RECORDED_TOP],
-            "scores": [float(s) for _, s in ranked[:RECORDED_TOP]],
-            "target_title_shared": len(cat.item_ids(target_title)) > 1,
-        })
-    return out
-
-
-def summarise_records(dataset: RecDataset, records: Sequence[dict], ks: Sequence[int] = EVAL_KS) -> dict:
-    """Metrics, decoding-bias diagnostics and popularity groups from per-row records."""
-    n = len(records)
-    ranks = [r["rank"] for r in records]
-    top1 = Counter(r["titles"][0] for r in records if r["titles"])
-    hits = [r for r in records if r["rank"] is not None and r["rank"] <= HIT_K_DIAG]
-    popular = popular_items(dataset)
-    groups: dict[str, list] = {"popular": [], "unpopular": []}
-    for r in records:
-        groups["popular" if popular[r["target"]] else "unpopular"].append(r["rank"])
-    return {
-        "n_rows": n,
-        "metrics": metrics_from_ranks(ranks, ks),
-        "target_title_shared_share": sum(r["target_title_shared"] for r in records) / max(n, 1),
-        "diagnostics": {
-            "top1_distinct_share": len(top1) / max(sum(top1.values()), 1),
-            "top1_most_common": [[t, c] for t, c in top1.most_common(10)],
-            f"hits@{HIT_K_DIAG}": len(hits),
-            f"hits@{HIT_K_DIAG}_on_shared_titles_share": sum(r["target_title_shared"] for r in hits) / max(len(hits), 1),
-            "rows_without_recommendations": n - sum(top1.values()),
-        },
-        "popularity": {
-            "popular_fraction": POPULAR_FRACTION,
-            "n_popular_items": int(popular.sum()),
-            **{g: {"n_rows": len(v), **metrics_from_ranks(v, ks)} for g, v in groups.items()},
-        },
-    }
-
-
-def evaluate_rankings(
-    dataset: RecDataset, rows: Sequence[Interaction], rankings: Sequence[Ranked], ks: Sequence[int] = EVAL_KS
-) -> tuple[list[dict], dict]:
-    """Score ``rankings`` (one per row) against the rows' targets with the title-level protocol.
-
-    Returns per-row records (``row, user, target, target_title, rank`` (1-based or ``None``),
-    ``titles``/``scores`` (first 20), ``target_title_shared``) and a summary: ``n_rows``, ``metrics``
-    (HR/NDCG@K), ``target_title_shared_share``, ``diagnostics`` (share of distinct top-1 titles,
-    10 most frequent top-1 titles, share of hits@10 on shared titles) and ``popularity`` (metrics
-    for test targets among the top 20% of items by train frequency vs the rest, with row counts).
-    """
-    records = _row_records(dataset, rows, rankings)
-    return records, summarise_records(dataset, records, ks)
-
-
-def load_ranks(path: str | Path) -> list[dict]:
-    """Read a ``ranks.jsonl`` file written by :func:`evaluate`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FlrecError(f"{path} not found; run the evaluation first")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise DataError(path, "not valid JSON; delete the file and re-run the evaluation", line=i) from None
-    return out
 
 
 def eval_fingerprint(recommender: Recommender, dataset: RecDataset, cfg: EvalConfig,
@@ -366,7 +282,7 @@ def _evaluate_rows(recommender: Recommender, dataset: RecDataset, cfg: EvalConfi
                 rows_timed += len(batch)
                 gen = getattr(recommender, "last_generated_tokens", None)
                 tokens = None if gen is None or tokens is None else tokens + int(gen)
-                new = _row_records(dataset, batch, rankings, offset + start)
+                new = row_records(dataset, batch, rankings, offset + start)
                 records.extend(new)
                 add_item_ranks(new, recommender, dataset, batch, rankings, cfg.protocol, cfg.beam, RECORDED_TOP)
                 if sink is not None:
@@ -508,15 +424,3 @@ class _ProgressLines:
         eta = (self.total - done) / rate if rate > 0 else float("inf")
         print(f"{self.desc}: {done}/{self.total} rows ({done / self.total:.0%}), {rate:.2f} rows/s, "
               f"ETA {format_seconds(eta)}", file=sys.stderr, flush=True)
-
-
-def format_seconds(s: float) -> str:
-    """``95`` -> ``1m35s``; ``4000`` -> ``1h06m``."""
-    if s != s or s == float("inf"):
-        return "?"
-    s = int(round(s))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"

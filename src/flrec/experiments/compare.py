@@ -45,12 +45,11 @@ from typing import Any, Literal
 
 import yaml
 
-from flrec.analysis.longtail import average_groups
-from flrec.analysis.tables import markdown_table
 from flrec.config import ConfigBase, apply_overrides, option, save_run_metadata
 from flrec.data.schema import SPLITS, RecDataset
 from flrec.errors import ConfigError
 from flrec.evaluation.analysis import (
+    average_groups,
     item_level_row_metric,
     paired_ttest_values,
     per_row_metric,
@@ -58,16 +57,8 @@ from flrec.evaluation.analysis import (
     summarise_seeds,
 )
 from flrec.evaluation.metrics import EVAL_KS
-from flrec.evaluation.runner import (
-    PARTIAL,
-    PROGRESS,
-    RANKS,
-    SUMMARY,
-    EvalConfig,
-    evaluate,
-    format_seconds,
-    load_ranks,
-)
+from flrec.evaluation.records import RANKS, SUMMARY, load_ranks
+from flrec.experiments.runner import PARTIAL, PROGRESS, EvalConfig, evaluate
 from flrec.recommenders.base import available_recommenders, get_recommender
 from flrec.utils.io import atomic_write_json, atomic_write_text, dir_lock
 from flrec.utils.runid import (
@@ -82,6 +73,7 @@ from flrec.utils.runid import (
     write_fingerprint,
 )
 from flrec.utils.seed import seed_everything
+from flrec.utils.text import format_seconds, markdown_table
 
 log = logging.getLogger(__name__)
 

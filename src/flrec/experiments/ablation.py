@@ -25,7 +25,8 @@ import yaml
 from flrec.config import ConfigBase, option
 from flrec.data.schema import RecDataset
 from flrec.errors import ConfigError
-from flrec.evaluation.compare import CellRunner, CompareConfig, run_comparison
+from flrec.experiments.compare import CellRunner, CompareConfig, run_comparison
+from flrec.recommenders.base import get_recommender
 from flrec.utils.io import atomic_write_json
 
 ABLATED = ("orth", "div", "sparse")  # the paper's three regularisers (eqs. 5-7)
@@ -73,8 +74,6 @@ class AblateConfig(ConfigBase):
 
 
 def _resolved_flr(cfg: AblateConfig, base: dict[str, Any]):
-    from flrec.recommenders.base import get_recommender
-
     cls = get_recommender(cfg.method)
     config_cls = getattr(cls, "config_cls", None)
     if config_cls is None or "sft" not in {f.name for f in fields(config_cls)}:

@@ -1,5 +1,8 @@
 """``flrec tune-decoding``: choose the decoding of a trained LLM recommender on validation rows.
 
+The decoding options themselves live in :mod:`flrec.decoding.scoring`; this is the experiment that
+searches them (it loads a recommender, hence its place above the recommenders).
+
 The grid is ``scorings × length_penalties × gammas`` beam searches (``gammas`` only with an
 assistant; ``gamma = 1`` is plain decoding) times ``alphas`` (the PMI prior only re-ranks a search's
 candidates, so every alpha reuses that search). Each point is scored on the *validation* split
@@ -35,10 +38,14 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from flrec.config import ConfigBase, option
+from flrec.data.items import item_popularity_weights
 from flrec.data.schema import RecDataset
 from flrec.decoding.scoring import SCORINGS, DecodingConfig
 from flrec.errors import ConfigError, FlrecError
 from flrec.evaluation.metrics import TUNE_KS, metrics_from_ranks, target_rank
+from flrec.models.folder import ASSISTED_DECODING_FILE, DECODING_FILE, SEARCH_FILE, resolve_model_dir
+from flrec.recommenders.folder import open_model_dir
+from flrec.recommenders.llm import LLMRecConfig, load_saved_recommender
 from flrec.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -105,9 +112,7 @@ def _point_key(p: dict) -> str:
 def check_tune_outputs(model_dir: Path, cfg: TuneConfig, assisted: bool) -> tuple[Path, list[Path]]:
     """The search file and the decoding file(s) a tuning writes; refused (before any work) when they exist
     and ``cfg.force`` is not set."""
-    from flrec.recommenders.llm import ASSISTED_DECODING_FILE, DECODING_FILE
-
-    out = Path(cfg.out) if cfg.out else model_dir / "decoding_search.json"
+    out = Path(cfg.out) if cfg.out else model_dir / SEARCH_FILE
     targets = [model_dir / DECODING_FILE] + ([model_dir / ASSISTED_DECODING_FILE] if assisted else [])
     existing = [p for p in [*targets, out] if p.exists()]
     if existing and not cfg.force:
@@ -118,8 +123,6 @@ def check_tune_outputs(model_dir: Path, cfg: TuneConfig, assisted: bool) -> tupl
 def tune_decoding(recommender, dataset: RecDataset, cfg: TuneConfig, model_dir: str | Path) -> dict:
     """Search the grid of ``cfg`` with ``recommender`` (an LLM recommender; its ``assistant`` enables
     ``gammas``) on ``dataset[cfg.split]``; write the choice(s) into ``model_dir`` and return the search."""
-    from flrec.evaluation.analysis import item_popularity_weights
-
     model_dir = Path(model_dir)
     assisted = recommender.assistant is not None
     out, targets = check_tune_outputs(model_dir, cfg, assisted)
@@ -198,8 +201,6 @@ def choose(points: list[dict], cfg: TuneConfig, assisted: bool = False) -> dict[
     the earlier one on ties, the first point when none qualifies. Returns ``{decoding.json: best with
     gamma = 1}`` plus, when ``assisted``, ``{decoding+assistant.json: best overall}``.
     """
-    from flrec.recommenders.llm import ASSISTED_DECODING_FILE, DECODING_FILE
-
     obj, metric = _objective_key(cfg), cfg.metric
     floor = _title_floor_value(points, cfg)
 
@@ -229,19 +230,12 @@ def _measure(dataset: RecDataset, rows, titles, items, ks) -> dict:
 
 def tune_model_dir(model: str | Path, dataset: RecDataset, cfg: TuneConfig, assistant: str | Path | None = None,
                    dtype: str = "float32") -> dict:
-    """Load the model at ``model`` (a run dir or model dir; see :func:`flrec.serving.load.resolve_model_dir`),
+    """Load the model at ``model`` (a run dir or model dir; see :func:`flrec.models.folder.resolve_model_dir`),
     optionally an assistant saved by an ID recommender's ``save``, and run :func:`tune_decoding`."""
-    from flrec.models.recommender import CONFIG_NAME
-    from flrec.recommenders.base import get_recommender
-    from flrec.recommenders.llm import LLMRecConfig, load_saved_recommender
-    from flrec.serving.load import _CLASS_BY_REASONER, resolve_model_dir
-
     model_dir = resolve_model_dir(model)
     check_tune_outputs(model_dir, cfg, assistant is not None)  # before the model is read, not after the search
-    reasoner = json.loads((model_dir / CONFIG_NAME).read_text())["flr"]["reasoner"]
-    cls = get_recommender(_CLASS_BY_REASONER[reasoner])
     rec_cfg = LLMRecConfig(inference_dtype=dtype, batch_size=cfg.batch_size, use_tuned_decoding=False)
-    rec = cls.from_model_dir(model_dir, dataset.catalogue, rec_cfg, domain=dataset.domain)
+    rec = open_model_dir(model_dir, dataset.catalogue, rec_cfg, domain=dataset.domain)
     if assistant is not None:
         rec.attach_assistant(load_saved_recommender(assistant))
     return tune_decoding(rec, dataset, cfg, model_dir)
