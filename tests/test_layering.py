@@ -40,6 +40,7 @@ ORDER: tuple[tuple[str, ...], ...] = (
     ("analysis",),
     ("demo",),
     ("cli",),
+    ("__main__",),  # python -m flrec
 )
 # data/ reads and writes datasets and prompts: no Hugging Face stack (prompts.py collates with torch).
 EXTRA = {"data": ("transformers", "peft", "accelerate")}

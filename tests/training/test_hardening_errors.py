@@ -9,7 +9,7 @@ import torch
 from safetensors import SafetensorError
 from test_trainer import TRAIN, VALID, ToyMLP, cfg, collate, params
 
-import flrec.training.trainer as trainer_mod
+import flrec.training.checkpoint as checkpoint_mod
 from flrec.cli import main
 from flrec.errors import ConfigError, FlrecError, disk_full_error
 from flrec.training import Trainer
@@ -33,7 +33,7 @@ def test_training_out_of_space_is_one_line_and_resumes_to_the_same_model(tmp_pat
     kw = dict(max_steps=6, eval_every=2, save_every=2)
     ref = ToyMLP()
     Trainer(ref, TRAIN, VALID, collate, cfg(tmp_path, "ref", **kw)).train()
-    real_save, calls = trainer_mod.save_file, []
+    real_save, calls = checkpoint_mod.save_file, []
 
     def fills_up(*a, **k):  # the best-weights copy at step 4 finds the disk full
         calls.append(1)
@@ -41,11 +41,11 @@ def test_training_out_of_space_is_one_line_and_resumes_to_the_same_model(tmp_pat
             raise SafetensorError(ENOSPC_SAFETENSORS)
         return real_save(*a, **k)
 
-    monkeypatch.setattr(trainer_mod, "save_file", fills_up)
+    monkeypatch.setattr(checkpoint_mod, "save_file", fills_up)
     with pytest.raises(FlrecError, match="out of disk space") as e:
         Trainer(ToyMLP(), TRAIN, VALID, collate, cfg(tmp_path, "run", **kw)).train()
     assert str(tmp_path / "run") in str(e.value) and "\n" not in str(e.value)
-    monkeypatch.setattr(trainer_mod, "save_file", real_save)  # space freed
+    monkeypatch.setattr(checkpoint_mod, "save_file", real_save)  # space freed
     model = ToyMLP()
     Trainer(model, TRAIN, VALID, collate, cfg(tmp_path, "run", **kw)).train()
     for k, v in params(ref).items():

@@ -171,7 +171,7 @@ def test_atomic_writes_honour_the_umask(tmp_path):
 def test_tensorboard_auto_without_tensorboard_says_so_once(tmp_path, monkeypatch, capsys):
     import importlib.util
 
-    import flrec.training.trainer as tr
+    import flrec.training.runlog as tr
 
     if importlib.util.find_spec("tensorboard") is not None:
         pytest.skip("tensorboard is installed here")

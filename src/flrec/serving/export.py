@@ -112,7 +112,8 @@ def _cli_run_data(dirs: list[Path]) -> str | None:
                 argv = [Path(a).name for a in json.loads(info.read_text()).get("argv", [])] if info.is_file() else []
             except (OSError, json.JSONDecodeError):
                 argv = []
-            started_by_cli = any(a in ("flrec", "cli.py") for a in argv[:1]) or "flrec.cli" in argv
+            # flrec, python -m flrec(.cli) (__main__.py; cli.py before the CLI became a package), or -m flrec.cli
+            started_by_cli = any(a in ("flrec", "cli.py", "__main__.py") for a in argv[:1]) or "flrec.cli" in argv
             if started_by_cli and ("demo" in argv or ("train" in argv and "sft" in argv)):
                 return _config_data([d])
             return None

@@ -11,354 +11,64 @@ The shuffle order is a pure function of (data_seed, epoch) and consumed batches 
 resumed run reproduces an uninterrupted one bit for bit. Datasets and collate functions must not
 draw from the global RNGs: the loader prefetches one batch ahead, so such draws would land at
 different points of the RNG stream after a resume.
+
+The loop calls its parts, each in its own module: :mod:`~flrec.training.config` (TrainConfig),
+:mod:`~flrec.training.sampler`, :mod:`~flrec.training.optim`, :mod:`~flrec.training.selection`,
+:mod:`~flrec.training.checkpoint`, :mod:`~flrec.training.runlog` and :mod:`~flrec.training.rundir`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from flrec.config import ConfigBase, option, save_run_metadata
+from flrec.config import ConfigBase, save_run_metadata
 from flrec.errors import ConfigError, FlrecError, disk_full_error
-from flrec.utils.io import atomic_save, atomic_write_json, atomic_write_text, dir_lock, read_jsonl_tolerant
+from flrec.training import checkpoint
+from flrec.training.checkpoint import BEST_WEIGHTS, SCHEDULER_FILE, STATE_FILE, latest_checkpoint
+from flrec.training.config import (
+    RANKING_PREFIXES,
+    TRAIN_COSMETIC,
+    TrainConfig,
+    eval_steps_in_epoch,
+    is_ranking_metric,
+)
+from flrec.training.optim import make_optimizer, make_scheduler
+from flrec.training.rundir import FINISHED_FILE, claim_output_dir, dir_size, record_resolved, run_inputs
+from flrec.training.runlog import Meter, RunLog, bar_postfix
+from flrec.training.sampler import EpochShuffleSampler, derive_seed, padding_fraction
+from flrec.training.selection import check_select_metric, improves, select_key
+from flrec.training.state import TrainResult, TrainState
+from flrec.utils.io import atomic_write_json, dir_lock
 from flrec.utils.outputs import check_overlap
 from flrec.utils.precision import resolve_mixed_precision
-from flrec.utils.runid import (
-    FINGERPRINT,
-    config_identity,
-    diff,
-    make_fingerprint,
-    mismatch_message,
-    read_fingerprint,
-    write_fingerprint,
-)
+from flrec.utils.runid import config_identity, make_fingerprint
+
+__all__ = [  # the loop's parts live in their own modules; these names were always importable from here
+    "BEST_WEIGHTS", "FINISHED_FILE", "RANKING_PREFIXES", "SCHEDULER_FILE", "STATE_FILE", "TRAIN_COSMETIC",
+    "EpochShuffleSampler", "TrainConfig", "TrainResult", "TrainState", "Trainer", "bar_postfix", "dir_size",
+    "eval_steps_in_epoch", "is_ranking_metric", "latest_checkpoint", "padding_fraction", "resolve_mixed_precision",
+    "run_inputs",
+]  # fmt: skip
 
 SaveFn = Callable[[nn.Module, Path], None]
 TrainableFilter = Callable[[str, nn.Parameter], bool]
-
-STATE_FILE = "trainer_state.json"
-BEST_WEIGHTS = "trainable.safetensors"
-SCHEDULER_FILE = "scheduler.json"  # JSON, not pickle: nothing in a run directory is ever unpickled
-FINISHED_FILE = "finished.json"  # written last: the run is complete and best/ is its model
-# TrainConfig keys that cannot change a run's result (left out of its fingerprint).
-TRAIN_COSMETIC = ("output_dir", "progress", "log_every", "tensorboard", "num_workers", "resume", "save_every",
-                  "keep_last", "overwrite")
-# What a resume-key mismatch means in the user's terms.
-_RESUME_LABELS = {
-    "total_steps": "max_steps/epochs (or the number of training rows)",
-    "num_processes": "the number of processes (accelerate launch --num_processes)",
-    "data_seed": "data_seed/seed",
-}
-# Keys that change which batches/steps a run sees: resuming with a different value cannot be exact.
-_RESUME_KEYS = (
-    "group_by_length",
-    "micro_batch_size",
-    "grad_accum_steps",
-    "shuffle",
-    "data_seed",
-    "total_steps",
-    "num_processes",
-)
+_improves = improves  # the name tests know
 
 
-@dataclass
-class TrainConfig(ConfigBase):
-    """Optimisation, schedule, evaluation, checkpointing and logging of one training run."""
-
-    output_dir: str = option(
-        "runs/train", help="Run folder: checkpoints/, best/, log.jsonl, config.yaml. Ignored by stages with "
-        "their own run_dir (flrec train sft writes to run_dir)."
-    )
-    seed: int = option(0, help="Seed for model-side randomness (dropout); offset by the process index.")
-    lr: float = option(1e-4, help="Peak learning rate of AdamW (after warmup).")
-    weight_decay: float = option(
-        0.01, help="AdamW decoupled weight decay; never applied to biases/norms (ndim < 2)."
-    )
-    betas: tuple[float, float] = option((0.9, 0.999), help="AdamW betas (two values in [0, 1)).")
-    eps: float = option(1e-8, help="AdamW epsilon.")
-    warmup_steps: int = option(0, help="Linear warmup length in optimizer steps (use this or warmup_ratio).")
-    warmup_ratio: float = option(0.0, help="Warmup as a fraction of total steps (use this or warmup_steps).")
-    max_steps: int | None = option(
-        None, help="Total optimizer steps; set this OR epochs (neither = 1 epoch)."
-    )
-    epochs: int | None = option(None, help="Passes over the training set; set this OR max_steps.")
-    micro_batch_size: int = option(8, help="Examples per forward pass per process.")
-    grad_accum_steps: int = option(
-        1, help="Micro-batches per optimizer step (effective batch = micro x accum x procs)."
-    )
-    max_grad_norm: float = option(1.0, help="Clip the global gradient norm to this value; 0 = no clipping.")
-    mixed_precision: Literal["no", "bf16", "auto"] = option(
-        "auto",
-        help="bf16 autocast with fp32 master weights; auto = bf16 where the hardware runs it natively.",
-    )
-    eval_every: int = option(
-        0, help="Validate every N optimizer steps (always also at the end); 0 = end only. Use this or "
-        "eval_per_epoch."
-    )
-    eval_per_epoch: int = option(
-        0, help="Validate N times per epoch, evenly: after step round(j * steps_per_epoch / N) of each epoch, "
-        "j = 1..N (4 = at 25/50/75/100% of every epoch; always also at the end); 0 = off. Use this or "
-        "eval_every."
-    )
-    eval_batch_size: int | None = option(
-        None, help="Validation batch size per process; default micro_batch_size."
-    )
-    early_stopping_patience: int = option(
-        0, help="Stop after this many validations without improvement (restoring the best); 0 = off."
-    )
-    select_metric: str = option(
-        "auto",
-        help="Validation value that early stopping and best-checkpoint selection optimise: a scalar model "
-        "output (e.g. rec_loss or loss) or a value of the stage's extra validation (SFT with valid_rank_rows > 0: "
-        "e.g. ndcg@10, hr@10); auto = rec_loss when the model returns it (FLR: the recommendation loss alone, "
-        "so regulariser terms and their drifting weights never pick the model), else loss.",
-    )
-    select_mode: Literal["auto", "min", "max"] = option(
-        "auto", help="Direction of select_metric: min (lower is better) or max; auto = max for ranking metrics "
-        "(names starting with hr@, ndcg@, recall@ or mrr), else min."
-    )
-    save_every: int = option(
-        0, help="Checkpoint every N optimizer steps (always also at the end); 0 = end only."
-    )
-    keep_last: int = option(
-        1, help="Step checkpoints kept on disk, each with weights and optimizer state (~3x the trainable "
-        "weights); the best model is kept once, in best/.")
-    log_every: int = option(10, help="Log (JSONL, progress bar, TensorBoard) every N optimizer steps.")
-    num_workers: int = option(0, help="DataLoader worker processes.")
-    shuffle: bool = option(True, help="Shuffle the training set each epoch (reproducibly, see data_seed).")
-    group_by_length: bool = option(
-        False, help="Batch rows of similar length (seeded mega-batches of 50 micro-batches, each sorted by length, "
-        "as Hugging Face's group_by_length): less padding, faster steps; batches differ from plain shuffling."
-    )
-    data_seed: int | None = option(None, help="Seed of the per-epoch shuffle order; default = seed.")
-    resume: bool | Literal["auto"] = option(
-        "auto", help="Continue from the latest checkpoint in output_dir: true, false or auto (if one exists)."
-    )
-    tensorboard: bool | Literal["auto"] = option(
-        "auto", help="Write TensorBoard events to output_dir/tb (auto = if tensorboard is installed)."
-    )
-    progress: bool = option(True, help="Show a tqdm progress bar on the main process.")
-    overwrite: bool = option(
-        False, help="If output_dir holds a run made with other settings, delete it and start over "
-        "(CLI: --force); a run with the same settings is always resumed or reused."
-    )
-
-    def __post_init__(self) -> None:
-        if self.max_steps is not None and self.epochs is not None:
-            raise ConfigError(
-                f"config keys 'max_steps' ({self.max_steps}) and 'epochs' ({self.epochs}) both set; "
-                "exactly one decides the schedule: set the other to null"
-            )
-        if self.max_steps is None and self.epochs is None:
-            self.epochs = 1
-        positive = (
-            "lr",
-            "micro_batch_size",
-            "grad_accum_steps",
-            "keep_last",
-            "log_every",
-            "max_steps",
-            "epochs",
-            "eval_batch_size",
-        )
-        for key in positive:
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise ConfigError(f"config key '{key}': must be > 0, got {value}")
-        for key in (
-            "weight_decay",
-            "eps",
-            "warmup_steps",
-            "max_grad_norm",
-            "eval_every",
-            "eval_per_epoch",
-            "save_every",
-            "early_stopping_patience",
-            "num_workers",
-        ):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"config key '{key}': must be >= 0, got {getattr(self, key)}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"config key 'betas': need two values in [0, 1), got {list(self.betas)}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"config key 'warmup_ratio': must be in [0, 1), got {self.warmup_ratio}")
-        if self.warmup_steps and self.warmup_ratio:
-            raise ConfigError("config keys 'warmup_steps' and 'warmup_ratio' both set; set one of them to 0")
-        if not self.output_dir:
-            raise ConfigError("config key 'output_dir' is empty; set it to a run folder, e.g. runs/sft")
-        if self.eval_every and self.eval_per_epoch:
-            raise ConfigError(f"config keys 'eval_every' ({self.eval_every}) and 'eval_per_epoch' "
-                              f"({self.eval_per_epoch}) both set; set one of them to 0")
-        if self.select_mode not in ("auto", "min", "max"):
-            raise ConfigError(f"config key 'select_mode': {self.select_mode!r} is not one of auto, min, max")
-        if not str(self.select_metric).strip():
-            raise ConfigError("config key 'select_metric' is empty; set it to auto, rec_loss, loss or e.g. ndcg@10")
-
-    @property
-    def select_direction(self) -> Literal["min", "max"]:
-        """``select_mode`` resolved: ``max`` for ranking metrics under ``auto``, else ``min``."""
-        if self.select_mode != "auto":
-            return self.select_mode
-        return "max" if is_ranking_metric(self.select_metric) else "min"
-
-
-RANKING_PREFIXES = ("hr@", "ndcg@", "recall@", "mrr")
-
-
-def is_ranking_metric(name: str) -> bool:
-    """Whether ``name`` is a ranking metric (higher is better): ``hr@K``, ``ndcg@K``, ``recall@K``, ``mrr``.
-
-    >>> is_ranking_metric("ndcg@10"), is_ranking_metric("rec_loss")
-    (True, False)
-    """
-    return str(name).lower().startswith(RANKING_PREFIXES)
-
-
-def eval_steps_in_epoch(steps_per_epoch: int, per_epoch: int) -> list[int]:
-    """The 1-based steps within an epoch after which ``eval_per_epoch=per_epoch`` validates.
-
-    >>> eval_steps_in_epoch(8, 4), eval_steps_in_epoch(10, 3), eval_steps_in_epoch(2, 4)
-    ([2, 4, 6, 8], [3, 7, 10], [1, 2])
-    """
-    return sorted({s for j in range(1, per_epoch + 1) if (s := round(j * steps_per_epoch / per_epoch)) > 0})
-
-
-@dataclass
-class TrainResult:
-    best_step: int
-    best_valid_loss: float | None  # the best select_metric value; None without a validation set (best = last)
-    steps_done: int
-    stopped_early: bool
-    best_dir: Path  # what save_fn wrote: output_dir/best
-    history_path: Path  # output_dir/log.jsonl
-    samples_seen: int = 0  # training examples consumed over all processes (counting repeats over epochs)
-    mixed_precision: str = "no"  # the resolved autocast setting ("bf16" or "no")
-    reused: bool = False  # True when a finished run with the same fingerprint was returned as it was
-    disk_bytes: int = 0  # what the finished run directory holds on disk
-    select_metric: str = "auto"  # what best_valid_loss measures (TrainConfig.select_metric)
-
-
-@dataclass
-class TrainState:
-    """Everything besides tensors that a resume needs; stored as JSON in each checkpoint."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed (per process)
-    best_step: int = 0
-    best_loss: float | None = None  # best select_metric value (whatever its direction; None = no validation yet)
-    bad_evals: int = 0  # validations since the last improvement
-    last_eval_step: int = -1
-    stopped_early: bool = False
-    elapsed_s: float = 0.0
-    history: list[dict[str, Any]] = field(default_factory=list)  # validation records
-    resume_keys: dict[str, Any] = field(default_factory=dict)
-    trainable: list[str] = field(default_factory=list)
-    samples_seen: int = 0  # training examples consumed (all processes)
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """Sampler whose order depends only on (seed, epoch): reproducible after a restart and identical on
-    every process (accelerate then gives each process its own shard of batches).
-
-    With ``lengths`` (and ``batch_size``) it groups by length: the epoch's permutation is cut into
-    mega-batches of ``GROUP_MEGA`` micro-batches, each sorted longest first, so a micro-batch holds rows
-    of similar length (Hugging Face's ``group_by_length``); the longest micro-batch runs first, so an
-    out-of-memory error shows at step one.
-    """
-
-    GROUP_MEGA = 50
-
-    def __init__(self, n: int, seed: int, shuffle: bool = True, lengths: Sequence[int] | None = None,
-                 batch_size: int = 1):
-        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
-        self.lengths, self.batch_size = lengths, batch_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def order(self) -> list[int]:
-        """This epoch's row order."""
-        if not self.shuffle:
-            perm = list(range(self.n))
-        else:
-            g = torch.Generator().manual_seed(_derive_seed(self.seed, self.epoch))
-            perm = torch.randperm(self.n, generator=g).tolist()
-        if self.lengths is None:
-            return perm
-        mega = self.GROUP_MEGA * self.batch_size
-        groups = [sorted(perm[i : i + mega], key=lambda j: -self.lengths[j]) for i in range(0, self.n, mega)]
-        out = [j for grp in groups for j in grp]
-        longest = max(range(0, self.n, self.batch_size), key=lambda i: self.lengths[out[i]])
-        out[: self.batch_size], out[longest : longest + self.batch_size] = (
-            out[longest : longest + self.batch_size], out[: self.batch_size])
-        return out
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.order())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-def dir_size(path: Path) -> int:
-    """Bytes of all files under ``path``."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
-def padding_fraction(lengths: Sequence[int], order: Sequence[int], batch_size: int) -> float:
-    """Share of a padded batch's cells that are padding, over consecutive batches of ``order``.
-
-    >>> padding_fraction([1, 3, 1, 3], [0, 1, 2, 3], 2), padding_fraction([1, 3, 1, 3], [1, 3, 0, 2], 2)
-    (0.3333333333333333, 0.0)
-    """
-    cells = real = 0
-    for i in range(0, len(order), batch_size):
-        batch = [lengths[j] for j in order[i : i + batch_size]]
-        cells += max(batch) * len(batch)
-        real += sum(batch)
-    return (cells - real) / max(cells, 1)
-
-
-def _derive_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The complete ``checkpoints/step-N`` folder with the largest N, or None."""
-    root = Path(output_dir) / "checkpoints"
-    done = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file()] if root.is_dir() else []
-    return max(done, key=_ckpt_step, default=None)
-
-
-def _ckpt_step(path: Path) -> int:
-    return int(path.name.split("-", 1)[1])
-
-
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warmup to the peak (reached at step warmup-1), then linear decay towards 0 at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
 
 
 def _batch_size(batch: Mapping[str, Any], default: int) -> int:
@@ -366,12 +76,6 @@ def _batch_size(batch: Mapping[str, Any], default: int) -> int:
         if isinstance(v, torch.Tensor) and v.dim() > 0:
             return v.shape[0]
     return default
-
-
-def run_inputs(run_config: ConfigBase | None) -> list[str]:
-    """What a stage's config reads (``from_run`` of GRPO, a local ``data`` folder): never a run directory."""
-    return [v for v in (getattr(run_config, "from_run", None), getattr(run_config, "data", None))
-            if isinstance(v, str) and v]
 
 
 class Trainer:
@@ -436,17 +140,33 @@ class Trainer:
                 "Trainer: the model has no trainable parameters; check trainable_filter/requires_grad"
             )
         model.to(acc.device)
-        self._opt = self._make_optimizer(model, param_groups)
+        self._opt = make_optimizer(model, param_groups, cfg)
 
         if cfg.group_by_length and lengths is None:
             raise ConfigError("train.group_by_length needs the rows' lengths; this stage does not provide them, "
                               "set train.group_by_length=false")
         self.train_lengths = lengths
         self._sampler = self.make_train_sampler(len(train_dataset))
+        train_loader, valid_loader = self._make_loaders(train_dataset, valid_dataset, collate_fn)
+        self.model, self.optimizer, self.train_loader = acc.prepare(model, self._opt, train_loader)
+        self.valid_loader = acc.prepare(valid_loader) if valid_loader is not None else None
+
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.grad_accum_steps)
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        # Not prepared: accelerate's scheduler wrapper steps num_processes times per optimizer step.
+        self.scheduler = make_scheduler(self._opt, cfg, self.total_steps)
+        # The scheduler is NOT registered for accelerate's checkpointing (that pickles it and loads it
+        # with weights_only=False); its state goes to scheduler.json instead, see _save_checkpoint.
+        acc.register_save_state_pre_hook(self._keep_trainable_weights)
+
+    # ----------------------------------------------------------------- setup helpers
+    def _make_loaders(self, train_dataset: Dataset, valid_dataset: Dataset | None,
+                      collate_fn: Callable[[list[Any]], Mapping[str, Any]]) -> tuple[DataLoader, DataLoader | None]:
+        cfg = self.config
         # Own generators: DataLoader draws a worker base seed per iterator, which must not consume
         # the global RNG (a resumed run creates an extra iterator mid-epoch).
         self._train_gen = torch.Generator()
-        pin = acc.device.type == "cuda"
+        pin = self.accelerator.device.type == "cuda"
         train_loader = DataLoader(
             train_dataset,
             batch_size=cfg.micro_batch_size,
@@ -469,46 +189,13 @@ class Trainer:
                 pin_memory=pin,
             )
         )
-        self.model, self.optimizer, self.train_loader = acc.prepare(model, self._opt, train_loader)
-        self.valid_loader = acc.prepare(valid_loader) if valid_loader is not None else None
-
-        self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.grad_accum_steps)
-        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        warmup = cfg.warmup_steps or round(cfg.warmup_ratio * self.total_steps)
-        # Not prepared: accelerate's scheduler wrapper steps num_processes times per optimizer step.
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self._opt, lambda s: _lr_factor(s, warmup, self.total_steps)
-        )
-        # The scheduler is NOT registered for accelerate's checkpointing (that pickles it and loads it
-        # with weights_only=False); its state goes to scheduler.json instead, see _save_checkpoint.
-        acc.register_save_state_pre_hook(self._keep_trainable_weights)
-
-    # ----------------------------------------------------------------- setup helpers
-    def _make_optimizer(
-        self, model: nn.Module, param_groups: Sequence[dict[str, Any]] | None
-    ) -> torch.optim.AdamW:
-        cfg = self.config
-        if param_groups is None:
-            trainable = [p for p in model.parameters() if p.requires_grad]
-            param_groups = [
-                {"params": [p for p in trainable if p.dim() >= 2]},
-                {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
-            ]
-        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in param_groups]
-        groups = [g for g in groups if g["params"]]
-        kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-        try:  # fused: one kernel for all params (5x faster than the default on CPU, see machine notes)
-            return torch.optim.AdamW(groups, fused=True, **kwargs)
-        except (RuntimeError, TypeError):
-            return torch.optim.AdamW(groups, **kwargs)
+        return train_loader, valid_loader
 
     def _trainable_state(
         self, unwrapped: nn.Module, state_dict: Mapping[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """Trainable parameters + buffers: the frozen base comes from the caller's model, not checkpoints."""
-        keep = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
-        keep |= {n for n, _ in unwrapped.named_buffers()}
-        return {k: v for k, v in state_dict.items() if k in keep}
+        return checkpoint.trainable_state(unwrapped, state_dict)
 
     def _keep_trainable_weights(self, models: list[nn.Module], weights: list[dict], _dir: str) -> None:
         for i, (m, w) in enumerate(zip(models, weights, strict=False)):
@@ -593,29 +280,11 @@ class Trainer:
         return {k: (vec[i] / vec[-1]).item() for i, k in enumerate(names)}
 
     def _select_key(self, out: Mapping[str, Any]) -> str:
-        key = self.config.select_metric
-        if key == "auto" or key in self.extra_validation_names():  # an extra value: valid_loss is auto's loss
-            return "rec_loss" if "rec_loss" in out else "loss"
-        if key not in out or not isinstance(out[key], torch.Tensor) or out[key].dim() != 0:
-            extra = list(self.extra_validation_names())
-            raise ConfigError(
-                f"config key 'select_metric' is {key!r} but the model returns no scalar under that name "
-                f"(it returns {sorted(k for k, v in out.items() if isinstance(v, torch.Tensor) and v.dim() == 0)}"
-                f"{f'; the extra validation values are {extra}' if extra else ''}); "
-                "set select_metric=auto or one of those"
-            )
-        return key
+        return select_key(self.config.select_metric, self.extra_validation_names(), out)
 
     def _check_select_metric(self) -> None:
         """Refuse a ranking select_metric that no extra validation value provides, before training."""
-        key, names = self.config.select_metric, self.extra_validation_names()
-        if self.valid_loader is not None and is_ranking_metric(key) and key not in names:
-            raise ConfigError(
-                f"config key 'select_metric' is {key!r}, a ranking metric, but this stage's validation computes "
-                f"{list(names) or 'no ranking metrics'}; " + (
-                    f"pick one of {list(names)} or select_metric=auto" if names else
-                    "turn validation ranking on (SFT: valid_rank_rows=500) or set select_metric=auto")
-            )
+        check_select_metric(self.config.select_metric, self.extra_validation_names(), self.valid_loader is not None)
 
     def _bar_names(self) -> tuple[str, ...]:
         """Extra validation values shown in the progress bar: the selected one, else the first."""
@@ -665,7 +334,7 @@ class Trainer:
     def _train(self) -> TrainResult:
         acc, cfg = self.accelerator, self.config
         state = self._start_state()
-        log = _RunLog(self.output_dir, state.step, cfg.tensorboard, enabled=acc.is_main_process)
+        log = RunLog(self.output_dir, state.step, cfg.tensorboard, enabled=acc.is_main_process)
         bar = tqdm(
             total=self.total_steps,
             initial=state.step,
@@ -684,9 +353,9 @@ class Trainer:
         return self._finish(state)
 
     # ----------------------------------------------------------------- training loop
-    def _loop(self, state: TrainState, log: _RunLog, bar: tqdm) -> None:
+    def _loop(self, state: TrainState, log: RunLog, bar: tqdm) -> None:
         acc, cfg = self.accelerator, self.config
-        meter = _Meter(acc.device)
+        meter = Meter(acc.device)
         t0, elapsed0 = time.perf_counter(), state.elapsed_s
         n_batches = len(self.train_loader)
         self.model.train()
@@ -695,7 +364,7 @@ class Trainer:
         while state.step < self.total_steps and not state.stopped_early:
             self.train_loader.set_epoch(state.epoch)  # also sets our sampler's epoch
             self._sampler.set_epoch(state.epoch)
-            self._train_gen.manual_seed(_derive_seed(self.data_seed, state.epoch, 1))
+            self._train_gen.manual_seed(derive_seed(self.data_seed, state.epoch, 1))
             loader = (
                 acc.skip_first_batches(self.train_loader, state.batch_in_epoch)
                 if state.batch_in_epoch
@@ -765,7 +434,7 @@ class Trainer:
             )
         return out
 
-    def _validate(self, state: TrainState, log: _RunLog, bar: tqdm | None = None) -> None:
+    def _validate(self, state: TrainState, log: RunLog, bar: tqdm | None = None) -> None:
         if bar is not None:  # validation can take a while: say so instead of a frozen bar
             bar.set_description_str("train (validating)")
         values = self.evaluate_all()
@@ -782,7 +451,7 @@ class Trainer:
         else:
             value = loss
         state.last_eval_step = state.step
-        improved = _improves(value, state.best_loss, self.config.select_direction)
+        improved = improves(value, state.best_loss, self.config.select_direction)
         if improved:
             state.best_loss, state.best_step, state.bad_evals = value, state.step, 0
             self._save_best()
@@ -814,83 +483,28 @@ class Trainer:
             "total_steps": self.total_steps,
             "num_processes": self.accelerator.num_processes,
         }
-        ckpt = latest_checkpoint(self.output_dir)
-        if ckpt is None or cfg.resume is False:
-            if ckpt is not None:
-                raise ConfigError(
-                    f"config key 'resume' is false but {ckpt.parent} holds checkpoints; "
-                    "set resume=auto to continue that run or pick a new output_dir"
-                )
-            if cfg.resume is True:
-                raise ConfigError(
-                    f"config key 'resume' is true but {self.output_dir}/checkpoints has no checkpoint; "
-                    "set resume=auto to start fresh"
-                )
+        ckpt = checkpoint.resumable(self.output_dir, cfg.resume)
+        if ckpt is None:
             set_seed(cfg.seed, device_specific=True)
             return TrainState(resume_keys=keys, trainable=self.trainable)
-        state = TrainState(**json.loads((ckpt / STATE_FILE).read_text()))
-        for k, v in keys.items():
-            if state.resume_keys.get(k) != v:
-                raise ConfigError(
-                    f"{self._key_label(k)} is {v} but checkpoint {ckpt} used {state.resume_keys.get(k)}; "
-                    "restore it to resume exactly, or start a new run directory (or --force to start over)"
-                )
-        if state.trainable != self.trainable:
-            raise FlrecError(
-                f"{ckpt}: trained a different parameter set than the model now marks trainable; "
-                "use the same trainable_filter/requires_grad as the original run"
-            )
-        with _without_pickled_objects(ckpt) as view:
-            self.accelerator.load_state(str(view), strict=False)  # strict=False: frozen weights are not stored
-        self._load_scheduler(ckpt, state.step)
+        state = checkpoint.read_state(ckpt, keys, self.trainable, self._key_label)
+        checkpoint.load_tensors(self.accelerator, ckpt)
+        checkpoint.load_scheduler(self.scheduler, self.optimizer, ckpt, state.step)
         return state
 
     def _save_checkpoint(self, state: TrainState) -> None:
-        acc = self.accelerator
-        root = self.output_dir / "checkpoints"
-        final, tmp = root / f"step-{state.step}", root / f".tmp-step-{state.step}"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)  # leftover of a crash during saving
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            atomic_write_json(tmp / SCHEDULER_FILE, self.scheduler.state_dict())
-            atomic_write_json(tmp / STATE_FILE, asdict(state))  # marks the folder complete
-            if final.exists():  # re-saving a step (end of run right after a periodic save)
-                old = root / f".old-step-{state.step}"
-                os.replace(final, old)
-                shutil.rmtree(old)
-            os.replace(tmp, final)
-            steps = sorted((p for p in root.glob("step-*") if (p / STATE_FILE).is_file()), key=_ckpt_step)
-            for p in steps[: -self.config.keep_last]:
-                shutil.rmtree(p)
-        acc.wait_for_everyone()
+        checkpoint.save_checkpoint(self.accelerator, self.output_dir, state, self.scheduler, self.config.keep_last)
 
     def _save_best(self) -> None:
         acc = self.accelerator
         unwrapped = acc.unwrap_model(self.model)
-        weights = self._trainable_state(unwrapped, acc.get_state_dict(self.model))
-        if acc.is_main_process:
-            path = self.output_dir / "checkpoints" / "best" / BEST_WEIGHTS
-            path.parent.mkdir(parents=True, exist_ok=True)
-            cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()}
-            atomic_save(path, lambda tmp: save_file(cpu, str(tmp)))
-        acc.wait_for_everyone()
+        checkpoint.save_best(acc, self.output_dir, self._trainable_state(unwrapped, acc.get_state_dict(self.model)))
 
     def _finish(self, state: TrainState) -> TrainResult:
         acc = self.accelerator
         unwrapped = acc.unwrap_model(self.model)
-        best_file = self.output_dir / "checkpoints" / "best" / BEST_WEIGHTS
-        if state.best_loss is not None and best_file.is_file():
-            missing = unwrapped.load_state_dict(
-                # "cpu:0" (a multi-process CPU run's device) is not a device name safetensors accepts
-                load_file(str(best_file), device="cpu" if acc.device.type == "cpu" else str(acc.device)), strict=False
-            )
-            if missing.unexpected_keys:
-                raise FlrecError(
-                    f"{best_file}: unexpected keys {missing.unexpected_keys[:3]}; wrong model for this run"
-                )
+        if state.best_loss is not None:
+            checkpoint.load_best(acc, unwrapped, self.output_dir)
         best_dir = self.output_dir / "best"
         if self.save_fn is None:
             acc.save_model(self.model, best_dir)
@@ -922,72 +536,20 @@ class Trainer:
         return fp
 
     def _key_label(self, key: str) -> str:
-        label = _RESUME_LABELS.get(key, key)
-        prefix = "train." if self.run_config is not None and self.run_config is not self.config else ""
-        return "config key " + "/".join(prefix + part for part in label.split("/")) if key != "num_processes" else label
+        return checkpoint.resume_key_label(key, self.run_config is not None and self.run_config is not self.config)
 
     def _claim_output_dir(self) -> TrainResult | None:
         """Check ``output_dir`` against this run's fingerprint; a finished identical run is returned."""
-        acc, cfg, out = self.accelerator, self.config, self.output_dir
-        fp = self.fingerprint()
-        stored = read_fingerprint(out)
-        if stored is not None:
-            keys = diff(stored, fp)
-            if keys and not cfg.overwrite:
-                raise ConfigError(mismatch_message(
-                    out, "training run", stored, fp, keys,
-                    "rerun with --force (train.overwrite=true) to delete that run and start over, "
-                    "or choose a new run directory"))
-            if keys:
-                acc.wait_for_everyone()
-                if acc.is_main_process:
-                    self._wipe_run()
-                stored = None
-            else:
-                done = out / FINISHED_FILE
-                if done.is_file() and (out / "best").is_dir():
-                    info = json.loads(done.read_text(encoding="utf-8"))
-                    info.update(best_dir=Path(info["best_dir"]), history_path=Path(info["history_path"]), reused=True)
-                    return TrainResult(**{k: v for k, v in info.items() if k in TrainResult.__dataclass_fields__})
-        acc.wait_for_everyone()
-        if stored is None and acc.is_main_process:
-            # A run directory from an older flrec has checkpoints but no fingerprint: adopt it (the
-            # resume keys below still guard exactness); otherwise this is a fresh start.
-            if self.save_metadata and latest_checkpoint(out) is None:
-                save_run_metadata(out, self.run_config or cfg, stage=self.stage)
-                self._record_resolved()
-            write_fingerprint(out, fp)
-        acc.wait_for_everyone()
-        return None
+        write_metadata = self._write_metadata if self.save_metadata else None
+        return claim_output_dir(self.accelerator, self.output_dir, self.fingerprint(), self.config.overwrite,
+                                write_metadata)
 
-    def _record_resolved(self) -> None:
-        """Add what "auto" settings resolved to (e.g. mixed_precision) to run_info.json."""
-        path = self.output_dir / "run_info.json"
-        info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        info["resolved"] = {"mixed_precision": self.mixed_precision, "num_processes": self.accelerator.num_processes,
-                            "device": str(self.accelerator.device)}
-        atomic_write_json(path, info)
-
-    def _wipe_run(self) -> None:
-        """Delete what a training run wrote (only those files: anything else of the user's stays)."""
-        out = self.output_dir
-        for name in ("checkpoints", "best", "tb"):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for name in ("log.jsonl", FINISHED_FILE, FINGERPRINT, "config.yaml", "run_info.json"):
-            (out / name).unlink(missing_ok=True)
-
-    def _load_scheduler(self, ckpt: Path, step: int) -> None:
-        path = ckpt / SCHEDULER_FILE
-        if path.is_file():
-            self.scheduler.load_state_dict(json.loads(path.read_text(encoding="utf-8")))
-            return
-        # A checkpoint from an older flrec kept the scheduler in a pickle, which we never load: the
-        # schedule is a pure function of the step, so replay it (the optimizer state holds the lr).
-        lrs = [g["lr"] for g in self.optimizer.param_groups]
-        for _ in range(step):
-            self.scheduler.step()
-        for g, lr in zip(self.optimizer.param_groups, lrs, strict=True):
-            g["lr"] = lr
+    def _write_metadata(self) -> None:
+        """``config.yaml``/``run_info.json`` of a run that starts, with what "auto" settings resolved to."""
+        save_run_metadata(self.output_dir, self.run_config or self.config, stage=self.stage)
+        record_resolved(self.output_dir, {"mixed_precision": self.mixed_precision,
+                                          "num_processes": self.accelerator.num_processes,
+                                          "device": str(self.accelerator.device)})
 
     def _stop_if_nonfinite(self, state: TrainState, loss_flag: torch.Tensor, grad_norm: torch.Tensor | None,
                            step_start: tuple[int, int]) -> None:
@@ -1011,145 +573,3 @@ class Trainer:
             "(in a new run directory, or rerun with --force)"
         )
 
-
-@contextmanager
-def _without_pickled_objects(ckpt: Path) -> Iterator[Path]:
-    """``ckpt``, or a temporary view of it without ``custom_checkpoint_*.pkl`` files.
-
-    accelerate unpickles those with weights_only=False (arbitrary code) and refuses a folder whose
-    count differs from the registered objects; we register none, so such files are either from an
-    older flrec (its scheduler, now in scheduler.json) or planted. The view links everything else."""
-    planted = list(ckpt.glob("custom_checkpoint_*.pkl"))
-    if not planted:
-        yield ckpt
-        return
-    with tempfile.TemporaryDirectory(prefix=".load-", dir=ckpt.parent) as tmp:
-        for f in ckpt.iterdir():
-            if f not in planted:
-                (Path(tmp) / f.name).symlink_to(f.resolve())
-        yield Path(tmp)
-
-
-def _improves(loss: float, best: float | None, direction: Literal["min", "max"] = "min") -> bool:
-    """A validation value is an improvement only if it is finite (a first NaN must not become "best") and
-    beats ``best`` in ``direction`` (min: lower is better; max: higher)."""
-    if not math.isfinite(loss):
-        return False
-    return best is None or (loss > best if direction == "max" else loss < best)
-
-
-class _Meter:
-    """Running sums between log rows, kept as tensors so logging syncs the device only every log_every."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.sums: dict[str, torch.Tensor] = {}
-        self.micro = 0
-        self.samples = 0
-        self.grad_norm: torch.Tensor | None = None
-        self.lr = 0.0
-        self.t = time.perf_counter()
-
-    def add(self, out: Mapping[str, Any], n_samples: int) -> None:
-        items = {"loss": out["loss"], **out.get("logs", {})}
-        for k, v in items.items():
-            v = torch.as_tensor(v, device=self.device).detach().float()
-            self.sums[k] = self.sums[k] + v if k in self.sums else v
-        self.micro += 1
-        self.samples += n_samples
-
-    def flush(self, acc: Accelerator, state: TrainState) -> dict[str, float]:
-        names = list(self.sums)
-        vec = torch.stack(
-            [self.sums[k] for k in names] + [torch.tensor(float(self.samples), device=self.device)]
-        )
-        vec = acc.reduce(vec, "sum")
-        means = (vec[:-1] / (self.micro * acc.num_processes)).tolist()
-        if not math.isfinite(means[0]):
-            raise FlrecError(
-                f"training diverged at step {state.step} (loss={means[0]}); lower lr or set max_grad_norm"
-            )
-        now = time.perf_counter()
-        row = {"step": state.step, "lr": self.lr, **dict(zip(names, means, strict=True))}
-        if self.grad_norm is not None:
-            row["grad_norm"] = float(self.grad_norm)
-        row["samples_per_s"] = round(vec[-1].item() / max(now - self.t, 1e-9), 2)
-        row["elapsed_s"] = round(state.elapsed_s, 3)
-        self.sums, self.micro, self.samples, self.t = {}, 0, 0, now
-        return row
-
-
-def bar_postfix(row: Mapping[str, Any], history: Sequence[Mapping[str, Any]] = (), extra: Sequence[str] = ()) -> str:
-    """The progress bar's few fields (loss, lr, rows/s, last validation loss and the ``extra`` validation
-    values, e.g. ndcg@10); log.jsonl has them all.
-
-    Every logged term used to go into the bar (13 fields with FLR's regularisers), which wrapped."""
-    parts = [f"loss {row['loss']:.4g}"] if "loss" in row else []
-    if "rec" in row and row["rec"] != row.get("loss"):  # the recommendation loss beside the regularised total
-        parts.append(f"rec {row['rec']:.4g}")
-    if "lr" in row:
-        parts.append(f"lr {row['lr']:.1e}")
-    if "samples_per_s" in row:
-        parts.append(f"{row['samples_per_s']:.3g} rows/s")
-    if history:
-        parts.append(f"valid {history[-1]['valid_loss']:.4g}")
-        parts += [f"{k} {history[-1][f'valid_{k}']:.4g}" for k in extra if f"valid_{k}" in history[-1]]
-    return ", ".join(parts)
-
-
-class _RunLog:
-    """log.jsonl (line-buffered, flushed per row) + optional TensorBoard, main process only.
-
-    On resume, rows after the checkpoint's step are dropped so the log matches the resumed run."""
-
-    def __init__(self, output_dir: Path, resume_step: int, tensorboard: bool | str, enabled: bool):
-        self.file = self.tb = None
-        if not enabled:
-            return
-        path = output_dir / "log.jsonl"
-        if path.exists():
-            rows, _torn = read_jsonl_tolerant(path)  # a torn last line (crash mid-write) is dropped
-            kept = [r for r in rows if r.get("step", 0) <= resume_step]
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-        self.file = open(path, "a", buffering=1, encoding="utf-8")
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                if tensorboard is True:
-                    raise ConfigError(
-                        "config key 'tensorboard' is true but tensorboard is not installed; "
-                        "pip install 'flrec[tb]' (the tensorboard extra) or set tensorboard=auto"
-                    ) from None
-                _note_tensorboard_off()
-            else:
-                self.tb = SummaryWriter(str(output_dir / "tb"), purge_step=resume_step + 1)
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self.file is None:
-            return
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, int | float):
-                    self.tb.add_scalar(k, v, row["step"])
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-_TB_NOTED = False
-
-
-def _note_tensorboard_off() -> None:
-    """Say once per process that tensorboard=auto found no tensorboard (it used to be silent)."""
-    global _TB_NOTED
-    if not _TB_NOTED:
-        _TB_NOTED = True
-        print("note: TensorBoard logging is off (tensorboard is not installed; the optional extra "
-              "`pip install 'flrec[tb]'` turns it on, train.tensorboard=false silences this note); "
-              "metrics are in log.jsonl", file=sys.stderr)
