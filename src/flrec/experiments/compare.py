@@ -24,9 +24,13 @@ test of the reference against every other method (``{method: {"t", "p_value", "n
 ``item_metrics`` (HR/NDCG@5/10, mean ± std over seeds) beside the title-level ones, and
 ``significance_item`` repeats the t-test on per-row item NDCG@10. A finished cell evaluated with the
 title protocol (an older flrec, or ``protocol=title``) is re-ranked, not retrained: its title-level
-files are kept as ``*.title-protocol.*`` and its saved model is evaluated again. ``item_ndcg@10``
+files are kept as ``*.title-protocol.*`` and its saved model is evaluated again. ``expected_item_ndcg@10``
 is always present: the title-level NDCG@10 with a hit on a title that m items share counted 1/m (the
-expectation when a title stands for one of its items at random; no item ranking needed).
+expectation when a title stands for one of its items at random; no item ranking needed; tables call it
+"expected item NDCG@10"). Not to be confused with the item protocol's NDCG@10 (``item_metrics``,
+"item NDCG@10"; ``item_protocol_ndcg@10`` in ``significance_item`` and ``relative_improvement``).
+Summaries written before the two had distinct names are read through
+:func:`~flrec.experiments.compare_stats.upgrade_summary`.
 
 The parts: :mod:`~flrec.experiments.compare_config` (the config), :mod:`~flrec.experiments.compare_cells`
 (one cell: fingerprint, reuse, run), :mod:`~flrec.experiments.compare_stats` (seed means, t-tests,

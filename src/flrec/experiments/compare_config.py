@@ -46,7 +46,7 @@ class CompareConfig(ConfigBase):
     protocol: Literal["title", "item"] = option(
         "item", help="item: every cell also ranks items (eval.protocol=item) and the table has item-level HR@10/"
         "NDCG@10 beside the title-level columns; title: the paper's title-level protocol only (cheaper for "
-        "LLM methods; the table then shows the 1/m-discounted item NDCG@10)")
+        "LLM methods; the table then shows the 1/m-discounted \"expected item NDCG@10\")")
     overwrite: bool = option(False, help="recompute cells whose settings changed since they ran (CLI: --force); "
                              "without it such cells are refused; unchanged finished cells are always reused")
     variants: dict[str, str] = option(

@@ -23,6 +23,16 @@ from flrec.experiments.compare_config import CompareConfig
 TABLE_METRICS: tuple[str, ...] = ("hr@5", "hr@10", "ndcg@5", "ndcg@10")
 SIG_METRIC = "ndcg@10"
 ITEM_METRIC = "ndcg@10"  # also reported with shared-title hits discounted (analysis.item_level_row_metric)
+# Two different "item NDCG@10"s, two names (issue: one name used to stand for both):
+# the title-level NDCG@10 with a hit on a title that m items share counted 1/m (always present; the
+# expectation when a title stands for one of its items at random, analysis.item_level_row_metric) ...
+EXPECTED_ITEM_KEY = f"expected_item_{ITEM_METRIC}"
+# ... and NDCG@10 of the target item's rank in the item ranking (eval.protocol=item; per method it is
+# item_metrics[ITEM_METRIC]): the key of significance_item's metric and of relative_improvement.
+ITEM_PROTOCOL_KEY = f"item_protocol_{ITEM_METRIC}"
+# summary.json keys written before the rename, per section: {old: new}. Read through upgrade_summary.
+_LEGACY_KEYS = {"methods": {f"item_{ITEM_METRIC}": EXPECTED_ITEM_KEY},
+                "relative_improvement": {f"item_{ITEM_METRIC}": ITEM_PROTOCOL_KEY}}
 
 
 def _significance(cfg: CompareConfig, methods: dict[str, dict], done: dict[str, list[Path]], ok: list[str],
@@ -30,7 +40,7 @@ def _significance(cfg: CompareConfig, methods: dict[str, dict], done: dict[str, 
     """Paired t-test of the reference against the best other method on per-row NDCG@10 (averaged
     over seeds); ``item=True`` uses the item-level ranks (``item_metrics``) of both."""
     ref = cfg.reference
-    out: dict[str, Any] = {"metric": f"item_{SIG_METRIC}" if item else SIG_METRIC, "reference": ref, "vs": None,
+    out: dict[str, Any] = {"metric": ITEM_PROTOCOL_KEY if item else SIG_METRIC, "reference": ref, "vs": None,
                            "p_value": None, "t": None, "n": 0}
     if ref not in ok:
         out["skipped"] = f"reference method '{ref}' " + (
@@ -101,7 +111,7 @@ def method_stats(dirs: list[Path], dataset: RecDataset) -> dict[str, Any]:
         top1_distinct_share=_mean([(s.get("diagnostics") or {}).get("top1_distinct_share") for s in summaries]),
         # popular / unpopular target groups (the long-tail analysis, flrec.analysis.longtail), seed means
         popularity=average_groups(summaries) if summaries else None,
-        **{f"item_{ITEM_METRIC}": _item_level(dirs, dataset)},
+        **{EXPECTED_ITEM_KEY: _item_level(dirs, dataset)},
         # the item protocol (eval.protocol=item): None unless every finished cell has item ranks
         item_metrics={m: summarise_seeds([s["item_metrics"][m] for s in summaries]) for m in TABLE_METRICS}
         if summaries and all("item_metrics" in s for s in summaries) else None,
@@ -124,7 +134,32 @@ def reference_tests(cfg: CompareConfig, methods: dict[str, dict], done: dict[str
         for m in others:
             rel[m] = {k: _rel(methods[ref][k], methods[m][k]) for k in TABLE_METRICS}
             if m in with_items and ref in with_items:
-                rel[m][f"item_{ITEM_METRIC}"] = _rel(methods[ref]["item_metrics"][ITEM_METRIC],
+                rel[m][ITEM_PROTOCOL_KEY] = _rel(methods[ref]["item_metrics"][ITEM_METRIC],
                                                      methods[m]["item_metrics"][ITEM_METRIC])
     return {"significance": significance, "significance_item": significance_item,
             "significance_all": significance_all, "relative_improvement": rel}
+
+
+def upgrade_summary(summary: dict) -> dict:
+    """A comparison ``summary.json`` with the keys of today, whatever flrec version wrote it.
+
+    Before the rename one key, ``item_ndcg@10``, named two metrics: under ``methods.<m>`` the
+    1/m-discounted title-level NDCG@10 (now :data:`EXPECTED_ITEM_KEY`), under
+    ``relative_improvement.<m>`` and as ``significance_item.metric`` the item-protocol NDCG@10 (now
+    :data:`ITEM_PROTOCOL_KEY`). Returns a new dict (``summary`` is left as it is); a current summary
+    comes back unchanged. Every reader of a summary (the table, ``flrec report``) goes through here.
+    """
+    out = dict(summary)
+    for section, renames in _LEGACY_KEYS.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {name: _renamed(entry, renames) for name, entry in out[section].items()}
+    sig = out.get("significance_item")
+    if isinstance(sig, dict) and sig.get("metric") == f"item_{SIG_METRIC}":
+        out["significance_item"] = {**sig, "metric": ITEM_PROTOCOL_KEY}
+    return out
+
+
+def _renamed(entry, renames: dict[str, str]):
+    if not isinstance(entry, dict) or not any(old in entry for old in renames):
+        return entry
+    return {renames.get(k, k) if renames.get(k) not in entry else k: v for k, v in entry.items()}

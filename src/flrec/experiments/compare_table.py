@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from flrec.experiments.compare_stats import ITEM_METRIC, SIG_METRIC, TABLE_METRICS
+from flrec.experiments.compare_stats import (
+    EXPECTED_ITEM_KEY,
+    ITEM_METRIC,
+    ITEM_PROTOCOL_KEY,
+    SIG_METRIC,
+    TABLE_METRICS,
+    upgrade_summary,
+)
 from flrec.utils.text import markdown_table
 
 ITEM_TABLE_METRICS: tuple[str, ...] = ("hr@10", "ndcg@10")  # item-protocol columns of the Markdown table
@@ -17,16 +24,23 @@ def _fmt(stat: dict | None, n: int = 2) -> str:
 
 
 def format_markdown(summary: dict) -> str:
-    """The results table of a comparison summary (mean ± std over seeds), improvements, p-value."""
+    """The results table of a comparison summary (mean ± std over seeds), improvements, p-value.
+
+    Two item-level NDCG@10s, named apart: "item NDCG@10" is the item protocol's (``item_metrics``,
+    the rank of the target item); "expected item NDCG@10" (``expected_item_ndcg@10``) is the
+    title-level value with a hit on a title that m items share counted 1/m. A summary written before
+    the names were told apart is read through :func:`~flrec.experiments.compare_stats.upgrade_summary`.
+    """
+    summary = upgrade_summary(summary)
     sig = summary["significance"]
     ref = sig["reference"]
     rel = summary["relative_improvement"]
-    item = f"item_{ITEM_METRIC}"
     # With item-level ranks (protocol=item) the item columns are that protocol's HR/NDCG@10; a summary
     # without them (protocol=title, older runs) keeps its one 1/m-discounted column, as first published.
     ranked = any(st.get("item_metrics") for st in summary["methods"].values())
     item_cols = ITEM_TABLE_METRICS if ranked else (ITEM_METRIC,)
-    head = ["method", *[m.upper() for m in TABLE_METRICS], *[f"item {m.upper()}" for m in item_cols], "seeds", "rows",
+    item_heads = [f"item {m.upper()}" for m in item_cols] if ranked else [f"expected item {ITEM_METRIC.upper()}"]
+    head = ["method", *[m.upper() for m in TABLE_METRICS], *item_heads, "seeds", "rows",
             "s/user", "distinct top-1", f"{ref} vs. method (N@10)"]
     body = []
     for name, st in summary["methods"].items():
@@ -37,7 +51,7 @@ def format_markdown(summary: dict) -> str:
             im = st.get("item_metrics")
             icells = ["failed" if n == 0 else "n/a" if im is None else _fmt(im[m], n) for m in item_cols]
         else:
-            icells = ["" if st.get(item) is None else _fmt(st[item], n)]
+            icells = ["" if st.get(EXPECTED_ITEM_KEY) is None else _fmt(st[EXPECTED_ITEM_KEY], n)]
         cells = [_fmt(st[m], n) for m in TABLE_METRICS] + icells + [str(n), str(st["n_rows"]),
             "" if spu is None else f"{spu:.4f}", "" if top1 is None else f"{top1:.1%}",
             "" if name not in rel else ("n/a" if imp is None else f"{imp:+.2f}%")]
@@ -66,9 +80,14 @@ def format_markdown(summary: dict) -> str:
                      f"t = {t}, p = {p}, n = {isig['n']} rows.")
     if ranked:
         na = any(st["n_seeds"] and not st.get("item_metrics") for st in summary["methods"].values())
-        lines += ["", "Item columns: the rank of the target *item* (a title shared by m items is split over them; "
-                  "ID models rank items)" + ("; n/a: cells evaluated with the title protocol only." if na else ".")]
+        lines += ["", "Item columns (item protocol): the rank of the target *item* (a title shared by m items is "
+                  "split over them; ID models rank items)"
+                  + ("; n/a: cells evaluated with the title protocol only." if na else ".")]
+    else:
+        lines += ["", f"Expected item {ITEM_METRIC.upper()}: the title-level value with a hit on a title that m "
+                  "items share counted 1/m (no item ranking; protocol=item ranks items)."]
     if rel:
+        item = ITEM_PROTOCOL_KEY
         cols = [*TABLE_METRICS] + ([item] if any(item in v for v in rel.values()) else [])
         lines += ["", f"Relative improvement of {ref} over each method (%):", "",
                   "| method | " + " | ".join(m.upper() if m != item else f"item {ITEM_METRIC.upper()}" for m in cols) + " |",
