@@ -14,6 +14,7 @@ import pytest
 from readme_text import readme_text
 
 from flrec.experiments.compare import TABLE_METRICS, format_markdown
+from flrec.experiments.compare_stats import upgrade_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARIES = sorted((ROOT / "results").glob("*/summary.json"))
@@ -27,6 +28,7 @@ def test_cds_summary_is_committed():
 def test_summary_shape_and_readme_table(path: Path):
     summary = json.loads(path.read_text())
     assert {"methods", "significance", "budget"} <= set(summary)
+    assert upgrade_summary(summary) == summary, "committed with keys from before the item-NDCG rename"
     for name, st in summary["methods"].items():
         for m in TABLE_METRICS:
             assert set(st[m]) == {"mean", "std"} and 0.0 <= st[m]["mean"] <= 1.0, (name, m)

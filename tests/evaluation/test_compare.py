@@ -17,6 +17,7 @@ from flrec.data.schema import Catalogue, Interaction, RecDataset
 from flrec.errors import ConfigError
 from flrec.evaluation.records import load_ranks
 from flrec.experiments.compare import CompareConfig, format_markdown, run_comparison
+from flrec.experiments.compare_stats import upgrade_summary
 from flrec.recommenders import base
 from flrec.recommenders.base import Recommender
 
@@ -115,7 +116,7 @@ def test_compare_summary_shape_resume_and_failures(tmp_path: Path):
                             "budget"}
     for name, st in summary["methods"].items():
         assert set(st) == {"hr@5", "hr@10", "ndcg@5", "ndcg@10", "n_seeds", "n_rows", "seconds_per_user",
-                           "top1_distinct_share", "item_ndcg@10", "item_metrics", "popularity"}, name
+                           "top1_distinct_share", "expected_item_ndcg@10", "item_metrics", "popularity"}, name
     for name in (REF, "pop", OTHER):
         st = summary["methods"][name]
         assert st["n_seeds"] == 2 and st["n_rows"] == 20
@@ -126,7 +127,7 @@ def test_compare_summary_shape_resume_and_failures(tmp_path: Path):
     for name in (BROKEN,):
         assert summary["methods"][name] == {"hr@5": None, "hr@10": None, "ndcg@5": None, "ndcg@10": None,
                                             "n_seeds": 0, "n_rows": 0, "seconds_per_user": None,
-                                            "top1_distinct_share": None, "item_ndcg@10": None,
+                                            "top1_distinct_share": None, "expected_item_ndcg@10": None,
                                             "item_metrics": None, "popularity": None}
     assert "boom" in (out / "cells" / BROKEN / "seed1" / "error.txt").read_text()
     cells = summary["budget"]["cells"]
@@ -143,7 +144,7 @@ def test_compare_summary_shape_resume_and_failures(tmp_path: Path):
     # Shared-title hits are discounted (T0..T2 name two items each), never inflated.
     for name in (REF, "pop", OTHER):
         st = summary["methods"][name]
-        assert 0.0 <= st["item_ndcg@10"]["mean"] <= st["ndcg@10"]["mean"]
+        assert 0.0 <= st["expected_item_ndcg@10"]["mean"] <= st["ndcg@10"]["mean"]
 
     # Significance: reference vs the best other finished method, per-row NDCG@10 averaged over seeds.
     sig = summary["significance"]
@@ -293,7 +294,8 @@ def test_table_shows_no_fake_spread_no_zero_baseline_ratio_and_warns_on_small_n(
     # run_comparison itself never divides by a zero mean
     for m in s["methods"]:
         for k, v in s["relative_improvement"].get(m, {}).items():
-            assert (v is None) == (s["methods"][m][k]["mean"] == 0)
+            st = s["methods"][m]["item_metrics"]["ndcg@10"] if k == "item_protocol_ndcg@10" else s["methods"][m][k]
+            assert (v is None) == (st["mean"] == 0)
 
 
 def _item_ndcg10(rank):
@@ -308,7 +310,7 @@ def test_item_level_columns_for_every_method_and_title_cells_are_reranked_not_re
     assert all(st["item_metrics"] is None for st in title_only["methods"].values())
     assert title_only["significance_item"]["skipped"]
     md = format_markdown(title_only)
-    assert "| item NDCG@10 | seeds |" in md and "item HR@10" not in md  # the 1/m-discounted column only
+    assert "| expected item NDCG@10 | seeds |" in md and "item HR@10" not in md  # the 1/m-discounted column only
 
     fits = dict(CALLS)
     both = run_comparison(cfg.replace(protocol="item"), dataset=ds)
@@ -335,13 +337,13 @@ def test_item_level_columns_for_every_method_and_title_cells_are_reranked_not_re
     assert any(r["item_rank"] != r["rank"] for r in recs if r["target_title_shared"] and r["rank"] is not None)
 
     sig = both["significance_item"]
-    assert sig["metric"] == "item_ndcg@10" and sig["vs"] == OTHER and sig["n"] == 20
+    assert sig["metric"] == "item_protocol_ndcg@10" and sig["vs"] == OTHER and sig["n"] == 20
     per_row = {m: np.mean([[_item_ndcg10(r["item_rank"]) for r in sorted(load_ranks(out / "cells" / m / f"seed{s}" / "ranks.jsonl"),
                                                                      key=lambda r: r["row"])] for s in (1, 2)], axis=0)
                for m in (REF, OTHER)}
     assert sig["p_value"] == pytest.approx(stats.ttest_rel(per_row[REF], per_row[OTHER]).pvalue)
     r, b = (both["methods"][m]["item_metrics"]["ndcg@10"]["mean"] for m in (REF, OTHER))
-    assert both["relative_improvement"][OTHER]["item_ndcg@10"] == pytest.approx((r - b) / b * 100)
+    assert both["relative_improvement"][OTHER]["item_protocol_ndcg@10"] == pytest.approx((r - b) / b * 100)
 
     md = format_markdown(both)
     assert "| HR@10 | NDCG@5 | NDCG@10 | item HR@10 | item NDCG@10 | seeds |" in md
@@ -353,3 +355,40 @@ def test_item_level_columns_for_every_method_and_title_cells_are_reranked_not_re
     stamp = (cell / "summary.json").stat().st_mtime_ns
     assert run_comparison(cfg.replace(protocol="item"), dataset=ds)["methods"] == both["methods"]
     assert (cell / "summary.json").stat().st_mtime_ns == stamp
+
+
+def _stat(mean: float) -> dict:
+    return {"mean": mean, "std": 0.0}
+
+
+def test_a_summary_written_before_the_rename_reads_as_today():
+    """Old summaries used ``item_ndcg@10`` for two metrics: per method the 1/m-discounted title-level
+    NDCG@10, in relative_improvement and significance_item the item protocol's NDCG@10."""
+    metrics = {m: _stat(0.02) for m in ("hr@5", "hr@10", "ndcg@5", "ndcg@10")}
+    method = {**metrics, "n_seeds": 1, "n_rows": 40, "seconds_per_user": None, "top1_distinct_share": None}
+    old = {
+        "methods": {
+            REF: {**method, "item_ndcg@10": _stat(0.0067), "item_metrics": {**metrics, "ndcg@10": _stat(0.0119)}},
+            OTHER: {**method, "item_ndcg@10": _stat(0.005), "item_metrics": {**metrics, "ndcg@10": _stat(0.01)}},
+        },
+        "significance": {"metric": "ndcg@10", "reference": REF, "vs": OTHER, "p_value": 0.5, "t": 0.1, "n": 40},
+        "significance_item": {"metric": "item_ndcg@10", "reference": REF, "vs": OTHER, "p_value": 0.2, "t": 1.0,
+                              "n": 40},
+        "relative_improvement": {OTHER: {"ndcg@10": 0.0, "item_ndcg@10": 19.0}},
+        "budget": {"cells": {}},
+    }
+    frozen = json.dumps(old)
+    new = upgrade_summary(old)
+    assert json.dumps(old) == frozen  # the input is left as it was
+    assert new["methods"][REF]["expected_item_ndcg@10"] == _stat(0.0067) and "item_ndcg@10" not in new["methods"][REF]
+    assert new["methods"][REF]["item_metrics"]["ndcg@10"] == _stat(0.0119)
+    assert new["relative_improvement"][OTHER] == {"ndcg@10": 0.0, "item_protocol_ndcg@10": 19.0}
+    assert new["significance_item"]["metric"] == "item_protocol_ndcg@10"
+    assert list(new["methods"][REF]) == [k.replace("item_ndcg", "expected_item_ndcg") for k in old["methods"][REF]]
+    assert upgrade_summary(new) == new  # today's summaries pass unchanged
+    md = format_markdown(old)
+    assert md == format_markdown(new)
+    assert "| item HR@10 | item NDCG@10 | seeds |" in md and "0.0119" in md and "0.0067" not in md
+    title_only = {**old, "methods": {m: {**st, "item_metrics": None} for m, st in old["methods"].items()}}
+    md = format_markdown(title_only)
+    assert "| expected item NDCG@10 | seeds |" in md and "0.0067" in md

@@ -5,7 +5,7 @@ from __future__ import annotations
 CONFIGS = {
     "sft": "flrec.training.sft:SFTConfig",
     "grpo": "flrec.training.grpo:GRPOConfig",
-    "flr": "flrec.models.recommender:FLRConfig",
+    "flr": "flrec.models.flr_config:FLRConfig",
     "train": "flrec.training.trainer:TrainConfig",
     "eval": "flrec.experiments.runner:EvalConfig",
     "tune-decoding": "flrec.experiments.tune:TuneConfig",

@@ -2,7 +2,8 @@
 
 * :mod:`~flrec.experiments.runner` — ``flrec evaluate``: a recommender on a split into a resumable,
   fingerprinted folder (``ranks.jsonl``, ``summary.json``), shards and their merge;
-* :mod:`~flrec.experiments.compare` — ``flrec compare``: methods × seeds, significance, ``summary.md``;
+* :mod:`~flrec.experiments.compare` — ``flrec compare``: methods × seeds, significance, ``summary.md``
+  (its parts: ``compare_config``, ``compare_cells``, ``compare_stats``, ``compare_table``);
 * :mod:`~flrec.experiments.ablation` — ``flrec ablate``: a grid of FLR variants through the comparison;
 * :mod:`~flrec.experiments.tune` — ``flrec tune-decoding``: choose the decoding options on validation rows.
 

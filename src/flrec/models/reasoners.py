@@ -21,7 +21,7 @@ class LatentR3Reasoner(nn.Module):
     Query = the hidden state just before the thought; keys/values = positions strictly before the
     thought; no gate, no regularisers, RoPE (base 1000 in its code) on query and keys. Its keys
     exclude the thought and its query is the pre-thought state, so a second refinement step would
-    reproduce the first exactly: :class:`~flrec.models.recommender.FLRConfig` runs it once.
+    reproduce the first exactly: :class:`~flrec.models.flr_config.FLRConfig` runs it once.
     Differences from its code, on purpose: positions come from the mask (its ``arange`` made results
     depend on padding) and the padded positions are masked, so the baseline is not handicapped by a
     known bug.

@@ -1,6 +1,6 @@
 """LLM recommenders behind the common contract: FLR, LatentR3-style, BIGRec-style and Base.
 
-They differ only in :class:`~flrec.models.recommender.FLRConfig` (``reasoner``) and in whether
+They differ only in :class:`~flrec.models.flr_config.FLRConfig` (``reasoner``) and in whether
 they train; all share SFT (:mod:`flrec.training.sft`) and constrained beam-search ranking.
 
 * ``flr`` — K factors, gate, N=2 refinement steps, three regularisers (the paper).

@@ -25,8 +25,9 @@ from flrec.decoding.ranker import RankSettings, TitleRanker
 from flrec.errors import ConfigError
 from flrec.evaluation.metrics import EVAL_KS
 from flrec.evaluation.records import evaluate_rankings
+from flrec.models.flr_config import FLRConfig
 from flrec.models.freeze import parse_top
-from flrec.models.recommender import FLRConfig, FLRRecommender
+from flrec.models.recommender import FLRRecommender
 from flrec.training.probe import THOUGHT_PROBE_NAMES, probe_batches, run_probe
 from flrec.training.trainer import TRAIN_COSMETIC, TrainConfig, Trainer, is_ranking_metric
 from flrec.utils.dtypes import DTYPES
