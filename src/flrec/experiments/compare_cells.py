@@ -22,10 +22,9 @@ from flrec.recommenders.base import get_recommender
 from flrec.utils.io import atomic_write_json, atomic_write_text
 from flrec.utils.runid import (
     FINGERPRINT,
+    claim_status,
     config_identity,
-    diff,
     make_fingerprint,
-    mismatch_message,
     model_identity,
     read_fingerprint,
     write_fingerprint,
@@ -119,12 +118,9 @@ def _check_cell(cell_dir: Path, fp: dict, cfg: CompareConfig) -> str:
             return "changed" if cfg.overwrite else "same"
         prev = json.loads((cell_dir / SUMMARY).read_text()).get("eval_config", {})
         stored = {**fp, **{k: prev.get(k) for k in _CELL_KEYS if k in prev}}
-    keys = diff(stored, fp)
-    if keys and not cfg.overwrite:
-        raise ConfigError(mismatch_message(cell_dir, "comparison cell", stored, fp, keys,
-                                           "rerun with --force (overwrite=true) to recompute the changed cells, "
-                                           "or use another --out"))
-    return "changed" if keys else "same"
+    return claim_status(cell_dir, stored, fp, "comparison cell",
+                        "rerun with --force (overwrite=true) to recompute the changed cells, or use another --out",
+                        cfg.overwrite)
 
 
 def _run_cell(method: str, seed: int, cell_dir: Path, dataset: RecDataset, cfg: CompareConfig,

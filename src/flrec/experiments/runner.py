@@ -51,6 +51,7 @@ from flrec.recommenders.base import Recommender
 from flrec.utils.io import atomic_write_json, atomic_write_jsonl, dir_lock, read_jsonl_tolerant
 from flrec.utils.runid import (
     FINGERPRINT,
+    claim_status,
     config_identity,
     dataset_hash,
     diff,
@@ -198,11 +199,9 @@ def _claim_eval_dir(run_dir: Path, recommender: Recommender, dataset: RecDataset
     finished = (run_dir / SUMMARY).is_file()
     if stored is None and (finished or (run_dir / PARTIAL).is_file()):
         stored = _legacy_fingerprint(run_dir, fp)  # a folder of an older flrec (no fingerprint.json)
-    keys = diff(stored, fp) if stored is not None else []
-    if keys and not overwrite:
-        raise ConfigError(mismatch_message(run_dir, "evaluation", stored, fp, keys,
-                                           "rerun with --force (overwrite=True) to recompute it, or use another --out"))
-    if keys:
+    status = claim_status(run_dir, stored, fp, "evaluation",
+                          "rerun with --force (overwrite=True) to recompute it, or use another --out", overwrite)
+    if status == "changed":
         for name in (RANKS, SUMMARY, PARTIAL, PROGRESS, LOG, FINGERPRINT):
             (run_dir / name).unlink(missing_ok=True)
         stored, finished = None, False

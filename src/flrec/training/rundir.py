@@ -12,11 +12,10 @@ from typing import Any
 from accelerate import Accelerator
 
 from flrec.config import ConfigBase
-from flrec.errors import ConfigError
 from flrec.training.checkpoint import latest_checkpoint
 from flrec.training.state import TrainResult
 from flrec.utils.io import atomic_write_json
-from flrec.utils.runid import FINGERPRINT, diff, mismatch_message, read_fingerprint, write_fingerprint
+from flrec.utils.runid import FINGERPRINT, claim_status, read_fingerprint, write_fingerprint
 
 FINISHED_FILE = "finished.json"  # written last: the run is complete and best/ is its model
 
@@ -37,27 +36,19 @@ def claim_output_dir(acc: Accelerator, out: Path, fp: Mapping[str, Any], overwri
     """Check ``out`` against this run's fingerprint ``fp``; a finished identical run is returned.
 
     A fresh start (or a wiped run) gets ``write_metadata()`` (unless None) and the fingerprint."""
-    stored = read_fingerprint(out)
-    if stored is not None:
-        keys = diff(stored, fp)
-        if keys and not overwrite:
-            raise ConfigError(mismatch_message(
-                out, "training run", stored, fp, keys,
-                "rerun with --force (train.overwrite=true) to delete that run and start over, "
-                "or choose a new run directory"))
-        if keys:
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                wipe_run(out)
-            stored = None
-        else:
-            done = out / FINISHED_FILE
-            if done.is_file() and (out / "best").is_dir():
-                info = json.loads(done.read_text(encoding="utf-8"))
-                info.update(best_dir=Path(info["best_dir"]), history_path=Path(info["history_path"]), reused=True)
-                return TrainResult(**{k: v for k, v in info.items() if k in TrainResult.__dataclass_fields__})
+    status = claim_status(out, read_fingerprint(out), fp, "training run",
+                          "rerun with --force (train.overwrite=true) to delete that run and start over, "
+                          "or choose a new run directory", overwrite)
+    if status == "changed":
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            wipe_run(out)
+    elif status == "same" and (out / FINISHED_FILE).is_file() and (out / "best").is_dir():
+        info = json.loads((out / FINISHED_FILE).read_text(encoding="utf-8"))
+        info.update(best_dir=Path(info["best_dir"]), history_path=Path(info["history_path"]), reused=True)
+        return TrainResult(**{k: v for k, v in info.items() if k in TrainResult.__dataclass_fields__})
     acc.wait_for_everyone()
-    if stored is None and acc.is_main_process:
+    if status != "same" and acc.is_main_process:
         # A run directory from an older flrec has checkpoints but no fingerprint: adopt it (the
         # resume keys below still guard exactness); otherwise this is a fresh start.
         if write_metadata is not None and latest_checkpoint(out) is None:

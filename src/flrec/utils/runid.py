@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from flrec.errors import ConfigError
 from flrec.utils.io import atomic_write_json
 
 FINGERPRINT = "fingerprint.json"
@@ -144,6 +145,28 @@ def read_fingerprint(directory: str | os.PathLike, name: str = FINGERPRINT) -> d
 
 def write_fingerprint(directory: str | os.PathLike, fingerprint: Mapping[str, Any], name: str = FINGERPRINT) -> None:
     atomic_write_json(Path(directory) / name, dict(fingerprint))
+
+
+def claim_status(directory: str | os.PathLike, stored: Mapping[str, Any] | None, current: Mapping[str, Any],
+                 what: str, fix: str, overwrite: bool) -> str:
+    """The one rule for reusing a folder: ``"new"`` (nothing recorded there), ``"same"`` (recorded with
+    these settings: reuse or resume it) or ``"changed"`` (other settings and ``overwrite``: the caller
+    wipes its own files). Other settings without ``overwrite`` raise a one-line :class:`ConfigError`
+    naming the folder, the keys that differ and ``fix``; nothing is deleted behind the user's back.
+
+    >>> claim_status("runs/x", None, {"a": 1}, "run", "", False)
+    'new'
+    >>> claim_status("runs/x", {"a": 1}, {"a": 1}, "run", "", False)
+    'same'
+    >>> claim_status("runs/x", {"a": 1}, {"a": 2}, "run", "use --force", True)
+    'changed'
+    """
+    if stored is None:
+        return "new"
+    keys = diff(stored, current)
+    if keys and not overwrite:
+        raise ConfigError(mismatch_message(directory, what, stored, current, keys, fix))
+    return "changed" if keys else "same"
 
 
 def mismatch_message(directory: str | os.PathLike, what: str, stored: Mapping[str, Any],
