@@ -417,63 +417,88 @@ def verdict_word(ok: bool) -> str:
 def paper_findings(src: Sources, longtail_rep: dict | None, cost_rep: dict | None) -> list[tuple[str, str, str]]:
     """``[(paper's finding, ours, verdict)]``; verdict is reproduced / not reproduced / not measured (or, for a
     higher mean without a significant paired test, "same direction, not significant")."""
-    out: list[tuple[str, str, str]] = []
+    return [
+        *_comparison_findings(src),
+        *_ablation_findings(src),
+        *_k_sweep_findings(src),
+        *_disentangle_findings(src),
+        thought_finding(src.factors),
+        *_longtail_findings(longtail_rep),
+        *_cost_findings(cost_rep),
+    ]
 
-    def verdict(ok: bool) -> str:
-        return "reproduced" if ok else "not reproduced"
 
-    if src.comparison is not None:
-        s = src.comparison[1]
-        ref = s["significance"]["reference"]
-        ok = {m: _mean(st, "ndcg@10") for m, st in s["methods"].items() if _mean(st, "ndcg@10") is not None}
-        if ref in ok and len(ok) > 1:
-            best = max((m for m in ok if m != ref), key=ok.get)
-            p = s["significance"].get("p_value")
-            # the paper reports a significant gain: a higher mean with p >= 0.05 is only the same direction
-            ahead, significant = ok[ref] > ok[best], p is not None and p < SIGNIFICANT
-            call = "same direction, not significant" if ahead and not significant else verdict(ahead)
-            out.append(("FLR beats every baseline (Table 2)", f"{ref} NDCG@10 {ok[ref]:.4f} vs. best other ({best}) "
-                        f"{ok[best]:.4f}" + ("" if p is None else f", p = {p:.2g}"), call))
-    else:
-        out.append(("FLR beats every baseline (Table 2)", "–", "not measured"))
-    if src.ablation is not None:
-        g = src.ablation[1]
-        full = g["grid"]["reference"]
-        vals = {n: _mean(g["methods"].get(n), "ndcg@10") for n in g["grid"]["variants"]}
-        vals = {n: v for n, v in vals.items() if v is not None}
-        regs = {n: tuple(g["grid"]["variants"][n]["regularisers"]) for n in vals}
-        if full in vals:
-            out.append(("The full model (all three regularisers) is best (Table 3)", f"best: {max(vals, key=vals.get)} "
-                        f"({max(vals.values()):.4f}); full {vals[full]:.4f}", verdict(max(vals, key=vals.get) == full)))
-        minus_one = {next(t for t in ("orth", "div", "sparse") if t not in r_): n for n, r_ in regs.items() if len(r_) == 2}
-        if len(minus_one) == 3:
-            worst = min(minus_one, key=lambda t: vals[minus_one[t]])
-            out.append(("Removing L_orth hurts most", f"removing L_{worst} hurts most (" + ", ".join(
-                f"w/o {t} {vals[n]:.4f}" for t, n in minus_one.items()) + ")", verdict(worst == "orth")))
-        none = [n for n, r_ in regs.items() if not r_]
-        if none:
-            out.append(("No regulariser is worst (Table 3)", f"none {vals[none[0]]:.4f}, worst: {min(vals, key=vals.get)}",
-                        verdict(min(vals, key=vals.get) == none[0])))
-    else:
-        out.append(("Removing L_orth hurts most (Table 3)", "–", "not measured"))
-    if src.k_sweep is not None:
-        g = src.k_sweep[1]
-        vals = {g["grid"]["variants"][n]["num_factors"]: _mean(g["methods"].get(n), "ndcg@10") for n in g["grid"]["variants"]}
-        vals = {k: v for k, v in vals.items() if v is not None}
-        noise = max((_std(g["methods"].get(n), "ndcg@10") for n in g["grid"]["variants"]), default=0.0)
-        if vals:
-            txt = ", ".join(f"K={k}: {v:.4f}" for k, v in sorted(vals.items()))
-            for claim, k, sign in (("K=3 is best on CDs (Fig. 8)", 3, 1), ("K=1 is worst (Fig. 8)", 1, -1)):
-                out.append((claim, *_extreme_call(vals, k, sign, noise, txt)))
-    else:
-        out.append(("K=3 is best on CDs, K=1 worst (Fig. 8)", "–", "not measured"))
-    if src.disentangle:
-        d = src.disentangle[0][1]
-        if d.get("s_avg") is not None:
-            out.append(("With the regularisers the factors are near-orthogonal: mean |off-diag.| ≈ 0.03 (Fig. 4)",
-                        f"S_avg {d['s_avg']:.3f}", verdict(d["s_avg"] <= 0.1)))
-    out.append(thought_finding(src.factors))
-    ref_lt = None
+def _comparison_findings(src: Sources) -> list[tuple[str, str, str]]:
+    """Table 2: FLR ahead of the best other method (significance decides between the two calls)."""
+    if src.comparison is None:
+        return [("FLR beats every baseline (Table 2)", "–", "not measured")]
+    s = src.comparison[1]
+    ref = s["significance"]["reference"]
+    ok = {m: _mean(st, "ndcg@10") for m, st in s["methods"].items() if _mean(st, "ndcg@10") is not None}
+    if ref not in ok or len(ok) <= 1:
+        return []
+    best = max((m for m in ok if m != ref), key=ok.get)
+    p = s["significance"].get("p_value")
+    # the paper reports a significant gain: a higher mean with p >= 0.05 is only the same direction
+    ahead, significant = ok[ref] > ok[best], p is not None and p < SIGNIFICANT
+    call = "same direction, not significant" if ahead and not significant else verdict_word(ahead)
+    return [("FLR beats every baseline (Table 2)", f"{ref} NDCG@10 {ok[ref]:.4f} vs. best other ({best}) "
+             f"{ok[best]:.4f}" + ("" if p is None else f", p = {p:.2g}"), call)]
+
+
+def _ablation_findings(src: Sources) -> list[tuple[str, str, str]]:
+    """Table 3: the full model is best, removing L_orth hurts most, no regulariser is worst."""
+    if src.ablation is None:
+        return [("Removing L_orth hurts most (Table 3)", "–", "not measured")]
+    out = []
+    g = src.ablation[1]
+    full = g["grid"]["reference"]
+    vals = {n: _mean(g["methods"].get(n), "ndcg@10") for n in g["grid"]["variants"]}
+    vals = {n: v for n, v in vals.items() if v is not None}
+    regs = {n: tuple(g["grid"]["variants"][n]["regularisers"]) for n in vals}
+    if full in vals:
+        out.append(("The full model (all three regularisers) is best (Table 3)", f"best: {max(vals, key=vals.get)} "
+                    f"({max(vals.values()):.4f}); full {vals[full]:.4f}", verdict_word(max(vals, key=vals.get) == full)))
+    minus_one = {next(t for t in ("orth", "div", "sparse") if t not in r_): n for n, r_ in regs.items() if len(r_) == 2}
+    if len(minus_one) == 3:
+        worst = min(minus_one, key=lambda t: vals[minus_one[t]])
+        out.append(("Removing L_orth hurts most", f"removing L_{worst} hurts most (" + ", ".join(
+            f"w/o {t} {vals[n]:.4f}" for t, n in minus_one.items()) + ")", verdict_word(worst == "orth")))
+    none = [n for n, r_ in regs.items() if not r_]
+    if none:
+        out.append(("No regulariser is worst (Table 3)", f"none {vals[none[0]]:.4f}, worst: {min(vals, key=vals.get)}",
+                    verdict_word(min(vals, key=vals.get) == none[0])))
+    return out
+
+
+def _k_sweep_findings(src: Sources) -> list[tuple[str, str, str]]:
+    """Fig. 8: K=3 best, K=1 worst, each called against the sweep's seed noise."""
+    if src.k_sweep is None:
+        return [("K=3 is best on CDs, K=1 worst (Fig. 8)", "–", "not measured")]
+    g = src.k_sweep[1]
+    vals = {g["grid"]["variants"][n]["num_factors"]: _mean(g["methods"].get(n), "ndcg@10") for n in g["grid"]["variants"]}
+    vals = {k: v for k, v in vals.items() if v is not None}
+    noise = max((_std(g["methods"].get(n), "ndcg@10") for n in g["grid"]["variants"]), default=0.0)
+    if not vals:
+        return []
+    txt = ", ".join(f"K={k}: {v:.4f}" for k, v in sorted(vals.items()))
+    return [(claim, *_extreme_call(vals, k, sign, noise, txt))
+            for claim, k, sign in (("K=3 is best on CDs (Fig. 8)", 3, 1), ("K=1 is worst (Fig. 8)", 1, -1))]
+
+
+def _disentangle_findings(src: Sources) -> list[tuple[str, str, str]]:
+    """Fig. 4: near-orthogonal factors (nothing when no disentanglement numbers were found)."""
+    if not src.disentangle:
+        return []
+    d = src.disentangle[0][1]
+    if d.get("s_avg") is None:
+        return []
+    return [("With the regularisers the factors are near-orthogonal: mean |off-diag.| ≈ 0.03 (Fig. 4)",
+             f"S_avg {d['s_avg']:.3f}", verdict_word(d["s_avg"] <= 0.1))]
+
+
+def _longtail_findings(longtail_rep: dict | None) -> list[tuple[str, str, str]]:
+    """Fig. 7: FLR's gain over LatentR3 larger on unpopular items than on popular ones."""
     if longtail_rep and longtail_rep.get("improvement"):
         imp = longtail_rep["improvement"]
         # The paper compares FLR with LatentR3 (Fig. 7); a gain over any other method is not that finding.
@@ -482,28 +507,29 @@ def paper_findings(src: Sources, longtail_rep: dict | None, cost_rep: dict | Non
         if ref_lt is not None:
             pop, unpop = ref_lt["popular"].get("ndcg@10"), ref_lt["unpopular"].get("ndcg@10")
             if pop is not None and unpop is not None:
-                out.append(("FLR's gain over LatentR3 is larger on the long tail (Fig. 7)",
-                            f"NDCG@10 gain of {longtail_rep['reference']} over {vs}: popular {pop:+.1f}%, "
-                            f"unpopular {unpop:+.1f}%", verdict(unpop > pop)))
-            else:
-                ref_lt = None
-    if ref_lt is None:
-        out.append(("FLR's gain over LatentR3 is larger on the long tail (Fig. 7)", "–", "not measured"))
-    if cost_rep:
-        m = cost_rep["methods"]
-        base = "bigrec" if "bigrec" in m else None
-        if "flr" in m and base:
-            ratio = m["flr"]["seconds_per_user"] / m[base]["seconds_per_user"]
-            how = " (separately timed comparison cells)" if cost_rep.get("source") == "comparison" else ""
-            out.append(("FLR's inference cost ≈ no-thought (Fig. 9)", f"flr / {base} = {ratio:.2f}× s/user{how}",
-                        verdict(ratio <= 1.25)))
-        if "cot" in m and "flr" in m:
-            ratio = m["cot"]["seconds_per_user"] / m["flr"]["seconds_per_user"]
-            out.append(("Explicit CoT costs far more (Fig. 9)", f"cot / flr = {ratio:.2f}× s/user", verdict(ratio >= 2)))
-        else:
-            out.append(("Explicit CoT costs far more (Fig. 9)", "cot not timed", "not measured"))
+                return [("FLR's gain over LatentR3 is larger on the long tail (Fig. 7)",
+                         f"NDCG@10 gain of {longtail_rep['reference']} over {vs}: popular {pop:+.1f}%, "
+                         f"unpopular {unpop:+.1f}%", verdict_word(unpop > pop))]
+    return [("FLR's gain over LatentR3 is larger on the long tail (Fig. 7)", "–", "not measured")]
+
+
+def _cost_findings(cost_rep: dict | None) -> list[tuple[str, str, str]]:
+    """Fig. 9: FLR costs about what no-thought decoding does; explicit CoT costs far more."""
+    if not cost_rep:
+        return [("FLR's inference cost ≈ no-thought (Fig. 9)", "–", "not measured")]
+    out = []
+    m = cost_rep["methods"]
+    base = "bigrec" if "bigrec" in m else None
+    if "flr" in m and base:
+        ratio = m["flr"]["seconds_per_user"] / m[base]["seconds_per_user"]
+        how = " (separately timed comparison cells)" if cost_rep.get("source") == "comparison" else ""
+        out.append(("FLR's inference cost ≈ no-thought (Fig. 9)", f"flr / {base} = {ratio:.2f}× s/user{how}",
+                    verdict_word(ratio <= 1.25)))
+    if "cot" in m and "flr" in m:
+        ratio = m["cot"]["seconds_per_user"] / m["flr"]["seconds_per_user"]
+        out.append(("Explicit CoT costs far more (Fig. 9)", f"cot / flr = {ratio:.2f}× s/user", verdict_word(ratio >= 2)))
     else:
-        out.append(("FLR's inference cost ≈ no-thought (Fig. 9)", "–", "not measured"))
+        out.append(("Explicit CoT costs far more (Fig. 9)", "cot not timed", "not measured"))
     return out
 
 

@@ -222,70 +222,109 @@ def _draw(p: np.ndarray, allowed: np.ndarray, rng: np.random.Generator) -> int:
 
 
 def synthesize(cfg: SynthConfig) -> SynthResult:
-    """Generate the dataset and its ground truth in memory (deterministic given ``cfg``)."""
+    """Generate the dataset and its ground truth in memory (deterministic given ``cfg``).
+
+    The story, in the order its random draws are taken from one generator (the order is part of
+    the output: the same seed must give byte-identical files): the catalogue, item popularity,
+    the intent pool, then each user's sequence in turn.
+    """
     rng = np.random.default_rng(cfg.seed)
     facets, series, version, titles = _catalogue(cfg, rng)
-    n = cfg.n_items
     nxt = _next_version(series, version)
-    popularity = (rng.permutation(n) + 1.0) ** -cfg.popularity_skew
+    popularity = (rng.permutation(cfg.n_items) + 1.0) ** -cfg.popularity_skew
     popularity /= popularity.sum()
     which, values = _intents(cfg, facets, rng)
     match = _matches(facets, which, values)
     probs = popularity * np.array([cfg.off_intent, cfg.partial_match, 1.0])[match]
     probs /= probs.sum(axis=1, keepdims=True)
 
+    world = _World(nxt, popularity, probs, match)
     base = int(dt.datetime.fromisoformat(cfg.start_date).replace(tzinfo=dt.UTC).timestamp())
     events: list[tuple[str, int, int, float]] = []
     users: dict[str, dict] = {}
     for u in range(cfg.n_users):
         user = f"U{u:05d}"
-        k = int(rng.integers(cfg.intents_per_user_min, cfg.intents_per_user_max + 1))
-        mix = rng.choice(cfg.n_intents, size=k, replace=False)
-        weights = rng.dirichlet(np.ones(k))
-        length = int(rng.integers(cfg.seq_len_min, cfg.seq_len_max + 1))
-        days = rng.uniform(0, cfg.span_days) + np.cumsum(rng.exponential(cfg.mean_gap_days, length) + 0.01)
-        stamps = (base + days * 86400).astype(np.int64).tolist()  # strictly increasing (gaps >= 864 s)
-        segments = [_segment(0, mix, weights)]
-        allowed = np.ones(n, dtype=bool)
-        items, sources, used = [], [], []
-        for step in range(length):
-            if step and rng.random() < cfg.drift:
-                weights = rng.dirichlet(np.ones(k))
-                if rng.random() < 0.5:  # swap one intent for one the user does not have
-                    pool = np.setdiff1d(np.arange(cfg.n_intents), mix)
-                    if len(pool):
-                        mix = mix.copy()
-                        mix[rng.integers(k)] = rng.choice(pool)
-                segments.append(_segment(step, mix, weights))
-            follow = nxt[items[-1]] if items else -1
-            intent = None
-            if follow >= 0 and allowed[follow] and rng.random() < cfg.series_prob:
-                item, source = int(follow), "series"
-            elif rng.random() < cfg.noise:
-                item, source = _draw(popularity, allowed, rng), "noise"
-            else:
-                intent = int(mix[_draw(weights, np.ones(k, dtype=bool), rng)])
-                item, source = _draw(probs[intent], allowed, rng), "intent"
-            allowed[item] = False
-            items.append(item)
-            sources.append(source)
-            used.append(intent)
-            # Ratings follow fit: series and full intent matches 5, partial 4, off-intent or noise 3.
-            fit = 2 if source == "series" else 0 if intent is None else int(match[intent, item])
-            events.append((user, item, stamps[step], 3.0 + fit))
-        users[user] = {
-            "segments": segments,
-            "items": items,
-            "timestamps": stamps,
-            "sources": sources,
-            "intents": used,
-        }
+        users[user] = _user(cfg, user, world, base, rng, events)
+    planted = {
+        "config": cfg.to_dict(),
+        "facets": {name: list(vals) for name, vals in FACETS.items()},
+        "items": _planted_items(titles, facets, series, version, popularity),
+        "intents": _planted_intents(which, values, match),
+        "users": users,
+    }
+    return SynthResult(_dataset(cfg, events, titles), planted, probs, popularity, nxt)
 
-    raw = {i: f"S{i:05d}" for i in range(n)}
+
+@dataclass
+class _World:
+    """What every user's purchases are drawn against (fixed once the catalogue and intents are)."""
+
+    next_version: np.ndarray  # (n,) the item holding the next version of a series, -1 at its end
+    popularity: np.ndarray  # (n,) sums to 1
+    probs: np.ndarray  # (n_intents, n) per intent: the item distribution (popularity x facet match)
+    match: np.ndarray  # (n_intents, n) facets of an intent each item matches (0, 1, 2)
+
+
+def _user(cfg: SynthConfig, user: str, world: _World, base: int, rng: np.random.Generator,
+          events: list[tuple[str, int, int, float]]) -> dict:
+    """Draw one user's intent mix and purchase sequence; append its events, return its ground truth."""
+    n = len(world.popularity)
+    k = int(rng.integers(cfg.intents_per_user_min, cfg.intents_per_user_max + 1))
+    mix = rng.choice(cfg.n_intents, size=k, replace=False)
+    weights = rng.dirichlet(np.ones(k))
+    length = int(rng.integers(cfg.seq_len_min, cfg.seq_len_max + 1))
+    days = rng.uniform(0, cfg.span_days) + np.cumsum(rng.exponential(cfg.mean_gap_days, length) + 0.01)
+    stamps = (base + days * 86400).astype(np.int64).tolist()  # strictly increasing (gaps >= 864 s)
+    segments = [_segment(0, mix, weights)]
+    allowed = np.ones(n, dtype=bool)
+    items, sources, used = [], [], []
+    for step in range(length):
+        if step and rng.random() < cfg.drift:
+            mix, weights = _drift(cfg, mix, k, rng)
+            segments.append(_segment(step, mix, weights))
+        item, source, intent = _purchase(cfg, world, items, allowed, mix, weights, k, rng)
+        allowed[item] = False
+        items.append(item)
+        sources.append(source)
+        used.append(intent)
+        # Ratings follow fit: series and full intent matches 5, partial 4, off-intent or noise 3.
+        fit = 2 if source == "series" else 0 if intent is None else int(world.match[intent, item])
+        events.append((user, item, stamps[step], 3.0 + fit))
+    return {"segments": segments, "items": items, "timestamps": stamps, "sources": sources, "intents": used}
+
+
+def _drift(cfg: SynthConfig, mix: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The user's intent mix shifts: new weights and, half the time, one intent swapped."""
+    weights = rng.dirichlet(np.ones(k))
+    if rng.random() < 0.5:  # swap one intent for one the user does not have
+        pool = np.setdiff1d(np.arange(cfg.n_intents), mix)
+        if len(pool):
+            mix = mix.copy()
+            # (Python evaluates the right side first: the pool draw precedes the slot draw)
+            mix[rng.integers(k)] = rng.choice(pool)
+    return mix, weights
+
+
+def _purchase(cfg: SynthConfig, world: _World, items: list[int], allowed: np.ndarray, mix: np.ndarray,
+              weights: np.ndarray, k: int, rng: np.random.Generator) -> tuple[int, str, int | None]:
+    """The next item, why it was bought (series | noise | intent) and the intent behind it (or None)."""
+    follow = world.next_version[items[-1]] if items else -1
+    # the short-circuits decide which draws are taken: keep the conditions in this order
+    if follow >= 0 and allowed[follow] and rng.random() < cfg.series_prob:
+        return int(follow), "series", None
+    if rng.random() < cfg.noise:
+        return _draw(world.popularity, allowed, rng), "noise", None
+    intent = int(mix[_draw(weights, np.ones(k, dtype=bool), rng)])
+    return _draw(world.probs[intent], allowed, rng), "intent", intent
+
+
+def _dataset(cfg: SynthConfig, events: list[tuple[str, int, int, float]], titles: list[str]) -> RecDataset:
+    """The D3 dataset of the events: sliding-window rows, split chronologically."""
+    raw = {i: f"S{i:05d}" for i in range(cfg.n_items)}
     rows = sliding_window_rows(events, max_history=cfg.max_history, raw_ids=raw)
     catalogue = Catalogue(titles)
     collisions = catalogue.colliding_titles()
-    ds = RecDataset(
+    return RecDataset(
         catalogue=catalogue,
         splits=chronological_split(rows),
         name=cfg.name,
@@ -295,31 +334,32 @@ def synthesize(cfg: SynthConfig) -> SynthResult:
             "items_with_colliding_titles": sum(map(len, collisions.values())),
         },
     )
-    planted = {
-        "config": cfg.to_dict(),
-        "facets": {name: list(vals) for name, vals in FACETS.items()},
-        "items": [
-            {
-                "id": i,
-                "title": titles[i],
-                **{f: FACETS[f][v] for f, v in zip(FACET_NAMES, row, strict=True)},
-                "series": int(s),
-                "version": int(v),
-                "popularity": round(float(p), 6),
-            }
-            for i, (row, s, v, p) in enumerate(zip(facets.tolist(), series, version, popularity, strict=True))
-        ],  # fmt: skip
-        "intents": [
-            {
-                "id": j,
-                "prefers": {FACET_NAMES[a]: FACETS[FACET_NAMES[a]][v] for a, v in zip(w, vals, strict=True)},
-                "full_match_items": int(np.count_nonzero(match[j] == 2)),
-            }
-            for j, (w, vals) in enumerate(zip(which.tolist(), values.tolist(), strict=True))
-        ],  # fmt: skip
-        "users": users,
-    }
-    return SynthResult(ds, planted, probs, popularity, nxt)
+
+
+def _planted_items(titles: list[str], facets: np.ndarray, series: np.ndarray, version: np.ndarray,
+                   popularity: np.ndarray) -> list[dict]:
+    return [
+        {
+            "id": i,
+            "title": titles[i],
+            **{f: FACETS[f][v] for f, v in zip(FACET_NAMES, row, strict=True)},
+            "series": int(s),
+            "version": int(v),
+            "popularity": round(float(p), 6),
+        }
+        for i, (row, s, v, p) in enumerate(zip(facets.tolist(), series, version, popularity, strict=True))
+    ]  # fmt: skip
+
+
+def _planted_intents(which: np.ndarray, values: np.ndarray, match: np.ndarray) -> list[dict]:
+    return [
+        {
+            "id": j,
+            "prefers": {FACET_NAMES[a]: FACETS[FACET_NAMES[a]][v] for a, v in zip(w, vals, strict=True)},
+            "full_match_items": int(np.count_nonzero(match[j] == 2)),
+        }
+        for j, (w, vals) in enumerate(zip(which.tolist(), values.tolist(), strict=True))
+    ]  # fmt: skip
 
 
 def _segment(step: int, mix: np.ndarray, weights: np.ndarray) -> dict:

@@ -180,166 +180,224 @@ def constrained_beam_search(
     if K < 1 or T < 1:
         raise FlrecError(f"beam_size ({K}) and max_new_tokens ({T}) must be >= 1")
     num_return = K if num_return is None else min(num_return, K)
-    logits = state.next_logits.float()
-    dev = logits.device
+    dev = state.next_logits.device
     trie = trie if trie.child_ptr.device == dev else trie.to(dev)
     edge_weight, node_allowed, node_mass = (None if x is None else x.to(dev) for x in (edge_weight, node_allowed, node_mass))
-    score = _Scorer(trie, scoring, edge_weight, node_allowed, node_mass, gamma)
-    B, V = logits.shape
+    V = state.next_logits.shape[1]
     if V < trie.vocab_size:
         raise FlrecError(
             f"the model has {V} logits but the trie was built for {trie.vocab_size}; "
             "rebuild it with TitleTrie.build(..., vocab_size=model.config.vocab_size)"
         )
+    search = _BeamSearch(model, state, trie, _Scorer(trie, scoring, edge_weight, node_allowed, node_mass, gamma),
+                         K, T, length_penalty, jump_forward and jump_max_tokens > 1 and T > 1, jump_min_fill,
+                         jump_max_tokens, stats)
+    out_score, out_title = search.run()
+    return _to_lists(out_score[:, :num_return], out_title[:, :num_return])
 
-    cache = state.cache
-    cache.batch_repeat_interleave(K)  # one copy of the prompt cache per beam
-    attn = state.attention_mask.repeat_interleave(K, 0)  # rows of one user stay identical
-    pos = state.next_position.to(dev).repeat_interleave(K)
-    logits = logits.repeat_interleave(K, 0)
-    nodes = torch.zeros(B * K, dtype=torch.long, device=dev)
-    running = torch.full((B, K), NEG_INF, device=dev)
-    running[:, 0] = 0.0  # only the first beam is alive at the start (HF: the others at -1e9)
-    fin_score = torch.full((B, K), NEG_INF, device=dev)
-    fin_title = torch.full((B, K), -1, dtype=torch.long, device=dev)
-    rows = torch.arange(B, device=dev)  # original row of each row still searching
-    t = torch.ones(B, dtype=torch.long, device=dev)  # per row: the step whose token is chosen next
-    perm = torch.arange(B * K, device=dev)  # cache row of each beam (a jump re-sorts beams lazily)
-    row_forwards = torch.zeros(B, dtype=torch.long, device=dev)
-    out_score, out_title = fin_score.clone(), fin_title.clone()
-    top_k_mask = torch.arange(2 * K, device=dev) < K
-    jump = jump_forward and jump_max_tokens > 1 and T > 1
-    min_fill = 1.0 if _sliding_cache(cache) else jump_min_fill
-    only_tok, only_child, forced_len, ends = trie.forced_chains() if jump else (None,) * 4
 
-    while True:
-        b = rows.numel()
+class _BeamSearch:
+    """One :func:`constrained_beam_search` in flight, split into the steps of its loop.
+
+    The state of the rows still searching lives on ``self`` and each step rebinds it, so the
+    loop body reads as the algorithm; the tensor ops, and their order, are those of a single loop
+    (attribute access is host-side only: no tensor is copied for the split). Row tensors are
+    (b, K) over the b rows still searching; beam tensors are flat (b*K, ...), users × beams.
+    """
+
+    def __init__(self, model: torch.nn.Module, state: PrefillState, trie: TitleTrie, score: _Scorer, K: int,
+                 T: int, length_penalty: float, jump: bool, jump_min_fill: float, jump_max_tokens: int,
+                 stats: SearchStats | None) -> None:
+        self.model, self.trie, self.score, self.K, self.T = model, trie, score, K, T
+        self.length_penalty, self.jump, self.jump_max_tokens, self.stats = length_penalty, jump, jump_max_tokens, stats
+        logits = state.next_logits.float()
+        dev = self.dev = logits.device
+        B = logits.shape[0]
+        self.cache = state.cache
+        self.cache.batch_repeat_interleave(K)  # one copy of the prompt cache per beam
+        self.attn = state.attention_mask.repeat_interleave(K, 0)  # rows of one user stay identical
+        self.pos = state.next_position.to(dev).repeat_interleave(K)
+        self.logits = logits.repeat_interleave(K, 0)
+        self.nodes = torch.zeros(B * K, dtype=torch.long, device=dev)
+        self.running = torch.full((B, K), NEG_INF, device=dev)
+        self.running[:, 0] = 0.0  # only the first beam is alive at the start (HF: the others at -1e9)
+        self.fin_score = torch.full((B, K), NEG_INF, device=dev)
+        self.fin_title = torch.full((B, K), -1, dtype=torch.long, device=dev)
+        self.rows = torch.arange(B, device=dev)  # original row of each row still searching
+        self.t = torch.ones(B, dtype=torch.long, device=dev)  # per row: the step whose token is chosen next
+        self.perm = torch.arange(B * K, device=dev)  # cache row of each beam (a jump re-sorts beams lazily)
+        self.row_forwards = torch.zeros(B, dtype=torch.long, device=dev)
+        self.out_score, self.out_title = self.fin_score.clone(), self.fin_title.clone()
+        self.top_k_mask = torch.arange(2 * K, device=dev) < K
+        self.min_fill = 1.0 if _sliding_cache(self.cache) else jump_min_fill
+        self.only_tok, self.only_child, self.forced_len, self.ends = trie.forced_chains() if jump else (None,) * 4
+
+    def run(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Search until every row stops; (B, K) finished scores and titles, best first (-inf: none)."""
+        K = self.K
+        while True:
+            beam_src, next_tok = self._expand()
+            go_on = self._go_on()
+            if not bool(go_on.all()):  # the one host sync per step: freeze finished rows, drop them
+                kept = self._retire(~go_on)
+                if kept is None:
+                    break
+                beam_src, next_tok = beam_src[kept], next_tok[_beams_of(kept, K)]
+            width, W, forced = self._jump_widths()
+            all_logits, path = self._forward(beam_src, next_tok, width, W)
+            if W == 1:
+                self.t = self.t + 1
+                continue
+            stop = self._replay_jump(all_logits, path, width, W, forced)
+            if bool(stop.any()):  # the finished set is that of the step where the row stopped
+                if self.stats is not None:
+                    self.stats.stopped_in_jump += int(stop.sum())
+                kept = self._retire(stop)
+                if kept is None:
+                    break
+                # the jump's lazy beam order (perm) and its logits follow the kept beams
+                beams = _beams_of(kept, K)
+                self.logits, self.perm = self.logits[beams], self.perm[beams]
+        if self.stats is not None:
+            self.stats.row_forwards.extend(self.row_forwards.tolist())
+        return self.out_score, self.out_title
+
+    def _expand(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One branching step over every beam's trie children: EOS candidates compete for the
+        finished slots, the best K others keep running. Returns each new beam's source (b, K, in
+        the pre-step flat layout) and its chosen token (b*K)."""
+        K, trie, b = self.K, self.trie, self.rows.numel()
         # Only trie children can score above -inf, so rank those (b, K*F) instead of all (b, K*V)
         # tokens; children are in ascending token order, so ties break as in HF's dense top-k.
-        logp, child_tok = score(nodes, logits, rows.repeat_interleave(K))
+        logp, child_tok = self.score(self.nodes, self.logits, self.rows.repeat_interleave(K))
         F = child_tok.shape[1]
-        acc = (logp.view(b, K, F) + running[:, :, None]).view(b, K * F)
+        acc = (logp.view(b, K, F) + self.running[:, :, None]).view(b, K * F)
         cand, idx = torch.topk(acc, 2 * K)  # (b, 2K), sorted
         src = idx // F
         tok = child_tok.view(b, K * F).gather(1, idx)
-        child = trie.advance(nodes.view(b, K).gather(1, src), tok)
+        child = trie.advance(self.nodes.view(b, K).gather(1, src), tok)
         ended = tok == trie.eos_token_id
 
         # finished: top-K candidates that emit EOS compete with the row's finished slots
-        new = torch.where(ended & top_k_mask & (cand > NEG_INF), cand / _norm(t, length_penalty)[:, None], NEG_INF)
-        merged = torch.cat([fin_score, new], 1)
-        merged_title = torch.cat([fin_title, trie.title_of(child)], 1)
-        fin_score, keep = torch.topk(merged, K)
-        fin_title = merged_title.gather(1, keep)
+        new = torch.where(ended & self.top_k_mask & (cand > NEG_INF),
+                          cand / _norm(self.t, self.length_penalty)[:, None], NEG_INF)
+        merged = torch.cat([self.fin_score, new], 1)
+        merged_title = torch.cat([self.fin_title, trie.title_of(child)], 1)
+        self.fin_score, keep = torch.topk(merged, K)
+        self.fin_title = merged_title.gather(1, keep)
 
         # running: the best K candidates that did not end
-        running, sel = torch.topk(cand.masked_fill(ended, NEG_INF), K)
-        beam_src = src.gather(1, sel) + torch.arange(b, device=dev)[:, None] * K
-        nodes = child.gather(1, sel).view(-1)
-        next_tok = tok.gather(1, sel).view(-1)
+        self.running, sel = torch.topk(cand.masked_fill(ended, NEG_INF), K)
+        beam_src = src.gather(1, sel) + torch.arange(b, device=self.dev)[:, None] * K
+        self.nodes = child.gather(1, sel).view(-1)
+        return beam_src, tok.gather(1, sel).view(-1)
 
-        # HF's early-stopping heuristic (early_stopping=False): is improvement still possible?
-        worst = _worst(fin_score)
-        go_on = (running[:, 0] / _norm(t, length_penalty) > worst) & (t < T)
-        if not bool(go_on.all()):  # the one host sync per step: freeze finished rows, drop them
-            done = ~go_on
-            out_score[rows[done]], out_title[rows[done]] = fin_score[done], fin_title[done]
-            kept = go_on.nonzero().squeeze(1)
-            if kept.numel() == 0:
-                break
-            beams = _beams_of(kept, K)
-            beam_src, nodes, next_tok = beam_src[kept], nodes[beams], next_tok[beams]
-            attn, pos = attn[beams], pos[beams]
-            running, fin_score, fin_title, rows, t, worst = (
-                x[kept] for x in (running, fin_score, fin_title, rows, t, worst))
-            b = kept.numel()
+    def _go_on(self) -> torch.Tensor:
+        """HF's early-stopping heuristic (early_stopping=False), per row: is improvement still possible?"""
+        return (self.running[:, 0] / _norm(self.t, self.length_penalty) > _worst(self.fin_score)) & (self.t < self.T)
 
-        # tokens to feed: the chosen one, then (jump-forward) the row's forced chain
-        width = torch.ones(b, dtype=torch.long, device=dev)
-        W = 1
-        if jump:
-            live = running > NEG_INF
-            n = nodes.clamp(min=0)
-            chain, finishing = forced_len[n].view(b, K), live & ends[n].view(b, K)
-            # a beam that can only finish its title bounds the jump by its EOS step only if every
-            # other live beam can, too; otherwise by the shortest chain of those that cannot
-            span = torch.where(live & ~finishing, chain, _NO_LIMIT).min(1).values
-            span = torch.where(span < _NO_LIMIT, span, torch.where(finishing, chain + 1, 0).max(1).values)
-            width = 1 + torch.minimum(span, T - t - 1).clamp(min=0, max=jump_max_tokens - 1)
-            W = _jump_width(width, min_fill)
-            width = width.clamp(max=W)
+    def _retire(self, done: torch.Tensor) -> torch.Tensor | None:
+        """Freeze the finished sets of rows ``done`` into the output and drop them from the row and
+        beam state every step uses; the kept rows' indices, or None when no row is left. The
+        caller drops the step-specific tensors it holds (the retained ones depend on where)."""
+        self.out_score[self.rows[done]], self.out_title[self.rows[done]] = self.fin_score[done], self.fin_title[done]
+        kept = (~done).nonzero().squeeze(1)
+        if kept.numel() == 0:
+            return None
+        beams = _beams_of(kept, self.K)
+        self.nodes, self.attn, self.pos = self.nodes[beams], self.attn[beams], self.pos[beams]
+        self.running, self.fin_score, self.fin_title, self.rows, self.t = (
+            x[kept] for x in (self.running, self.fin_score, self.fin_title, self.rows, self.t))
+        return kept
+
+    def _jump_widths(self) -> tuple[torch.Tensor, int, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Tokens each row feeds next (b,): the chosen one, then (jump-forward) its forced chain;
+        the forward's width W; and (chain length, finishing) per beam (b, K) for the replay."""
+        b, K = self.rows.numel(), self.K
+        if not self.jump:
+            return torch.ones(b, dtype=torch.long, device=self.dev), 1, None
+        live = self.running > NEG_INF
+        n = self.nodes.clamp(min=0)
+        chain, finishing = self.forced_len[n].view(b, K), live & self.ends[n].view(b, K)
+        # a beam that can only finish its title bounds the jump by its EOS step only if every
+        # other live beam can, too; otherwise by the shortest chain of those that cannot
+        span = torch.where(live & ~finishing, chain, _NO_LIMIT).min(1).values
+        span = torch.where(span < _NO_LIMIT, span, torch.where(finishing, chain + 1, 0).max(1).values)
+        width = 1 + torch.minimum(span, self.T - self.t - 1).clamp(min=0, max=self.jump_max_tokens - 1)
+        W = _jump_width(width, self.min_fill)
+        return width.clamp(max=W), W, (chain, finishing)
+
+    def _forward(self, beam_src: torch.Tensor, next_tok: torch.Tensor, width: torch.Tensor, W: int
+                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Reorder the cache to the new beams and feed each beam its token and forced chain as one
+        forward of width W. Returns the forward's logits (b*K, W, V) and each beam's trie node
+        before every fed position and after the last (``path``, W + 1 entries)."""
+        K, b, dev = self.K, self.rows.numel(), self.dev
         beam_width = width.repeat_interleave(K)
-        ids, path = [next_tok], [nodes]
+        ids, path = [next_tok], [self.nodes]
         for k in range(1, W):  # walk each beam's chain; beams of rows that jump less get padding
             n = path[-1]
-            nxt = only_tok[n.clamp(min=0)]
+            nxt = self.only_tok[n.clamp(min=0)]
             on = (k < beam_width) & (n >= 0) & (nxt >= 0)  # dead beams may sit anywhere: pad them
             ids.append(torch.where(on, nxt, 0))
-            path.append(torch.where(on, only_child[n.clamp(min=0)], n))
-        slots = (torch.arange(W, device=dev) < beam_width[:, None]).to(attn.dtype)
+            path.append(torch.where(on, self.only_child[n.clamp(min=0)], n))
+        slots = (torch.arange(W, device=dev) < beam_width[:, None]).to(self.attn.dtype)
 
-        cache.reorder_cache(perm[beam_src.view(-1)])  # also drops the beams of frozen rows
-        attn = torch.cat([attn, slots], 1)
+        self.cache.reorder_cache(self.perm[beam_src.view(-1)])  # also drops the beams of frozen rows
+        self.attn = torch.cat([self.attn, slots], 1)
         out = lm_forward(
-            model,
-            cache=cache,
+            self.model,
+            cache=self.cache,
             input_ids=torch.stack(ids, 1),
-            attention_mask=attn,
-            position_ids=pos[:, None] + torch.arange(W, device=dev),
+            attention_mask=self.attn,
+            position_ids=self.pos[:, None] + torch.arange(W, device=dev),
             use_cache=True,
             logits_to_keep=W,
         )
-        cache = out_cache(out)
-        row_forwards[rows] += 1
-        if stats is not None:
-            stats.forwards += 1
-            stats.token_slots += b * K * W
-            stats.padded_slots += K * (b * W - int(width.sum()))
+        self.cache = out_cache(out)
+        self.row_forwards[self.rows] += 1
+        if self.stats is not None:
+            self.stats.forwards += 1
+            self.stats.token_slots += b * K * W
+            self.stats.padded_slots += K * (b * W - int(width.sum()))
         all_logits = out.logits  # (b*K, W, V), model dtype: positions go to float32 one at a time
-        logits = all_logits[torch.arange(b * K, device=dev), beam_width - 1].float()
-        nodes = path[-1]
-        pos = pos + beam_width
-        perm = torch.arange(b * K, device=dev)
-        if W == 1:
-            t = t + 1
-            continue
+        self.logits = all_logits[torch.arange(b * K, device=dev), beam_width - 1].float()
+        self.nodes = path[-1]
+        self.pos = self.pos + beam_width
+        self.perm = torch.arange(b * K, device=dev)
+        return all_logits, path
 
-        # the forced tokens (and forced EOS), scored at their positions and applied one step at a
-        # time as the steps would: each candidate is a beam's only child, so at most K exist, all
-        # in the top K: an EOS finishes its beam, the others keep running; then the stopping test
-        beam_row = rows.repeat_interleave(K)
+    def _replay_jump(self, all_logits: torch.Tensor, path: list[torch.Tensor], width: torch.Tensor, W: int,
+                     forced: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Apply a jump's forced tokens (and forced EOS) one step at a time, scored at their
+        positions, as the steps would: each candidate is a beam's only child, so at most K exist,
+        all in the top K: an EOS finishes its beam, the others keep running; then the stopping
+        test. Re-sorts the beams as each step's top-k would (lazily, via ``perm``); returns the
+        rows whose stopping test fired (b,)."""
+        K, b, trie, lp = self.K, self.rows.numel(), self.trie, self.length_penalty
+        chain, finishing = forced
+        beam_row = self.rows.repeat_interleave(K)
         eos_at = torch.where(finishing, chain + 1, W)  # (b, K) offset of each beam's forced EOS
-        stop = torch.zeros(b, dtype=torch.bool, device=dev)
+        stop = torch.zeros(b, dtype=torch.bool, device=self.dev)
+        running, fin_score, fin_title, t = self.running, self.fin_score, self.fin_title, self.t
         for k in range(1, W):
             on = (k < width) & ~stop  # a stopped row's finished set is frozen
             # scored as the step would (a forced node's only child sits in slot 0)
-            cand = running + score(path[k - 1], all_logits[:, k - 1].float(), beam_row)[0][:, 0].view(b, K)
+            cand = running + self.score(path[k - 1], all_logits[:, k - 1].float(), beam_row)[0][:, 0].view(b, K)
             ended = on[:, None] & (eos_at == k)
             leaf = trie.advance(path[k - 1], torch.full_like(path[k - 1], trie.eos_token_id)).view(b, K)
-            new = torch.where(ended & (cand > NEG_INF), cand / _norm(t + k, length_penalty)[:, None], NEG_INF)
+            new = torch.where(ended & (cand > NEG_INF), cand / _norm(t + k, lp)[:, None], NEG_INF)
             fin_score, keep = torch.topk(torch.cat([fin_score, new], 1), K)  # no host sync per token
             fin_title = torch.cat([fin_title, trie.title_of(leaf)], 1).gather(1, keep)
             worst = _worst(fin_score)
             running = torch.where(ended, NEG_INF, torch.where(on[:, None], cand, running))
-            stop |= on & ~(running.max(1).values / _norm(t + k, length_penalty) > worst)
-        t = t + width
-        running, order = running.sort(dim=1, descending=True, stable=True)  # what each step's top-k did
-        perm = (order + torch.arange(b, device=dev)[:, None] * K).view(-1)
-        nodes, logits = nodes[perm], logits[perm]
-        if bool(stop.any()):  # the finished set is that of the step where the row stopped
-            if stats is not None:
-                stats.stopped_in_jump += int(stop.sum())
-            out_score[rows[stop]], out_title[rows[stop]] = fin_score[stop], fin_title[stop]
-            kept = (~stop).nonzero().squeeze(1)
-            if kept.numel() == 0:
-                break
-            beams = _beams_of(kept, K)
-            nodes, logits, attn, pos, perm = nodes[beams], logits[beams], attn[beams], pos[beams], perm[beams]
-            running, fin_score, fin_title, rows, t = (x[kept] for x in (running, fin_score, fin_title, rows, t))
-
-    if stats is not None:
-        stats.row_forwards.extend(row_forwards.tolist())
-    return _to_lists(out_score[:, :num_return], out_title[:, :num_return])
+            stop |= on & ~(running.max(1).values / _norm(t + k, lp) > worst)
+        self.t = t + width
+        self.fin_score, self.fin_title = fin_score, fin_title
+        self.running, order = running.sort(dim=1, descending=True, stable=True)  # what each step's top-k did
+        self.perm = (order + torch.arange(b, device=self.dev)[:, None] * K).view(-1)
+        self.nodes, self.logits = self.nodes[self.perm], self.logits[self.perm]
+        return stop
 
 
 def _norm(t: torch.Tensor, length_penalty: float) -> torch.Tensor:

@@ -153,23 +153,13 @@ def create_app(model: ServedRecommender, cfg: ServeConfig | None = None):
     try:
         from fastapi import FastAPI, Request
         from fastapi.responses import JSONResponse
-        from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+        from pydantic import ValidationError
     except ImportError as e:
         raise FlrecError(f"flrec serve needs the serve extra ({e.name} is missing): pip install 'flrec[serve]'") from None
 
     cfg = cfg or ServeConfig()
     max_k = min(cfg.max_k, model.max_k)
     default_k = min(cfg.default_k, max_k)
-
-    class RecommendRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        history: list[StrictStr] | None = Field(None, description="catalogue titles, oldest first")
-        item_ids: list[StrictInt | StrictStr] | None = Field(
-            None, description="item ids, oldest first: flrec's integers or your own ids (strings, e.g. \"it7\")")
-        k: StrictInt = Field(default_k, description=f"items to return, 1..{max_k}")
-        exclude_seen: StrictBool = Field(False, description="never return an item of the history")
-        explain: StrictBool = Field(False, description="FLR: gate weight and most-attended history items per factor")
-
     batcher = MicroBatcher(model, cfg)
 
     @contextlib.asynccontextmanager
@@ -180,9 +170,46 @@ def create_app(model: ServedRecommender, cfg: ServeConfig | None = None):
 
     app = FastAPI(title="flrec", summary=f"{model.method} recommendations", lifespan=lifespan)
     app.state.batcher = batcher
-    started = time.time()
+    api = _Endpoints(model, cfg, batcher, max_k, default_k, _request_model(default_k, max_k),
+                     _error_responder(JSONResponse), ValidationError)
 
-    class _Response(JSONResponse):
+    # The routes stay here, thin: FastAPI reads ``Request`` from their annotations at runtime, and
+    # it is importable only inside this function (FastAPI is an optional extra).
+    @app.get("/healthz")
+    async def healthz():
+        return api.healthz()
+
+    @app.get("/metadata")
+    async def metadata():
+        return api.metadata()
+
+    @app.post("/recommend")
+    async def recommend(request: Request):
+        return await api.recommend(request)
+
+    return app
+
+
+def _request_model(default_k: int, max_k: int):
+    """The pydantic model of a ``POST /recommend`` body (strict types, unknown keys refused)."""
+    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+    class RecommendRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        history: list[StrictStr] | None = Field(None, description="catalogue titles, oldest first")
+        item_ids: list[StrictInt | StrictStr] | None = Field(
+            None, description="item ids, oldest first: flrec's integers or your own ids (strings, e.g. \"it7\")")
+        k: StrictInt = Field(default_k, description=f"items to return, 1..{max_k}")
+        exclude_seen: StrictBool = Field(False, description="never return an item of the history")
+        explain: StrictBool = Field(False, description="FLR: gate weight and most-attended history items per factor")
+
+    return RecommendRequest
+
+
+def _error_responder(json_response: type):
+    """``error(status, code, message, headers=None, **extra)``: the JSON error response of the API."""
+
+    class _Response(json_response):
         def render(self, content: Any) -> bytes:  # ASCII JSON: a lone surrogate echoed back cannot break it
             import json
 
@@ -191,81 +218,113 @@ def create_app(model: ServedRecommender, cfg: ServeConfig | None = None):
     def error(status: int, code: str, message: str, headers: dict | None = None, **extra: Any):
         return _Response({"error": code, "message": message, **extra}, status_code=status, headers=headers)
 
-    async def read_body(request: Request) -> bytes | None:
+    return error
+
+
+class _Endpoints:
+    """What the routes of :func:`create_app` do, and what they share (model, limits, batcher).
+
+    ``request_model``, ``error`` and ``validation_error`` come in from create_app, where the
+    optional extra's imports live. A step that refuses the request returns ``(None, response)``.
+    """
+
+    def __init__(self, model: ServedRecommender, cfg: ServeConfig, batcher: MicroBatcher, max_k: int,
+                 default_k: int, request_model: type, error, validation_error: type) -> None:
+        self.model, self.cfg, self.batcher, self.max_k, self.default_k = model, cfg, batcher, max_k, default_k
+        self.request_model, self.error, self.validation_error = request_model, error, validation_error
+        self.started = time.time()
+
+    def healthz(self):
+        if self.batcher.closing:
+            return self.error(503, "shutting_down", "the server is shutting down")
+        q = self.batcher.queue.qsize() if self.batcher.queue is not None else 0
+        return {"status": "ok", "method": self.model.method, "queue": q,
+                "uptime_s": round(time.time() - self.started, 3)}
+
+    def metadata(self):
+        cfg = self.cfg
+        return {**self.model.metadata(), "max_k": self.max_k, "default_k": self.default_k,
+                "serving": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms, "max_queue": cfg.max_queue,
+                            "max_history": cfg.max_history, "max_body_bytes": cfg.max_body_bytes},
+                "stats": dict(self.batcher.stats)}
+
+    async def recommend(self, request):
+        body, refused = await self._receive(request)
+        if refused is not None:
+            return refused
+        req, refused = self._parse(body)
+        if refused is not None:
+            return refused
+        cfg, error = self.cfg, self.error
+        try:
+            ids = self.model.resolve(req.history, req.item_ids)
+        except RequestError as e:
+            return error(422, e.code, str(e), **e.details)
+        try:
+            fut = self.batcher.submit(Query(ids, req.k, req.exclude_seen, req.explain))
+        except asyncio.QueueFull:
+            self.batcher.stats["rejected_full"] += 1
+            return error(503, "overloaded", f"{cfg.max_queue} requests are already waiting; retry after "
+                         f"{cfg.retry_after_s} s", {"Retry-After": str(cfg.retry_after_s)})
+        answer = await fut
+        if not answer["items"]:
+            return error(422, "empty_answer", empty_answer_reason(self.model, req.exclude_seen))
+        return answer
+
+    async def _receive(self, request) -> tuple[bytes | None, Any]:
+        """The body, within the size and time limits (and not while shutting down)."""
+        cfg, error = self.cfg, self.error
+        if self.batcher.closing:
+            return None, error(503, "shutting_down", "the server is shutting down; retry on another instance",
+                               {"Retry-After": str(cfg.retry_after_s)})
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > cfg.max_body_bytes:
+            return None, error(413, "body_too_large",
+                               f"request body is {declared} bytes; the limit is {cfg.max_body_bytes}")
+        try:
+            body = await asyncio.wait_for(self._read_body(request), cfg.read_timeout_s)
+        except TimeoutError:
+            return None, error(408, "request_timeout",
+                               f"the request body did not arrive within {cfg.read_timeout_s} s", {"Connection": "close"})
+        if body is None:
+            return None, error(413, "body_too_large", f"request body exceeds the limit of {cfg.max_body_bytes} bytes",
+                               {"Connection": "close"})
+        return body, None
+
+    async def _read_body(self, request) -> bytes | None:
         """The body, or None once it exceeds ``max_body_bytes``."""
         body = b""
         async for chunk in request.stream():  # chunked bodies have no Content-Length: count as we read
             body += chunk
-            if len(body) > cfg.max_body_bytes:
+            if len(body) > self.cfg.max_body_bytes:
                 return None
         return body
 
-    @app.get("/healthz")
-    async def healthz():
-        if batcher.closing:
-            return error(503, "shutting_down", "the server is shutting down")
-        q = batcher.queue.qsize() if batcher.queue is not None else 0
-        return {"status": "ok", "method": model.method, "queue": q, "uptime_s": round(time.time() - started, 3)}
-
-    @app.get("/metadata")
-    async def metadata():
-        return {**model.metadata(), "max_k": max_k, "default_k": default_k,
-                "serving": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms, "max_queue": cfg.max_queue,
-                            "max_history": cfg.max_history, "max_body_bytes": cfg.max_body_bytes},
-                "stats": dict(batcher.stats)}
-
-    @app.post("/recommend")
-    async def recommend(request: Request):
-        if batcher.closing:
-            return error(503, "shutting_down", "the server is shutting down; retry on another instance",
-                         {"Retry-After": str(cfg.retry_after_s)})
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > cfg.max_body_bytes:
-            return error(413, "body_too_large", f"request body is {declared} bytes; the limit is {cfg.max_body_bytes}")
-        try:
-            body = await asyncio.wait_for(read_body(request), cfg.read_timeout_s)
-        except TimeoutError:
-            return error(408, "request_timeout", f"the request body did not arrive within {cfg.read_timeout_s} s",
-                         {"Connection": "close"})
-        if body is None:
-            return error(413, "body_too_large", f"request body exceeds the limit of {cfg.max_body_bytes} bytes",
-                         {"Connection": "close"})
+    def _parse(self, body: bytes) -> tuple[Any, Any]:
+        """The validated request (JSON text, schema, history length, k), or the refusal."""
+        cfg, error = self.cfg, self.error
         try:
             import json
 
             raw = json.loads(body)
             json.dumps(raw, ensure_ascii=False).encode("utf-8")  # a lone surrogate ("\ud800") is not text
         except (ValueError, UnicodeError, RecursionError):
-            return error(400, "bad_json", 'the body is not JSON (or nested too deep, or not valid UTF-8 text); send '
-                         'e.g. {"history": ["Title A", "Title B"], "k": 10}')
+            return None, error(400, "bad_json", 'the body is not JSON (or nested too deep, or not valid UTF-8 text); '
+                               'send e.g. {"history": ["Title A", "Title B"], "k": 10}')
         try:
-            req = RecommendRequest.model_validate(raw)
-        except ValidationError as e:
+            req = self.request_model.model_validate(raw)
+        except self.validation_error as e:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
-            return error(422, "invalid_request", f"{where}: {first['msg']}",
-                         errors=[{"loc": list(x["loc"]), "msg": x["msg"]} for x in e.errors()[:10]])
+            return None, error(422, "invalid_request", f"{where}: {first['msg']}",
+                               errors=[{"loc": list(x["loc"]), "msg": x["msg"]} for x in e.errors()[:10]])
         n_hist = len(req.history if req.history is not None else req.item_ids or [])
         if n_hist > cfg.max_history:
-            return error(422, "history_too_long", f"the history has {n_hist} items; the limit is {cfg.max_history}")
-        if not 1 <= req.k <= max_k:
-            return error(422, "k_out_of_range", f"k={req.k} is out of range; use 1..{max_k}")
-        try:
-            ids = model.resolve(req.history, req.item_ids)
-        except RequestError as e:
-            return error(422, e.code, str(e), **e.details)
-        try:
-            fut = batcher.submit(Query(ids, req.k, req.exclude_seen, req.explain))
-        except asyncio.QueueFull:
-            batcher.stats["rejected_full"] += 1
-            return error(503, "overloaded", f"{cfg.max_queue} requests are already waiting; retry after "
-                         f"{cfg.retry_after_s} s", {"Retry-After": str(cfg.retry_after_s)})
-        answer = await fut
-        if not answer["items"]:
-            return error(422, "empty_answer", empty_answer_reason(model, req.exclude_seen))
-        return answer
-
-    return app
+            return None, error(422, "history_too_long",
+                               f"the history has {n_hist} items; the limit is {cfg.max_history}")
+        if not 1 <= req.k <= self.max_k:
+            return None, error(422, "k_out_of_range", f"k={req.k} is out of range; use 1..{self.max_k}")
+        return req, None
 
 
 def check_port(host: str, port: int) -> None:

@@ -238,37 +238,11 @@ def export(source: str | Path, out: str | Path, *, data: str | None = None, over
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise FlrecError(f"{name} must be an integer >= 1, got {v!r}")
     rec, method, dataset, prov = _resolve_source(source, data)
-    # generative (flr, latentr3, bigrec, base, flr+sasrec, ...) or an ID model scoring every item
-    kind = "llm" if isinstance(rec, LLMRecommender) else "id"
-    explains = kind == "llm" and bool(rec.model.config.uses_thought)
-    decoding: dict[str, Any] = {}
-    if kind == "llm":
-        changes = {k: v for k, v in (("beam", beam), ("inference_dtype", dtype), ("batch_size", batch_size)) if v is not None}
-        if changes:
-            rec.config = rec.config.replace(**changes)
-        decoding = {"beam": rec.config.beam, "length_penalty": rec.config.length_penalty,
-                    "inference_dtype": rec.config.inference_dtype, "batch_size": rec.config.batch_size}
-        n_titles = len(rec.catalogue.unique_titles)
-        if rec.config.beam > n_titles:
-            raise FlrecError(f"beam {rec.config.beam} exceeds the catalogue's {n_titles} distinct titles (a beam "
-                             f"returns distinct titles); pass --beam {n_titles} or less")
-        if rec.config.batch_size < 1:
-            raise FlrecError(f"batch size {rec.config.batch_size} must be >= 1; pass --batch-size 1 or more")
-    elif any(v is not None for v in (beam, dtype, batch_size)):
-        raise FlrecError(f"{method} is an ID model: --beam/--dtype/--batch-size apply to LLM recommenders only")
-
+    kind, explains, decoding = _decoding_settings(rec, method, beam, dtype, batch_size)
     catalogue = rec.catalogue
-    counts: list[int] | None = None
     if dataset is not None and not allow_other_data:
         _check_training_data(prov["summary_dirs"], dataset, str(prov.get("data") or data))
-    if method == "pop" and getattr(rec, "counts", None) is not None:
-        counts = [int(c) for c in rec.counts.tolist()]
-    elif dataset is not None:
-        if dataset.catalogue.titles != catalogue.titles:
-            raise FlrecError(f"the dataset {prov.get('data') or data} has another catalogue than the model "
-                             f"({len(dataset.catalogue)} vs {len(catalogue)} items); pass --data with the training dataset")
-        pop = dataset.item_popularity("train")
-        counts = [int(pop.get(i, 0)) for i in range(len(catalogue))]
+    counts = _train_counts(rec, method, dataset, str(prov.get("data") or data))
     summary, summary_path = _find_summary(prov.pop("summary_dirs"), method)
 
     with staged_dir(out, kind="export", overwrite=overwrite, inputs=inputs) as tmp:
@@ -297,6 +271,46 @@ def export(source: str | Path, out: str | Path, *, data: str | None = None, over
         (tmp / "README.md").write_text(_card(manifest, summary), encoding="utf-8")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
     return out
+
+
+def _decoding_settings(rec, method: str, beam: int | None, dtype: str | None, batch_size: int | None
+                       ) -> tuple[str, bool, dict[str, Any]]:
+    """The export's kind (``llm`` | ``id``), whether it explains, and the decoding settings it
+    records, after applying (and checking) the command line's overrides to ``rec.config``."""
+    # generative (flr, latentr3, bigrec, base, flr+sasrec, ...) or an ID model scoring every item
+    kind = "llm" if isinstance(rec, LLMRecommender) else "id"
+    explains = kind == "llm" and bool(rec.model.config.uses_thought)
+    decoding: dict[str, Any] = {}
+    if kind == "llm":
+        changes = {k: v for k, v in (("beam", beam), ("inference_dtype", dtype), ("batch_size", batch_size)) if v is not None}
+        if changes:
+            rec.config = rec.config.replace(**changes)
+        decoding = {"beam": rec.config.beam, "length_penalty": rec.config.length_penalty,
+                    "inference_dtype": rec.config.inference_dtype, "batch_size": rec.config.batch_size}
+        n_titles = len(rec.catalogue.unique_titles)
+        if rec.config.beam > n_titles:
+            raise FlrecError(f"beam {rec.config.beam} exceeds the catalogue's {n_titles} distinct titles (a beam "
+                             f"returns distinct titles); pass --beam {n_titles} or less")
+        if rec.config.batch_size < 1:
+            raise FlrecError(f"batch size {rec.config.batch_size} must be >= 1; pass --batch-size 1 or more")
+    elif any(v is not None for v in (beam, dtype, batch_size)):
+        raise FlrecError(f"{method} is an ID model: --beam/--dtype/--batch-size apply to LLM recommenders only")
+    return kind, explains, decoding
+
+
+def _train_counts(rec, method: str, dataset, data_name: str) -> list[int] | None:
+    """Train target count per item (the catalogue's popularity column): the popularity model's own
+    counts, else the training dataset's (which must have the model's catalogue); None without either."""
+    catalogue = rec.catalogue
+    if method == "pop" and getattr(rec, "counts", None) is not None:
+        return [int(c) for c in rec.counts.tolist()]
+    if dataset is None:
+        return None
+    if dataset.catalogue.titles != catalogue.titles:
+        raise FlrecError(f"the dataset {data_name} has another catalogue than the model "
+                         f"({len(dataset.catalogue)} vs {len(catalogue)} items); pass --data with the training dataset")
+    pop = dataset.item_popularity("train")
+    return [int(pop.get(i, 0)) for i in range(len(catalogue))]
 
 
 def _versions(torch_version: str) -> dict[str, Any]:
