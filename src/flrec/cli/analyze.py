@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from flrec.cli.common import DefaultsHelp, note
+from flrec.cli.common import DefaultsHelp, add_result_file_flags, note
 from flrec.errors import FlrecError
 from flrec.utils.outputs import check_output
 
@@ -111,11 +111,7 @@ def add_analyze_parser(sub) -> None:
     s = asub.add_parser("factors", help="factor health: thought similarity across users, gate usage, attention on "
                         "history items, planted-intent recovery (synthetic data)",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    s.add_argument("--model", required=True, help=MODEL_HELP)
-    s.add_argument("--data", required=True, help=DATA_HELP)
-    s.add_argument("--split", default="test", help="split whose rows are analysed")
-    s.add_argument("--limit", type=int, default=200, help="first N rows of the split (0 = all)")
-    s.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (results do not depend on it)")
+    _add_trace_flags(s)
     s.add_argument("--permutations", type=int, default=1000, help="permutations for the MI p-value")
     s.add_argument("--json", action="store_true", help=JSON_HELP)
     s.set_defaults(fn=cmd_analyze_factors)
@@ -124,9 +120,7 @@ def add_analyze_parser(sub) -> None:
                         formatter_class=DefaultsHelp)
     s.add_argument("compare_dir", help="a folder written by flrec compare (summary.json, cells/)")
     s.add_argument("--reference", help="method whose improvement is reported (default: the comparison's reference)")
-    s.add_argument("--out", help="also write longtail.json into this folder (read by flrec report)")
-    s.add_argument("--overwrite", action="store_true", help="replace an existing longtail.json")
-    s.add_argument("--json", action="store_true", help=JSON_HELP)
+    add_result_file_flags(s, "longtail.json", "also write longtail.json into this folder (read by flrec report)", JSON_HELP)
     s.set_defaults(fn=cmd_analyze_longtail)
     _add_disentangle_parser(asub)
     _add_cost_parser(asub)
@@ -138,18 +132,21 @@ def add_analyze_parser(sub) -> None:
     s.set_defaults(fn=cmd_analyze_curves)
 
 
-def _add_disentangle_parser(asub) -> None:
-    s = asub.add_parser("disentangle", help="factor cosine matrix, attention heatmaps, DS, gate entropy (Figs. 4, 6)",
-                        formatter_class=DefaultsHelp)
+def _add_trace_flags(s) -> None:
+    """What a trace of a trained model over a split needs (``factors`` and ``disentangle``)."""
     s.add_argument("--model", required=True, help=MODEL_HELP)
     s.add_argument("--data", required=True, help=DATA_HELP)
     s.add_argument("--split", default="test", help="split whose rows are analysed")
     s.add_argument("--limit", type=int, default=200, help="first N rows of the split (0 = all)")
     s.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (results do not depend on it)")
+
+
+def _add_disentangle_parser(asub) -> None:
+    s = asub.add_parser("disentangle", help="factor cosine matrix, attention heatmaps, DS, gate entropy (Figs. 4, 6)",
+                        formatter_class=DefaultsHelp)
+    _add_trace_flags(s)
     s.add_argument("--examples", type=int, default=2, help="users whose attention heatmap is kept")
-    s.add_argument("--out", help="write disentangle.json and the heatmap PNGs into this folder")
-    s.add_argument("--overwrite", action="store_true", help="replace an existing disentangle.json")
-    s.add_argument("--json", action="store_true", help=JSON_HELP)
+    add_result_file_flags(s, "disentangle.json", "write disentangle.json and the heatmap PNGs into this folder", JSON_HELP)
     s.set_defaults(fn=cmd_analyze_disentangle)
 
 
@@ -169,9 +166,7 @@ def _add_cost_parser(asub) -> None:
     s.add_argument("--rationale-tokens", type=int, default=None,
                    help="cot: cap on its self-generated rationale per user (default: the method's 256, i.e. until "
                    "the model starts the title); the report gives the measured length and the rows that hit the cap")
-    s.add_argument("--out", help="write cost.json into this folder (read by flrec report)")
-    s.add_argument("--overwrite", action="store_true", help="replace an existing cost.json")
-    s.add_argument("--json", action="store_true", help=JSON_HELP)
+    add_result_file_flags(s, "cost.json", "write cost.json into this folder (read by flrec report)", JSON_HELP)
     s.set_defaults(fn=cmd_analyze_cost)
 
 

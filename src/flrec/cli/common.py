@@ -41,6 +41,23 @@ def with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def add_result_file_flags(parser: argparse.ArgumentParser, name: str, out_help: str, json_help: str) -> None:
+    """``--out DIR`` (write ``name`` there), ``--overwrite`` (replace an existing ``name``) and ``--json``:
+    the flags every command that writes one result file shares."""
+    parser.add_argument("--out", help=out_help)
+    parser.add_argument("--overwrite", action="store_true", help=f"replace an existing {name}")
+    parser.add_argument("--json", action="store_true", help=json_help)
+
+
+def add_grid_flags(parser: argparse.ArgumentParser, out_help: str, force_help: str, json_help: str) -> None:
+    """The flags ``compare`` and ``ablate`` share: seeds, row limit, output folder, ``--force``, ``--json``."""
+    parser.add_argument("--seeds", help="comma-separated, e.g. 1,2,3 (default: the config's seeds, 1,2,3)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N rows of the split (default: all rows)")
+    parser.add_argument("--out", help=out_help)
+    parser.add_argument("--force", action="store_true", help=force_help)
+    parser.add_argument("--json", action="store_true", help=json_help)
+
+
 def load_config(cls: Any, args: argparse.Namespace, flags: Iterable[str] = (), force: str | None = None,
                 first: Iterable[str] = ()) -> Any:
     """``cls`` from ``--config`` and the overrides, in this order (later ones win): ``first``, the user's

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flrec.cli.common import DefaultsHelp, load_config, metrics_table, note, with_config
+from flrec.cli.common import DefaultsHelp, add_grid_flags, load_config, metrics_table, note, with_config
 from flrec.errors import FlrecError
 from flrec.utils.outputs import check_output
 
@@ -136,15 +136,12 @@ def add_compare_parser(sub) -> None:
     s.add_argument("--data", help="D3 dataset folder (default: the config's data)")
     s.add_argument("--methods", help="comma-separated, e.g. flr,latentr3_sft,bigrec,base,sasrec,gru4rec,caser,alpharec,pop "
                    "(default: the config's methods)")
-    s.add_argument("--seeds", help="comma-separated, e.g. 1,2,3 (default: the config's seeds, 1,2,3)")
-    s.add_argument("--limit", type=int, help="evaluate only the first N rows of the split (default: all rows)")
-    s.add_argument("--out", help="output dir (default: the config's out, runs/compare)")
     s.add_argument("--protocol", choices=["item", "title"],
                    help="item (the config default): item-level HR/NDCG@10 columns beside the title-level ones; "
                    "title: the paper's title-level protocol only")
-    s.add_argument("--force", action="store_true",
-                   help="recompute cells whose settings changed (= overwrite=true); unchanged finished cells are reused")
-    s.add_argument("--json", action="store_true", help="print summary.json instead of the Markdown table")
+    add_grid_flags(s, "output dir (default: the config's out, runs/compare)",
+                   "recompute cells whose settings changed (= overwrite=true); unchanged finished cells are reused",
+                   "print summary.json instead of the Markdown table")
     s.set_defaults(fn=cmd_compare)
 
 
@@ -156,9 +153,6 @@ def add_ablate_parser(sub) -> None:
                    "k: num_factors in --ks (default: the config's grid, regularisers)")
     s.add_argument("--method-config", help="the FLR method's config YAML (e.g. configs/recommenders/llm-cds-cpu.yaml)")
     s.add_argument("--ks", help="grid k: comma-separated K values (default 1,2,3,4)")
-    s.add_argument("--seeds", help="comma-separated, e.g. 1,2,3 (default: the config's seeds, 1,2,3)")
-    s.add_argument("--limit", type=int, help="evaluate only the first N rows of the split (default: all rows)")
-    s.add_argument("--out", help="output dir (default runs/ablate-<grid>); holds ablation.json or k_sweep.json")
-    s.add_argument("--force", action="store_true", help="recompute cells whose settings changed")
-    s.add_argument("--json", action="store_true", help="print the result JSON instead of the table")
+    add_grid_flags(s, "output dir (default runs/ablate-<grid>); holds ablation.json or k_sweep.json",
+                   "recompute cells whose settings changed", "print the result JSON instead of the table")
     s.set_defaults(fn=cmd_ablate)
