@@ -277,14 +277,17 @@ class FLRRecommender(nn.Module):
         rate = self.config.history_dropout
         if not rate or not self.training:
             return mask
-        if prompt_items is None:
-            raise FlrecError("flr.history_dropout needs 'prompt_items' (the history-item index of each prompt token)")
-        return self._hide_history(mask, prompt_items, torch.rand(mask.shape[0], device=mask.device) < rate)
+        return self._hide_history(mask, prompt_items, torch.rand(mask.shape[0], device=mask.device) < rate,
+                                  "flr.history_dropout")
 
     @staticmethod
-    def _hide_history(mask: torch.Tensor, prompt_items: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    def _hide_history(mask: torch.Tensor, prompt_items: torch.Tensor | None, drop: torch.Tensor,
+                      option: str) -> torch.Tensor:
         """``mask`` with, in the rows where ``drop`` (B,) is True, every prompt column from the first
-        history token up to (not including) the thought set to 0 (see :meth:`_history_dropout`)."""
+        history token up to (not including) the thought set to 0 (see :meth:`_history_dropout`).
+        ``option`` names what asked for it in the error when the prompt layout is missing."""
+        if prompt_items is None:
+            raise FlrecError(f"{option} needs 'prompt_items' (the history-item index of each prompt token)")
         p = prompt_items.shape[1]
         has = prompt_items >= 0
         first = torch.where(has.any(1), has.int().argmax(1), p)  # rows with no history hide nothing
@@ -384,9 +387,7 @@ class FLRRecommender(nn.Module):
                 h = self._encode(prompt_ids[:, :-1], prompt_mask[:, :-1], positions[:, : p - 1], cache)
             e = thought.to(h.dtype)
         if hide_history:
-            if prompt_items is None:
-                raise FlrecError("hide_history needs 'prompt_items' (the history-item index of each prompt token)")
-            mask = self._hide_history(mask, prompt_items, torch.ones_like(mask[:, 0], dtype=torch.bool))
+            mask = self._hide_history(mask, prompt_items, torch.ones_like(mask[:, 0], dtype=torch.bool), "hide_history")
         hidden = self._run(torch.cat([e[:, None], self._embed(target_ids)], dim=1), mask, positions[:, p - 1 :], cache)
         logits = self._lm_head(hidden[:, :-1])
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
