@@ -1,5 +1,7 @@
 """Trie-constrained beam search: flrec's batched search vs HF ``generate`` + prefix callback, and
-jump-forward (forced trie chains in one forward, the default) vs the step-by-step search.
+the default search (jump-forward over forced trie chains, each user's prompt cached once) vs the
+same with a prompt copy per beam and vs the step-by-step search with a prompt copy per beam (the
+search before both: the issue's "today").
 
 Same model, same users, same beams; each batch is decoded by every search (interleaved, so machine
 noise hits all alike). Prints speed, ranking agreement and the sequential forwards per user
@@ -184,15 +186,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     jump_kw = {"jump_min_fill": args.jump_min_fill, "jump_max_tokens": args.jump_max_tokens}
     decode_users(model, prefill_plain, batches[:1], trie, args.beam, **jump_kw)  # warm-up (allocator, kernels)
-    decode_users(model, prefill_plain, batches[:1], trie, args.beam, jump_forward=False)
+    decode_users(model, prefill_plain, batches[:1], trie, args.beam, jump_forward=False, shared_prompt=False)
+    decode_users(model, prefill_plain, batches[:1], trie, args.beam, shared_prompt=False, **jump_kw)
     unshared = partial(prefill_plain, share_prefix=False)
     ours, hf, steps, t_ours, t_hf, t_unshared, t_steps, same_as_unshared = [], [], [], 0.0, 0.0, 0.0, 0.0, True
     st_jump, st_step = SearchStats(), SearchStats()
+    per_beam, t_per_beam = [], 0.0
     for b in batches:  # interleaved so load changes on the machine hit every decoder alike
         r, s = decode_users(model, prefill_plain, [b], trie, args.beam, st_jump, **jump_kw)
         ours, t_ours = ours + r, t_ours + s
-        r_s, s = decode_users(model, prefill_plain, [b], trie, args.beam, st_step, jump_forward=False)
+        r_s, s = decode_users(model, prefill_plain, [b], trie, args.beam, st_step, jump_forward=False,
+                              shared_prompt=False)
         steps, t_steps = steps + r_s, t_steps + s
+        r_p, s = decode_users(model, prefill_plain, [b], trie, args.beam, shared_prompt=False, **jump_kw)
+        per_beam, t_per_beam = per_beam + r_p, t_per_beam + s
         if args.no_hf:
             continue
         r_u, s = decode_users(model, unshared, [b], trie, args.beam, **jump_kw)
@@ -202,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         hf, t_hf = hf + r, t_hf + s
     n = len(prompts)
     jump_agree, jump_gap = agreement(ours, steps, 10)
+    shared_agree, shared_gap = agreement(ours, per_beam, 10)
     report = {
         "backbone": args.backbone + (" (random init)" if args.random_init else ""),
         "dtype": args.dtype,
@@ -217,12 +225,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "mean_prompt_tokens": round(sum(map(len, prompts)) / n, 1),
         "users_per_second": round(n / t_ours, 3),
         "seconds_per_user_flrec": round(t_ours / n, 3),
-        # jump-forward (the default search) vs the step-by-step reference, same batches, interleaved
+        # the default search (jump-forward, shared prompt) vs the step-by-step search with a prompt
+        # copy per beam (the reference), same batches, interleaved
         "users_per_second_jump_forward": round(n / t_ours, 3),
         "users_per_second_step_by_step": round(n / t_steps, 3),
         "jump_forward_speedup": round(t_steps / t_ours, 3),
         "top10_agreement_jump_vs_step": jump_agree,  # same titles, same order (top-min(10, beam))
         "max_score_diff_jump_vs_step": jump_gap,
+        # the default vs the same search with a prompt copy per beam (shared_prompt=False)
+        "users_per_second_per_beam_prompt": round(n / t_per_beam, 3),
+        "shared_prompt_speedup": round(t_per_beam / t_ours, 3),
+        "top10_agreement_shared_vs_per_beam_prompt": shared_agree,
+        "max_score_diff_shared_vs_per_beam_prompt": shared_gap,
+        "shared_prompt_forwards_fraction": round(st_jump.shared_forwards / max(1, st_jump.forwards), 3),
         "steps_per_user_jump_forward": round(st_jump.steps_per_user, 2),  # sequential forwards, counted
         "steps_per_user_step_by_step": round(st_step.steps_per_user, 2),
         "forwards_per_batch_jump_forward": round(st_jump.forwards / len(batches), 2),

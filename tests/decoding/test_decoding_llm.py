@@ -96,22 +96,24 @@ def test_default_decoding_is_todays(rec, ds):
 
 @pytest.mark.parametrize("decoding", [{}, {"scoring": "trie_renorm", "exclude_seen": True}])
 def test_jump_forward_switch_keeps_the_rankings(rec, ds, decoding):
-    """``jump_forward: false`` is the step-by-step reference; on (the default) ranks identically."""
+    """``jump_forward: false, shared_prompt: false`` is the step-by-step reference with a prompt copy
+    per beam; the defaults (both on) rank identically."""
     rows = ds["test"][:6]
     _set(rec, **decoding)
     on = rec.decode_candidates(rows)[0]
     steps_on = rec.last_search_stats.steps_per_user
-    rec.config = rec.config.replace(jump_forward=False)
+    assert rec.last_search_stats.shared_forwards == rec.last_search_stats.forwards > 0
+    rec.config = rec.config.replace(jump_forward=False, shared_prompt=False)
     try:
         off = rec.decode_candidates(rows)[0]
     finally:
-        rec.config = rec.config.replace(jump_forward=True)
+        rec.config = rec.config.replace(jump_forward=True, shared_prompt=True)
     assert len(rec.last_search_stats.row_forwards) == len(rows)
-    assert steps_on < rec.last_search_stats.steps_per_user
+    assert steps_on < rec.last_search_stats.steps_per_user and rec.last_search_stats.shared_forwards == 0
     assert [[t for t, _ in r] for r in on] == [[t for t, _ in r] for r in off]
     for a, b in zip(on, off, strict=True):
         assert [s for _, s in a] == pytest.approx([s for _, s in b], abs=1e-5)
-    assert "jump_forward" in rec.config.inert_keys()
+    assert {"jump_forward", "shared_prompt"} <= set(rec.config.inert_keys())
 
 
 def test_exclude_seen_never_returns_a_history_item(rec, ds):

@@ -1,4 +1,5 @@
-"""Jump-forward beam search vs the step-by-step reference: the same titles, order and scores.
+"""Jump-forward and shared-prompt beam search vs the step-by-step reference with a per-beam prompt
+cache (the search before either existed): the same titles, order and scores.
 
 fp64 tiny random models (peaked: large init range, so no near-ties) over a catalogue with mixed
 title lengths, shared prefixes and titles that are prefixes of others, under every score-shaping
@@ -138,7 +139,7 @@ def test_plain_lm_jump_equals_steps(lm, tok, trie, option):
     ids, mask = _prompts(6, len(tok))
     prefill = lambda i, m: prefill_plain(lm, i, m)  # noqa: E731
     old, new = SearchStats(), SearchStats()
-    ref = _search(lm, prefill, trie, ids, mask, old, jump_forward=False, **kw)
+    ref = _search(lm, prefill, trie, ids, mask, old, jump_forward=False, shared_prompt=False, **kw)
     got = _search(lm, prefill, trie, ids, mask, new, **kw)
     _same(got, ref)
     assert all(ref) if "max_new_tokens" not in kw else any(ref)
@@ -156,7 +157,7 @@ def test_exclude_seen_and_assistant_mass(lm, tok, trie):
     mass = torch.rand(4, len(trie.titles), generator=g, dtype=torch.float64) * allowed
     kw = dict(node_allowed=trie.node_mass(allowed.double()) > 0, node_mass=trie.node_mass(mass), gamma=0.5)
     prefill = lambda i, m: prefill_plain(lm, i, m)  # noqa: E731
-    ref = _search(lm, prefill, trie, ids, mask, jump_forward=False, **kw)
+    ref = _search(lm, prefill, trie, ids, mask, jump_forward=False, shared_prompt=False, **kw)
     _same(_search(lm, prefill, trie, ids, mask, jump_min_fill=0.0, **kw), ref)
     for r, row in enumerate(ref):
         assert all(bool(allowed[r, t]) for t, _ in row)
@@ -167,7 +168,7 @@ def test_whole_small_catalogue_with_prefix_titles(lm, tok):
     small = TitleTrie.build(tok, ["Blue", "Blue Moon", "Blue Moon Live - Deluxe", "Gold"])
     ids, mask = _prompts(3, len(tok), seed=4)
     prefill = lambda i, m: prefill_plain(lm, i, m)  # noqa: E731
-    ref = _search(lm, prefill, small, ids, mask, jump_forward=False)
+    ref = _search(lm, prefill, small, ids, mask, jump_forward=False, shared_prompt=False)
     got = _search(lm, prefill, small, ids, mask, jump_min_fill=0.0)
     _same(got, ref)
     assert all(sorted(t for t, _ in r) == [0, 1, 2, 3] for r in got)
@@ -181,7 +182,7 @@ def test_batch_size_and_early_leavers(lm, tok, trie):
     full = _search(lm, prefill, trie, ids, mask, st, length_penalty=0.0)
     assert len(set(st.row_forwards)) > 1  # rows left the batch at different forwards
     assert st.stopped_in_jump > 0  # ... some on a forced token inside a jump
-    ref = _search(lm, prefill, trie, ids, mask, jump_forward=False, length_penalty=0.0)
+    ref = _search(lm, prefill, trie, ids, mask, jump_forward=False, shared_prompt=False, length_penalty=0.0)
     _same(full, ref)
     for bs in (1, 4):
         parts = []
@@ -210,7 +211,7 @@ def test_reasoners_jump_equals_steps(tok, kind):
     trie = TitleTrie.build(tok, TITLES, vocab_size=vocab)
     ids, mask = _prompts(5, len(tok), seed=5, last=thought)
     old, new = SearchStats(), SearchStats()
-    ref = _search(model.backbone, model.prefill, trie, ids, mask, old, jump_forward=False)
+    ref = _search(model.backbone, model.prefill, trie, ids, mask, old, jump_forward=False, shared_prompt=False)
     got = _search(model.backbone, model.prefill, trie, ids, mask, new)
     _same(got, ref)
     assert new.steps_per_user < old.steps_per_user
@@ -226,7 +227,7 @@ def test_qwen2_backbone_jump_equals_steps(tok, trie):
     ids, mask = _prompts(4, len(tok), seed=9)
     prefill = lambda i, m: prefill_plain(qwen, i, m)  # noqa: E731
     _same(_search(qwen, prefill, trie, ids, mask, jump_min_fill=0.0),
-          _search(qwen, prefill, trie, ids, mask, jump_forward=False))
+          _search(qwen, prefill, trie, ids, mask, jump_forward=False, shared_prompt=False))
 
 
 def test_sliding_window_backbone_jumps_without_padding(tok, trie):
@@ -243,5 +244,29 @@ def test_sliding_window_backbone_jumps_without_padding(tok, trie):
     prefill = lambda i, m: prefill_plain(qwen, i, m)  # noqa: E731
     st, old = SearchStats(), SearchStats()
     got = _search(qwen, prefill, trie, ids, mask, st, jump_min_fill=0.0)
-    _same(got, _search(qwen, prefill, trie, ids, mask, old, jump_forward=False))
+    _same(got, _search(qwen, prefill, trie, ids, mask, old, jump_forward=False, shared_prompt=False))
     assert st.padded_slots == 0 and st.forwards < old.forwards
+
+
+@pytest.mark.parametrize("jump", [False, True])
+def test_shared_prompt_equals_per_beam_cache(lm, tok, trie, jump):
+    """One prompt per user (the default where supported) ranks exactly as a prompt copy per beam."""
+    ids, mask = _prompts(6, len(tok), seed=13)
+    prefill = lambda i, m: prefill_plain(lm, i, m)  # noqa: E731
+    st = SearchStats()
+    got = _search(lm, prefill, trie, ids, mask, st, jump_forward=jump, length_penalty=0.0)
+    assert st.shared_forwards == st.forwards > 0 and len(set(st.row_forwards)) > 1  # users left early
+    _same(got, _search(lm, prefill, trie, ids, mask, jump_forward=False, shared_prompt=False, length_penalty=0.0))
+    assert lm.config._attn_implementation != "flrec_shared_prompt"  # restored after the search
+
+
+def test_shared_prompt_falls_back_under_a_sliding_window(tok, trie):
+    torch.manual_seed(3)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=8,
+                      max_window_layers=0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    qwen = Qwen2ForCausalLM(cfg).double().eval()
+    ids, mask = _prompts(2, len(tok), seed=11)
+    st = SearchStats()
+    _search(qwen, lambda i, m: prefill_plain(qwen, i, m), trie, ids, mask, st)
+    assert st.forwards > 0 and st.shared_forwards == 0

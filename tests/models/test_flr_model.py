@@ -175,6 +175,28 @@ def test_target_nce_trains_the_reasoner_not_the_backbone():
     torch.testing.assert_close(model(**batch)["aux"]["target_nce"], model.forward_naive(**batch)["aux"]["target_nce"])
 
 
+@pytest.mark.parametrize("residual", [False, True])
+def test_thought_readout_trains_the_write_path_not_the_backbone(residual):
+    """thought_readout reads the written thought (so with the residual write it reaches the gate) and
+    its gradient stops before the backbone; it ignores padding and a token every row has."""
+    model = make_model(num_factors=3, keys="items", query="thought", thought_key=False, values="embeddings",
+                       thought_residual=residual, aux_losses=["thought_readout"]).train()
+    batch = make_batch()
+    out = model(**batch)
+    loss = out["aux"]["thought_readout"]
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward(retain_graph=True)
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert not any(n.startswith("backbone.") for n in grads)
+    # The residual write starts with a zero gate: the readout opens the gate first, then reaches the reasoner.
+    assert ("thought_gate" in grads) == residual and any(n.startswith("reasoner.") for n in grads) != residual
+    model.eval()
+    torch.testing.assert_close(model(**batch)["aux"]["thought_readout"],
+                               model.forward_naive(**batch)["aux"]["thought_readout"])
+    same = dict(batch, target_ids=torch.full_like(batch["target_ids"], 7))  # every row: the same token
+    assert model(**same)["aux"]["thought_readout"].item() == 0.0
+
+
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 @pytest.mark.parametrize("reasoner,keys,query", [("flr", "tokens", "prototypes"), ("flr", "history", "prototypes"),
                                                  ("flr", "items", "prototypes"), ("flr", "items", "thought"),

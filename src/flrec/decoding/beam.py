@@ -30,12 +30,14 @@ would return them); the default ``max_new_tokens`` = trie depth makes that impos
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
 
 from flrec.data.prompts import encode_target
 from flrec.decoding.scoring import cf_log_probs, token_scores
+from flrec.decoding.shared_prompt import SharedPromptCache, shared_prompt_attention, supports_shared_prompt
 from flrec.decoding.trie import TitleTrie
 from flrec.errors import FlrecError
 from flrec.models.compat import expand_cache, lm_forward, new_cache, out_cache
@@ -95,6 +97,7 @@ class SearchStats:
     token_slots: int = 0  # beam x position slots fed to the model, padding included
     padded_slots: int = 0  # of those, padding (rows that jumped fewer forced tokens than the widest)
     stopped_in_jump: int = 0  # rows whose stopping test fired on a forced token inside a jump
+    shared_forwards: int = 0  # forwards that read each user's prompt once (shared_prompt), not once per beam
     row_forwards: list[int] = field(default_factory=list)  # per prompt row: the forwards it took part in
 
     @property
@@ -145,6 +148,7 @@ def constrained_beam_search(
     jump_min_fill: float = 0.75,
     jump_max_tokens: int = 16,
     stats: SearchStats | None = None,
+    shared_prompt: bool = True,
 ) -> list[list[tuple[int, float]]]:
     """Top distinct titles per prompt row: ``[(title index in trie.titles, score), ...]`` best first.
 
@@ -172,6 +176,11 @@ def constrained_beam_search(
     slots; the width is the largest keeping at least ``jump_min_fill`` of the slots real (1.0: no
     padding; always so under sliding-window attention, whose window counts cache slots).
     ``stats`` (:class:`SearchStats`) counts the forwards.
+
+    **Shared prompt** (``shared_prompt``, exact): each user's prompt stays in the cache once and
+    only the generated suffix is kept per beam (:mod:`flrec.decoding.shared_prompt`), so a step's
+    beam reorder moves suffixes, not prompts. Used where the model supports it (full-attention
+    layers); the results are those of the per-beam cache up to floating-point rounding.
     """
     if scoring == "info_gain" and edge_weight is None:
         raise FlrecError("scoring='info_gain' needs edge_weight; pass flrec.decoding.scoring.edge_weights(trie, cfg)")
@@ -191,8 +200,9 @@ def constrained_beam_search(
         )
     search = _BeamSearch(model, state, trie, _Scorer(trie, scoring, edge_weight, node_allowed, node_mass, gamma),
                          K, T, length_penalty, jump_forward and jump_max_tokens > 1 and T > 1, jump_min_fill,
-                         jump_max_tokens, stats)
-    out_score, out_title = search.run()
+                         jump_max_tokens, stats, shared_prompt and supports_shared_prompt(model, state.cache))
+    with shared_prompt_attention(model) if search.shared else contextlib.nullcontext():
+        out_score, out_title = search.run()
     return _to_lists(out_score[:, :num_return], out_title[:, :num_return])
 
 
@@ -207,15 +217,20 @@ class _BeamSearch:
 
     def __init__(self, model: torch.nn.Module, state: PrefillState, trie: TitleTrie, score: _Scorer, K: int,
                  T: int, length_penalty: float, jump: bool, jump_min_fill: float, jump_max_tokens: int,
-                 stats: SearchStats | None) -> None:
+                 stats: SearchStats | None, shared: bool = False) -> None:
         self.model, self.trie, self.score, self.K, self.T = model, trie, score, K, T
         self.length_penalty, self.jump, self.jump_max_tokens, self.stats = length_penalty, jump, jump_max_tokens, stats
         logits = state.next_logits.float()
         dev = self.dev = logits.device
         B = logits.shape[0]
-        self.cache = state.cache
-        self.cache.batch_repeat_interleave(K)  # one copy of the prompt cache per beam
-        self.attn = state.attention_mask.repeat_interleave(K, 0)  # rows of one user stay identical
+        self.shared = shared
+        if shared:  # the prompt once per user; self.attn masks the per-beam suffix only
+            self.cache = SharedPromptCache(state.cache, state.attention_mask, K)
+            self.attn = state.attention_mask.new_zeros((B * K, 0))
+        else:
+            self.cache = state.cache
+            self.cache.batch_repeat_interleave(K)  # one copy of the prompt cache per beam
+            self.attn = state.attention_mask.repeat_interleave(K, 0)  # rows of one user stay identical
         self.pos = state.next_position.to(dev).repeat_interleave(K)
         self.logits = logits.repeat_interleave(K, 0)
         self.nodes = torch.zeros(B * K, dtype=torch.long, device=dev)
@@ -306,6 +321,8 @@ class _BeamSearch:
             return None
         beams = _beams_of(kept, self.K)
         self.nodes, self.attn, self.pos = self.nodes[beams], self.attn[beams], self.pos[beams]
+        if self.shared:
+            self.cache.keep_users(kept)
         self.running, self.fin_score, self.fin_title, self.rows, self.t = (
             x[kept] for x in (self.running, self.fin_score, self.fin_title, self.rows, self.t))
         return kept
@@ -345,19 +362,25 @@ class _BeamSearch:
 
         self.cache.reorder_cache(self.perm[beam_src.view(-1)])  # also drops the beams of frozen rows
         self.attn = torch.cat([self.attn, slots], 1)
+        extra = {}
+        if self.shared:  # the split attention reads its masks from the cache; the model builds none
+            self.cache.suffix_mask = self.attn
+            extra = {"flrec_prompt": self.cache}
         out = lm_forward(
             self.model,
             cache=self.cache,
             input_ids=torch.stack(ids, 1),
-            attention_mask=self.attn,
+            attention_mask=None if self.shared else self.attn,
             position_ids=self.pos[:, None] + torch.arange(W, device=dev),
             use_cache=True,
             logits_to_keep=W,
+            **extra,
         )
         self.cache = out_cache(out)
         self.row_forwards[self.rows] += 1
         if self.stats is not None:
             self.stats.forwards += 1
+            self.stats.shared_forwards += int(self.shared)
             self.stats.token_slots += b * K * W
             self.stats.padded_slots += K * (b * W - int(width.sum()))
         all_logits = out.logits  # (b*K, W, V), model dtype: positions go to float32 one at a time

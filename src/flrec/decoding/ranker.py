@@ -12,7 +12,7 @@ persistence and tuned decoding on top; SFT's validation ranking (:mod:`flrec.tra
 bare ranker around the model it is training, so training never imports a recommender.
 
 A ranker reads its settings from ``self.config``: ``beam``, ``length_penalty``, ``batch_size``,
-``jump_forward``, ``inference_dtype`` and ``decoding`` (:class:`RankSettings`, or the recommender's
+``jump_forward``, ``shared_prompt``, ``inference_dtype`` and ``decoding`` (:class:`RankSettings`, or the recommender's
 ``LLMRecConfig``, which has the same fields with the same defaults).
 """
 
@@ -48,6 +48,7 @@ class RankSettings:
     length_penalty: float = 1.0
     batch_size: int = 8
     jump_forward: bool = True
+    shared_prompt: bool = True
     inference_dtype: str = "float32"
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
 
@@ -156,6 +157,7 @@ class TitleRanker:
                                              length_penalty=lp, scoring=dec.scoring,
                                              edge_weight=self._edge_weights(dec),
                                              jump_forward=self.config.jump_forward,
+                                             shared_prompt=self.config.shared_prompt,
                                              stats=self.last_search_stats, **extra)
             for r, hyps in enumerate(ranked):
                 cands.append(hyps)

@@ -59,6 +59,10 @@ class ReasonerOutput:
     # (B, D) the embedding written into the LM's thought position from this step's z (set by the
     # model, which owns the write path): what the LM receives, so cross-row terms act on it.
     thought: torch.Tensor | None = None
+    # (B, T) the next item's token ids (-1 at padding) and (V, D) the LM's input embeddings, detached:
+    # set by the model after the target pass for the thought_readout regulariser. None elsewhere.
+    target_ids: torch.Tensor | None = None
+    readout_vocab: torch.Tensor | None = None
 
 
 def item_keys(hidden: torch.Tensor, items: torch.Tensor, mask: torch.Tensor):

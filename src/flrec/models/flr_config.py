@@ -74,6 +74,8 @@ class FLRConfig(ConfigBase):
     thought_key: bool = option(False, "the thought's own state is a key/value (true: the paper); false leaves it "
                                "out, which with query=thought removes a free sink (its query matches its own key)")
     target_nce_temperature: float = option(0.1, "target_nce regulariser: temperature of its in-batch InfoNCE")
+    readout_temperature: float = option(0.1, "thought_readout regulariser: temperature of the cosine readout of "
+                                        "the written thought against the input embeddings")
     center_keys: bool = option(True, "subtract a running mean of the key states (EMA over training batches) before "
                                "projecting: removes the user-independent component shared by all last-layer states")
     rope_base: float | None = option(None, "RoPE base for the keys (null = the reasoner's: flr 10000, latentr3 1000)")
@@ -82,7 +84,8 @@ class FLRConfig(ConfigBase):
                                       "constant is trained as FLR trains E0)")
     aux_losses: list[str] | None = option(
         None, "enabled regularisers (null = the reasoner's: flr orth,div,thought_sim,routing,target_nce; the paper's "
-        "eqs. 5-7 are orth,div,sparse): any of orth, div, sparse, thought_sim, routing, attn_entropy, target_nce "
+        "eqs. 5-7 are orth,div,sparse): any of orth, div, sparse, thought_sim, routing, attn_entropy, target_nce, "
+        "thought_readout "
         "(see flrec.models.losses.REGULARISERS)")
     aux_to_backbone: bool = option(
         False, "let the regularisers' gradients reach the backbone (the paper); false computes them on detached "
@@ -107,8 +110,9 @@ class FLRConfig(ConfigBase):
             raise ConfigError(f"gate_hidden must be >= 1, got {self.gate_hidden}")
         if not self.attn_temperature > 0 or self.attn_temperature == float("inf"):
             raise ConfigError(f"attn_temperature must be a finite number > 0, got {self.attn_temperature}")
-        if not 0 < self.target_nce_temperature < float("inf"):
-            raise ConfigError(f"target_nce_temperature must be a finite number > 0, got {self.target_nce_temperature}")
+        for key in ("target_nce_temperature", "readout_temperature"):
+            if not 0 < getattr(self, key) < float("inf"):
+                raise ConfigError(f"{key} must be a finite number > 0, got {getattr(self, key)}")
         if not 0 <= self.attn_entropy_floor <= 1:
             raise ConfigError(f"attn_entropy_floor must be in [0, 1], got {self.attn_entropy_floor}")
         if not 0.0 <= self.history_dropout < 1.0:

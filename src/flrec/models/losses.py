@@ -132,6 +132,37 @@ def target_nce_loss(attn: torch.Tensor, gates: torch.Tensor, key_states: torch.T
     return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
 
 
+def thought_readout_loss(thought: torch.Tensor | None, target_ids: torch.Tensor | None,
+                         vocab: torch.Tensor | None, temperature: float = 0.1) -> torch.Tensor:
+    """The written thought, read as a word by the LM's own input embeddings, should name the next title.
+
+    ``p(v | e_b) = softmax_v(cos(e_b, E_v) / τ)`` over the vocabulary embeddings ``E`` (V, D), and the
+    loss is ``−mean_{b,t} log p(y_bt | e_b)`` over the next title's tokens ``y_b`` (``target_ids`` (B, T),
+    −1 at padding), leaving out tokens found in *every* row's target (the closing quote, EOS: they
+    carry no user). Why: the rec loss reaches the reasoner only through an LM that can already read
+    the history, so the thought gets almost no per-user gradient (issue #24); this asks the thought to
+    be, in the space the LM reads its inputs in, a bag of the next item's words: a direct per-user
+    target, and one a frozen LM can read from step 0. Zero without targets (ranking, GRPO) or for a
+    batch of one row (nothing to tell shared tokens from the user's).
+
+    >>> e = torch.tensor([[1.0, 0.0], [0.0, 1.0]]); E = torch.eye(2)
+    >>> round(float(thought_readout_loss(e, torch.tensor([[0], [1]]), E, temperature=1.0)), 4)  # log(1 + e^-1)
+    0.3133
+    >>> float(thought_readout_loss(e, torch.tensor([[0], [0]]), E))  # a token every row has is left out
+    0.0
+    """
+    if thought is None or target_ids is None or vocab is None or thought.shape[0] < 2:
+        return torch.zeros((), dtype=torch.float32, device=None if thought is None else thought.device)
+    logp = (F.normalize(_acc(thought), dim=-1) @ F.normalize(_acc(vocab), dim=-1).T / temperature).log_softmax(-1)
+    real = target_ids >= 0
+    ids = target_ids.clamp(min=0)
+    present = torch.zeros_like(logp, dtype=torch.bool).scatter_(1, ids, real)  # (B, V) token in row b's target
+    keep = real & ~present.all(0)[ids]
+    if not bool(keep.any()):
+        return logp.new_zeros(())
+    return -(logp.gather(1, ids) * keep).sum() / keep.sum()
+
+
 def written_thought_similarity_loss(thought: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
     """:func:`thought_similarity_loss` of the embedding written into the LM (``z`` if none was set).
 
@@ -163,8 +194,10 @@ register_regulariser("thought_sim", ("thought", "z"), floor=-1.0)(written_though
 register_regulariser("routing", ("gates",), floor=-1.0)(routing_loss)
 register_regulariser("attn_entropy", ("attn", "key_mask"))(attention_entropy_floor_loss)
 register_regulariser("target_nce", ("attn", "gates", "key_states", "target_state"))(target_nce_loss)
+register_regulariser("thought_readout", ("thought", "target_ids", "readout_vocab"))(thought_readout_loss)
 AUX_LOSSES: tuple[str, ...] = ("orth", "div", "sparse")  # the paper's three
-_PARAMS = {"attn_entropy": {"entropy_floor": "floor"}, "target_nce": {"nce_temperature": "temperature"}}  # objective param -> function keyword
+_PARAMS = {"attn_entropy": {"entropy_floor": "floor"}, "target_nce": {"nce_temperature": "temperature"},
+           "thought_readout": {"readout_temperature": "temperature"}}  # objective param -> function keyword
 
 
 class FLRObjective(nn.Module):

@@ -100,7 +100,8 @@ class FLRRecommender(nn.Module):
         self.objective = FLRObjective(config.aux, config.loss_weighting, config.fixed_weights,
                                       warmup_steps=config.aux_warmup_steps,
                                       params={"entropy_floor": config.attn_entropy_floor,
-                                              "nce_temperature": config.target_nce_temperature})
+                                              "nce_temperature": config.target_nce_temperature,
+                                              "readout_temperature": config.readout_temperature})
 
     def _write_thought(self, z: torch.Tensor) -> torch.Tensor:
         """The thought embedding for the next step: ``scale(z)``, or with ``thought_residual``
@@ -257,7 +258,7 @@ class FLRRecommender(nn.Module):
             embeds = torch.cat([e[:, None], self._embed(target_ids)], dim=1)
             hidden = self._run(embeds, self._history_dropout(mask, prompt_items), positions[:, p - 1 :], cache)
             pred = hidden[:, :-1]
-            self._attach_target(aux_steps, hidden[:, 1:], target_mask)
+            self._attach_target(aux_steps, hidden[:, 1:], target_ids, target_mask)
         return self._loss(pred, target_ids, target_mask, steps, aux_steps)
 
     def _history_dropout(self, mask: torch.Tensor, prompt_items: torch.Tensor | None) -> torch.Tensor:
@@ -296,13 +297,21 @@ class FLRRecommender(nn.Module):
         return mask.masked_fill(hide, 0)
 
     def _attach_target(self, aux_steps: list[ReasonerOutput], target_hidden: torch.Tensor,
-                       target_mask: torch.Tensor) -> None:
-        """Give the regularisers the next item's own state (only ``target_nce`` reads it).
+                       target_ids: torch.Tensor, target_mask: torch.Tensor) -> None:
+        """Give the regularisers the next item: its own state (``target_nce``), its token ids and the
+        input embeddings to read the thought with (``thought_readout``).
 
-        The mean last-layer state over the target's tokens, detached (a target, not something to
-        move) and centred like the keys, so it lives where the factors' key states do.
+        The state is the mean last-layer state over the target's tokens, detached (a target, not
+        something to move) and centred like the keys, so it lives where the factors' key states do.
         """
-        if "target_nce" not in self.objective.enabled or not aux_steps:
+        if not aux_steps:
+            return
+        if "thought_readout" in self.objective.enabled:
+            ids = target_ids.masked_fill(~target_mask.bool(), -1)
+            vocab = self.backbone.get_input_embeddings().weight.detach()
+            for out in aux_steps:
+                out.target_ids, out.readout_vocab = ids, vocab
+        if "target_nce" not in self.objective.enabled:
             return
         state = target_hidden.detach()
         state = state.to(torch.promote_types(state.dtype, torch.float32))
@@ -351,7 +360,7 @@ class FLRRecommender(nn.Module):
             e = out.thought
         embeds = torch.cat([base[:, :-1], e[:, None], self._embed(target_ids)], dim=1)
         hidden = self._run(embeds, mask, positions)
-        self._attach_target(aux_steps, hidden[:, p:], target_mask)
+        self._attach_target(aux_steps, hidden[:, p:], target_ids, target_mask)
         return self._loss(hidden[:, p - 1 : -1], target_ids, target_mask, steps, aux_steps)
 
     @torch.no_grad()

@@ -61,6 +61,10 @@ class LLMRecConfig(ConfigBase):
     jump_forward: bool = option(
         True, help="beam search feeds forced trie chains (the rest of a unique title) in one multi-token forward "
         "instead of a step per token; exact: same titles, order and scores (false = the step-by-step reference)")
+    shared_prompt: bool = option(
+        True, help="beam search keeps each user's prompt in the KV cache once, not once per beam (a beam reorder "
+        "then moves only the generated suffixes); exact up to float rounding; used where the backbone has "
+        "full-attention layers, else the per-beam cache (false = always the per-beam cache)")
     inference_dtype: Literal["float32", "bfloat16", "auto"] = option(
         "float32", help="weights dtype for ranking; bfloat16 is ~2x faster on CPUs with native bf16 and much slower "
         "(emulated) on CPUs without; auto = bfloat16 where native (a bf16 GPU, or a CPU with AVX512-BF16/AMX), "
@@ -85,9 +89,10 @@ class LLMRecConfig(ConfigBase):
 
     def inert_keys(self) -> tuple[str, ...]:
         """Keys that cannot change what ``fit`` yields here (a comparison cell's fingerprint leaves them
-        out): ``use_tuned_decoding`` unless a trained model is loaded (``llm_dir``), and ``jump_forward``
-        (how the search runs, not what it returns)."""
-        return ("use_tuned_decoding", "jump_forward") if self.llm_dir is None else ("jump_forward",)
+        out): ``use_tuned_decoding`` unless a trained model is loaded (``llm_dir``), ``jump_forward`` and
+        ``shared_prompt`` (how the search runs, not what it returns)."""
+        how = ("jump_forward", "shared_prompt")
+        return ("use_tuned_decoding", *how) if self.llm_dir is None else how
 
     def input_dirs(self) -> dict[str, str]:
         """Folders whose contents (not only whose names) decide what ``fit`` yields: ``{key: path}``
