@@ -85,7 +85,7 @@ def split_prompt_attention(module: torch.nn.Module, query: torch.Tensor, key: to
         raise RuntimeError(f"attention '{ATTN_NAME}' needs the flrec_prompt keyword (a SharedPromptCache)")
     pk, pv = flrec_prompt.prompt[module.layer_idx]  # (b, H_kv, P, d)
     n, h, w, d = query.shape
-    b, h_kv, p = pk.shape[0], pk.shape[1], pk.shape[2]
+    b, h_kv = pk.shape[0], pk.shape[1]
     k, g, s = n // b, h // h_kv, key.shape[2]
     scale = d**-0.5 if scaling is None else scaling
     acc = torch.promote_types(query.dtype, torch.float32)
