@@ -113,6 +113,47 @@ def agreement(a: Sequence[Ranking], b: Sequence[Ranking], k: int) -> tuple[float
     return sum(same) / max(1, len(same)), max(gaps, default=0.0)
 
 
+def flops_per_token(config) -> tuple[float, float]:
+    """FLOPs one token needs in a decoder forward, as (dense part incl. the LM head, attention per
+    context position): ``2·L·(q,k,v,o projections + gated MLP) + 2·d·V`` and ``4·L·H·d_head``."""
+    d, L, V = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    h = config.num_attention_heads
+    dh = getattr(config, "head_dim", None) or d // h
+    kv = getattr(config, "num_key_value_heads", None) or h
+    proj = d * h * dh * 2 + d * kv * dh * 2
+    mlp = 3 * d * config.intermediate_size
+    return 2.0 * L * (proj + mlp) + 2.0 * d * V, 4.0 * L * h * dh
+
+
+def needed_flops(config, batches: Sequence[Batch], stats: SearchStats) -> float:
+    """The arithmetic a ranking run cannot avoid: every real prompt token once (logits for the last
+    only), then every live beam's real tokens with logits; padding and dead beams are not needed."""
+    dense, per_ctx = flops_per_token(config)
+    head = 2.0 * config.hidden_size * config.vocab_size
+    total = 0.0
+    for _, mask in batches:
+        lens = mask.sum(1).double()
+        total += float(lens.sum()) * (dense - head) + float(lens.shape[0]) * head
+        total += per_ctx * float((lens * (lens + 1) / 2).sum())
+    return total + stats.live_slots * dense + stats.live_context * per_ctx
+
+
+def matmul_flops_per_second(config, dtype: torch.dtype, device: str, rows: int = 2048, reps: int = 5) -> float:
+    """What this machine does on the model's largest dense shape (rows x d @ d x intermediate): the
+    yardstick for the needed-arithmetic fraction."""
+    a = torch.randn(rows, config.hidden_size, dtype=dtype, device=device)
+    b = torch.randn(config.hidden_size, config.intermediate_size, dtype=dtype, device=device)
+    a @ b  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2.0 * rows * config.hidden_size * config.intermediate_size * reps / (time.perf_counter() - t0)
+
+
 def _load(spec: str, dtype: torch.dtype, random_init: bool):
     if not random_init:
         from flrec.models.backbone import load_backbone
@@ -208,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         r, s = hf_users(model, tok, [b], trie, args.beam)
         hf, t_hf = hf + r, t_hf + s
     n = len(prompts)
+    peak = matmul_flops_per_second(model.config, dtype, args.device)
+    need = needed_flops(model.config, batches, st_jump)  # the same beams live in every search: one count
     jump_agree, jump_gap = agreement(ours, steps, 10)
     shared_agree, shared_gap = agreement(ours, per_beam, 10)
     report = {
@@ -238,6 +281,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "top10_agreement_shared_vs_per_beam_prompt": shared_agree,
         "max_score_diff_shared_vs_per_beam_prompt": shared_gap,
         "shared_prompt_forwards_fraction": round(st_jump.shared_forwards / max(1, st_jump.forwards), 3),
+        # needed arithmetic (real prompt tokens, live beams' real tokens) at the measured matmul rate,
+        # as a share of each search's time: 1.0 would be a search spending nothing on anything else
+        "needed_gflop": round(need / 1e9, 2),
+        "matmul_gflops_measured": round(peak / 1e9, 1),
+        "needed_arithmetic_fraction": round(need / peak / t_ours, 3),
+        "needed_arithmetic_fraction_per_beam_prompt": round(need / peak / t_per_beam, 3),
+        "needed_arithmetic_fraction_step_by_step": round(need / peak / t_steps, 3),
+        "live_slot_fraction": round(st_jump.live_slots / max(1, st_jump.token_slots), 3),
         "steps_per_user_jump_forward": round(st_jump.steps_per_user, 2),  # sequential forwards, counted
         "steps_per_user_step_by_step": round(st_step.steps_per_user, 2),
         "forwards_per_batch_jump_forward": round(st_jump.forwards / len(batches), 2),

@@ -79,6 +79,7 @@ def test_bench_decoding_runs_tiny(tmp_path, capsys):
     assert res["steps_per_user_jump_forward"] <= res["steps_per_user_step_by_step"]
     assert res["users_per_second_jump_forward"] > 0 and res["users_per_second_step_by_step"] > 0
     assert res["top10_agreement_shared_vs_per_beam_prompt"] == 1.0 and res["shared_prompt_forwards_fraction"] == 1.0
+    assert 0 < res["needed_arithmetic_fraction"] and 0 < res["live_slot_fraction"] <= 1
 
 
 def test_bench_grpo_step_runs_tiny(data_dir, capsys):

@@ -98,6 +98,8 @@ class SearchStats:
     padded_slots: int = 0  # of those, padding (rows that jumped fewer forced tokens than the widest)
     stopped_in_jump: int = 0  # rows whose stopping test fired on a forced token inside a jump
     shared_forwards: int = 0  # forwards that read each user's prompt once (shared_prompt), not once per beam
+    live_slots: int = 0  # of the token slots, those of live beams (not padding, not dead beams): needed work
+    live_context: int = 0  # sum over live slots of the positions each attends to (attention's needed work)
     row_forwards: list[int] = field(default_factory=list)  # per prompt row: the forwards it took part in
 
     @property
@@ -383,6 +385,10 @@ class _BeamSearch:
             self.stats.shared_forwards += int(self.shared)
             self.stats.token_slots += b * K * W
             self.stats.padded_slots += K * (b * W - int(width.sum()))
+            live = (self.running > NEG_INF).view(-1).long()
+            self.stats.live_slots += int((live * beam_width).sum())
+            ctx = beam_width * self.pos + beam_width * (beam_width + 1) // 2  # positions pos+1 .. pos+width
+            self.stats.live_context += int((live * ctx).sum())
         all_logits = out.logits  # (b*K, W, V), model dtype: positions go to float32 one at a time
         self.logits = all_logits[torch.arange(b * K, device=dev), beam_width - 1].float()
         self.nodes = path[-1]

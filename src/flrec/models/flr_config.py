@@ -71,6 +71,12 @@ class FLRConfig(ConfigBase):
         "(its titles, and the commas and tail after them, which have read the titles), so the thought is the only "
         "route from the history to the answer and the LM must learn to read it (the refinement steps still read "
         "everything; inference sees the whole prompt). 0 = off (the paper)")
+    deep_write: bool = option(
+        False, "also write the thought into the keys and values of its position in every layer (a learned "
+        "projection of the thought embedding per layer, zero at init, so training starts from the input-only "
+        "write): a one-token input embedding is a channel a small LM barely reads (issue #24: even an oracle thought "
+        "holding the answer's words was ignored), while every layer's keys/values are read directly, as in prefix "
+        "tuning")
     thought_key: bool = option(False, "the thought's own state is a key/value (true: the paper); false leaves it "
                                "out, which with query=thought removes a free sink (its query matches its own key)")
     target_nce_temperature: float = option(0.1, "target_nce regulariser: temperature of its in-batch InfoNCE")

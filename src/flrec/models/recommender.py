@@ -18,6 +18,7 @@ the tests check both agree in values and gradients.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from torch import nn
 
 from flrec.errors import ConfigError, FlrecError
 from flrec.models.compat import cache_kwarg, crop_cache, expand_cache, fork_cache, new_cache
+from flrec.models.deep_write import DeepThoughtWrite
 from flrec.models.flr import EmbeddingScale, FactorizedLatentReasoner, ReasonerOutput, positions_from_mask  # noqa: F401
 from flrec.models.flr_config import REASONER_DEFAULTS, FLRConfig  # noqa: F401  (re-exported: their old home)
 from flrec.models.freeze import frozen_bottom_no_grad, parse_top, set_top_trainable
@@ -97,6 +99,9 @@ class FLRRecommender(nn.Module):
                     self.reasoner.vector.copy_(init)
             if config.residual:  # zero: the model starts as the soft-prompt control
                 self.thought_gate = nn.Parameter(torch.zeros(d))
+        if config.uses_thought and config.deep_write:
+            self.deep_write = DeepThoughtWrite(self._decoder(), d)
+            self.deep_write.attach()
         self.objective = FLRObjective(config.aux, config.loss_weighting, config.fixed_weights,
                                       warmup_steps=config.aux_warmup_steps,
                                       params={"entropy_floor": config.attn_entropy_floor,
@@ -136,11 +141,19 @@ class FLRRecommender(nn.Module):
         # Only the positions that need logits reach the vocabulary projection (it dominates CPU cost).
         return self.causal_lm.get_output_embeddings()(hidden)
 
-    def _run(self, embeds, mask, positions, cache=None):
-        """Last-layer (post-norm) hidden states; appends to ``cache`` when one is given."""
+    def _run(self, embeds, mask, positions, cache=None, thought_col: int | None = None):
+        """Last-layer (post-norm) hidden states; appends to ``cache`` when one is given.
+
+        ``thought_col``: the column of ``embeds`` that is the written thought; with ``flr.deep_write`` its
+        keys and values get the thought's per-layer write in this pass (an intervention on the thought
+        embedding therefore reaches every layer)."""
         dec = self._decoder()
         kw = {cache_kwarg(dec): cache} if cache is not None else {}
-        out = dec(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=cache is not None, **kw)
+        deep = getattr(self, "deep_write", None)
+        with deep.writing(thought_col, embeds[:, thought_col]) if deep is not None and thought_col is not None \
+                else contextlib.nullcontext():
+            out = dec(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=cache is not None,
+                      **kw)
         return out.last_hidden_state
 
     def _encode(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
@@ -204,7 +217,7 @@ class FLRRecommender(nn.Module):
         steps: list[ReasonerOutput] = []
         aux_steps: list[ReasonerOutput] = []
         for _ in range(self.config.steps):
-            h_t = self._run(e[:, None], prompt_mask, positions[:, p - 1 : p], cache)
+            h_t = self._run(e[:, None], prompt_mask, positions[:, p - 1 : p], cache, thought_col=0)
             crop_cache(cache, p - 1)  # drop this step's thought; the prefix stays as it was
             # Keys/values cover the prompt *including* the thought, so step n+1 sees a changed state.
             h = torch.cat([h_prefix, h_t], dim=1)
@@ -256,7 +269,8 @@ class FLRRecommender(nn.Module):
         else:
             e, cache, steps, aux_steps = self.refine(prompt_ids, prompt_mask, positions, prompt_items)
             embeds = torch.cat([e[:, None], self._embed(target_ids)], dim=1)
-            hidden = self._run(embeds, self._history_dropout(mask, prompt_items), positions[:, p - 1 :], cache)
+            hidden = self._run(embeds, self._history_dropout(mask, prompt_items), positions[:, p - 1 :], cache,
+                               thought_col=0)
             pred = hidden[:, :-1]
             self._attach_target(aux_steps, hidden[:, 1:], target_ids, target_mask)
         return self._loss(pred, target_ids, target_mask, steps, aux_steps)
@@ -352,14 +366,14 @@ class FLRRecommender(nn.Module):
         detach_aux = self._detach_aux()
         for _ in range(self.config.steps):
             embeds = torch.cat([base[:, :-1], e[:, None]], dim=1)
-            h = self._run(embeds, prompt_mask, positions[:, :p])
+            h = self._run(embeds, prompt_mask, positions[:, :p], thought_col=p - 1)
             emb = embeds if self._values_from_embeddings else None
             out, aux = self._reason_step(h, prompt_mask, prompt_items, emb, detach_aux, base.dtype)
             steps.append(out)
             aux_steps.append(aux)
             e = out.thought
         embeds = torch.cat([base[:, :-1], e[:, None], self._embed(target_ids)], dim=1)
-        hidden = self._run(embeds, mask, positions)
+        hidden = self._run(embeds, mask, positions, thought_col=p - 1)
         self._attach_target(aux_steps, hidden[:, p:], target_ids, target_mask)
         return self._loss(hidden[:, p - 1 : -1], target_ids, target_mask, steps, aux_steps)
 
@@ -397,7 +411,8 @@ class FLRRecommender(nn.Module):
             e = thought.to(h.dtype)
         if hide_history:
             mask = self._hide_history(mask, prompt_items, torch.ones_like(mask[:, 0], dtype=torch.bool), "hide_history")
-        hidden = self._run(torch.cat([e[:, None], self._embed(target_ids)], dim=1), mask, positions[:, p - 1 :], cache)
+        hidden = self._run(torch.cat([e[:, None], self._embed(target_ids)], dim=1), mask, positions[:, p - 1 :], cache,
+                           thought_col=0)
         logits = self._lm_head(hidden[:, :-1])
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         nll = F.cross_entropy(logits.transpose(1, 2), target_ids, reduction="none") * target_mask
@@ -453,7 +468,8 @@ class FLRRecommender(nn.Module):
                 e, cache = e.repeat_interleave(g, 0), fork_cache(cache, g)
             if thought_noise is not None:
                 e = e + thought_noise.to(e.dtype)
-            hidden = self._run(torch.cat([e[:, None], self._embed(target_ids)], dim=1), mask, positions[:, p - 1 :], cache)
+            hidden = self._run(torch.cat([e[:, None], self._embed(target_ids)], dim=1), mask, positions[:, p - 1 :],
+                               cache, thought_col=0)
             pred = hidden[:, :-1]
         sel = target_mask.bool()
         logits = self._lm_head(pred[sel])
@@ -483,7 +499,7 @@ class FLRRecommender(nn.Module):
         if self.config.uses_thought:
             e, cache, _, _ = self.refine(prompt_ids, prompt_mask, positions, prompt_items)
             p = prompt_ids.shape[1]
-            hidden = self._run(e[:, None], prompt_mask, positions[:, p - 1 : p], cache)
+            hidden = self._run(e[:, None], prompt_mask, positions[:, p - 1 : p], cache, thought_col=0)
         else:
             hidden = self._encode(prompt_ids, prompt_mask, positions, cache)
         logits = self._lm_head(hidden[:, -1]).float()
