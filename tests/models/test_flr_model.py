@@ -175,15 +175,16 @@ def test_target_nce_trains_the_reasoner_not_the_backbone():
     torch.testing.assert_close(model(**batch)["aux"]["target_nce"], model.forward_naive(**batch)["aux"]["target_nce"])
 
 
+@pytest.mark.parametrize("name", ["thought_readout", "thought_bag"])
 @pytest.mark.parametrize("residual", [False, True])
-def test_thought_readout_trains_the_write_path_not_the_backbone(residual):
-    """thought_readout reads the written thought (so with the residual write it reaches the gate) and
-    its gradient stops before the backbone; it ignores padding and a token every row has."""
+def test_thought_readout_trains_the_write_path_not_the_backbone(residual, name):
+    """thought_readout / thought_bag read the written thought (so with the residual write they reach the
+    gate) and their gradient stops before the backbone; they ignore padding and a token every row has."""
     model = make_model(num_factors=3, keys="items", query="thought", thought_key=False, values="embeddings",
-                       thought_residual=residual, aux_losses=["thought_readout"]).train()
+                       thought_residual=residual, aux_losses=[name]).train()
     batch = make_batch()
     out = model(**batch)
-    loss = out["aux"]["thought_readout"]
+    loss = out["aux"][name]
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward(retain_graph=True)
     grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
@@ -191,10 +192,29 @@ def test_thought_readout_trains_the_write_path_not_the_backbone(residual):
     # The residual write starts with a zero gate: the readout opens the gate first, then reaches the reasoner.
     assert ("thought_gate" in grads) == residual and any(n.startswith("reasoner.") for n in grads) != residual
     model.eval()
-    torch.testing.assert_close(model(**batch)["aux"]["thought_readout"],
-                               model.forward_naive(**batch)["aux"]["thought_readout"])
-    same = dict(batch, target_ids=torch.full_like(batch["target_ids"], 7))  # every row: the same token
-    assert model(**same)["aux"]["thought_readout"].item() == 0.0
+    torch.testing.assert_close(model(**batch)["aux"][name], model.forward_naive(**batch)["aux"][name])
+    if name == "thought_readout":
+        same = dict(batch, target_ids=torch.full_like(batch["target_ids"], 7))  # every row: the same token
+        assert model(**same)["aux"][name].item() == 0.0
+
+
+def test_thought_teacher_replaces_then_releases_the_thought():
+    """flr.thought_teacher_steps: at step 0 the LM gets the teacher alone (the reasoner cannot move the
+    loss), from step N on the reasoner's thought alone (as in evaluation), halfway a blend."""
+    model = make_model(num_factors=3, keys="items", thought_residual=False, thought_teacher_steps=4,
+                       aux_losses=[]).train()
+    batch = make_batch()
+    at0 = model(**batch)["rec_loss"]
+    with torch.no_grad():
+        for p in model.reasoner.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    torch.testing.assert_close(model(**batch)["rec_loss"], at0)
+    model.objective.step.fill_(4)
+    released = model(**batch)["rec_loss"]
+    torch.testing.assert_close(released, model.eval()(**batch)["rec_loss"])
+    model.train().objective.step.fill_(2)
+    half = model(**batch)["rec_loss"]
+    assert abs(half - at0) > 1e-6 and abs(half - released) > 1e-6
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])

@@ -77,6 +77,12 @@ class FLRConfig(ConfigBase):
         "write): a one-token input embedding is a channel a small LM barely reads (issue #24: even an oracle thought "
         "holding the answer's words was ignored), while every layer's keys/values are read directly, as in prefix "
         "tuning")
+    thought_teacher_steps: int = option(
+        0, "training only: for the first N optimizer steps the written thought is blended with a teacher, the mean "
+        "input embedding of the next title's tokens (RMS-scaled to the embeddings), with weight 1 - step/N, so the LM "
+        "learns to read the thought before the reasoner can fill it (issue #24: the LM reads an informative thought "
+        "after 28 steps, but never learns to while the reasoner's is not); pair it with the thought_bag regulariser, "
+        "which pulls the reasoner's thought toward the same target. 0 = off (the paper)")
     thought_key: bool = option(False, "the thought's own state is a key/value (true: the paper); false leaves it "
                                "out, which with query=thought removes a free sink (its query matches its own key)")
     target_nce_temperature: float = option(0.1, "target_nce regulariser: temperature of its in-batch InfoNCE")
@@ -91,7 +97,7 @@ class FLRConfig(ConfigBase):
     aux_losses: list[str] | None = option(
         None, "enabled regularisers (null = the reasoner's: flr orth,div,thought_sim,routing,target_nce; the paper's "
         "eqs. 5-7 are orth,div,sparse): any of orth, div, sparse, thought_sim, routing, attn_entropy, target_nce, "
-        "thought_readout "
+        "thought_readout, thought_bag "
         "(see flrec.models.losses.REGULARISERS)")
     aux_to_backbone: bool = option(
         False, "let the regularisers' gradients reach the backbone (the paper); false computes them on detached "
@@ -125,6 +131,10 @@ class FLRConfig(ConfigBase):
             raise ConfigError(f"history_dropout must be in [0, 1), got {self.history_dropout}")
         if self.history_dropout and self.reasoner == "none":
             raise ConfigError("history_dropout needs a thought to carry the history; reasoner=none has none")
+        if self.thought_teacher_steps < 0:
+            raise ConfigError(f"thought_teacher_steps must be >= 0, got {self.thought_teacher_steps}")
+        if self.thought_teacher_steps and self.reasoner == "none":
+            raise ConfigError("thought_teacher_steps needs a thought to teach; reasoner=none has none")
         if self.aux_warmup_steps < 0:
             raise ConfigError(f"aux_warmup_steps must be >= 0, got {self.aux_warmup_steps}")
         negative = {k: v for k, v in self.fixed_weights.items() if not v >= 0}

@@ -163,6 +163,44 @@ def thought_readout_loss(thought: torch.Tensor | None, target_ids: torch.Tensor 
     return -(logp.gather(1, ids) * keep).sum() / keep.sum()
 
 
+def title_bag(target_ids: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
+    """(B, D) mean input embedding of each row's next-title tokens (``target_ids`` (B, T), −1 at padding),
+    leaving out tokens found in every row's target when the batch has more than one row (the quotes, EOS).
+
+    >>> E = torch.eye(3)
+    >>> title_bag(torch.tensor([[0, 2], [1, 2]]), E)  # token 2 is in every row: left out
+    tensor([[1., 0., 0.],
+            [0., 1., 0.]])
+    """
+    real = target_ids >= 0
+    ids = target_ids.clamp(min=0)
+    keep = real
+    if target_ids.shape[0] > 1:
+        present = torch.zeros(target_ids.shape[0], vocab.shape[0], dtype=torch.bool, device=ids.device)
+        present.scatter_(1, ids, real)
+        keep = real & ~present.all(0)[ids]
+        keep = torch.where(keep.any(1, keepdim=True), keep, real)  # a row of shared tokens only keeps them
+    w = keep.to(vocab.dtype)[..., None]
+    return (vocab[ids] * w).sum(1) / w.sum(1).clamp(min=1)
+
+
+def thought_bag_loss(thought: torch.Tensor | None, target_ids: torch.Tensor | None,
+                     vocab: torch.Tensor | None) -> torch.Tensor:
+    """``1 − mean_b cos(e_b, bag_b)``: the written thought should point where the next title's words are,
+    in the input-embedding space (:func:`title_bag`). A direct per-user target for the reasoner: the rec
+    loss alone reaches it only through an LM that has not yet learnt to read the thought (issue #24).
+    Zero without targets (ranking, GRPO).
+
+    >>> round(float(thought_bag_loss(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]), torch.tensor([[0, 2], [1, 2]]),
+    ...                              torch.eye(3))), 4)
+    0.0
+    """
+    if thought is None or target_ids is None or vocab is None:
+        return torch.zeros((), dtype=torch.float32, device=None if thought is None else thought.device)
+    bag = title_bag(target_ids, _acc(vocab))
+    return 1.0 - F.cosine_similarity(_acc(thought), bag, dim=-1).mean()
+
+
 def written_thought_similarity_loss(thought: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
     """:func:`thought_similarity_loss` of the embedding written into the LM (``z`` if none was set).
 
@@ -195,6 +233,7 @@ register_regulariser("routing", ("gates",), floor=-1.0)(routing_loss)
 register_regulariser("attn_entropy", ("attn", "key_mask"))(attention_entropy_floor_loss)
 register_regulariser("target_nce", ("attn", "gates", "key_states", "target_state"))(target_nce_loss)
 register_regulariser("thought_readout", ("thought", "target_ids", "readout_vocab"))(thought_readout_loss)
+register_regulariser("thought_bag", ("thought", "target_ids", "readout_vocab"))(thought_bag_loss)
 AUX_LOSSES: tuple[str, ...] = ("orth", "div", "sparse")  # the paper's three
 _PARAMS = {"attn_entropy": {"entropy_floor": "floor"}, "target_nce": {"nce_temperature": "temperature"},
            "thought_readout": {"readout_temperature": "temperature"}}  # objective param -> function keyword

@@ -33,7 +33,7 @@ from flrec.models.flr import EmbeddingScale, FactorizedLatentReasoner, ReasonerO
 from flrec.models.flr_config import REASONER_DEFAULTS, FLRConfig  # noqa: F401  (re-exported: their old home)
 from flrec.models.freeze import frozen_bottom_no_grad, parse_top, set_top_trainable
 from flrec.models.health import health_stats
-from flrec.models.losses import FLRObjective
+from flrec.models.losses import FLRObjective, title_bag
 from flrec.models.persistence import load_model, save_model
 from flrec.models.reasoners import build_reasoner
 from flrec.models.sharing import hoist_shared_prefix, shared_head_len
@@ -268,12 +268,26 @@ class FLRRecommender(nn.Module):
             aux_steps: list[ReasonerOutput] = []
         else:
             e, cache, steps, aux_steps = self.refine(prompt_ids, prompt_mask, positions, prompt_items)
+            e = self._teacher_blend(e, target_ids, target_mask)
             embeds = torch.cat([e[:, None], self._embed(target_ids)], dim=1)
             hidden = self._run(embeds, self._history_dropout(mask, prompt_items), positions[:, p - 1 :], cache,
                                thought_col=0)
             pred = hidden[:, :-1]
             self._attach_target(aux_steps, hidden[:, 1:], target_ids, target_mask)
         return self._loss(pred, target_ids, target_mask, steps, aux_steps)
+
+    def _teacher_blend(self, e: torch.Tensor, target_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+        """``(1 − α) e + α·teacher`` with ``α = 1 − step / flr.thought_teacher_steps`` (training only, while
+        α > 0); the teacher is the next title's mean input embedding (:func:`~flrec.models.losses.title_bag`)
+        at the embeddings' RMS: a thought worth reading, so the LM learns to read the channel early."""
+        n = self.config.thought_teacher_steps
+        alpha = max(0.0, 1.0 - float(self.objective.step) / n) if n and self.training else 0.0
+        if alpha == 0.0:
+            return e
+        emb = self.backbone.get_input_embeddings().weight.detach().float()
+        bag = title_bag(target_ids.masked_fill(~target_mask.bool(), -1), emb)
+        bag = bag * emb.pow(2).mean().sqrt() * torch.rsqrt(bag.pow(2).mean(-1, keepdim=True) + 1e-12)
+        return (1 - alpha) * e + alpha * bag.to(e.dtype)
 
     def _history_dropout(self, mask: torch.Tensor, prompt_items: torch.Tensor | None) -> torch.Tensor:
         """The attention mask of the scored pass, with everything that has read the history hidden from
@@ -320,7 +334,7 @@ class FLRRecommender(nn.Module):
         """
         if not aux_steps:
             return
-        if "thought_readout" in self.objective.enabled:
+        if {"thought_readout", "thought_bag"} & set(self.objective.enabled):
             ids = target_ids.masked_fill(~target_mask.bool(), -1)
             vocab = self.backbone.get_input_embeddings().weight.detach()
             for out in aux_steps:

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -125,9 +126,7 @@ class Trainer:
         self._data_sizes = {"train_rows": len(train_dataset),
                             "valid_rows": None if valid_dataset is None else len(valid_dataset)}
         self.mixed_precision = resolve_mixed_precision(cfg.mixed_precision)
-        self.accelerator = acc = Accelerator(
-            gradient_accumulation_steps=cfg.grad_accum_steps, mixed_precision=self.mixed_precision
-        )
+        self.accelerator = acc = _accelerator(cfg.grad_accum_steps, self.mixed_precision)
         self.output_dir = Path(cfg.output_dir)
         self.save_fn, self.save_metadata = save_fn, save_metadata
         self.data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
@@ -573,3 +572,16 @@ class Trainer:
             "(in a new run directory, or rerun with --force)"
         )
 
+
+def _accelerator(grad_accum_steps: int, mixed_precision: str) -> Accelerator:
+    """An ``Accelerator`` with this run's precision.
+
+    Accelerate keeps its state as a per-process singleton that refuses a second precision ("cannot be
+    changed, restart your runtime"), so two runs in one Python process (an SFT in bf16 then a GRPO stage
+    in fp32, or a test suite) would fail. In a single process (not launched as several by accelerate)
+    the accelerator-level state is reset when the precision differs; a multi-process launch keeps it.
+    """
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != mixed_precision and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+    return Accelerator(gradient_accumulation_steps=grad_accum_steps, mixed_precision=mixed_precision)
