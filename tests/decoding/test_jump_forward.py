@@ -270,3 +270,23 @@ def test_shared_prompt_falls_back_under_a_sliding_window(tok, trie):
     st = SearchStats()
     _search(qwen, lambda i, m: prefill_plain(qwen, i, m), trie, ids, mask, st)
     assert st.forwards > 0 and st.shared_forwards == 0
+
+
+def test_other_forwards_during_a_search_are_unchanged(lm, tok):
+    """While a search has switched the model's attention (nested searches too), an ordinary padded
+    forward of the same model gives the logits it gives outside, and the last search out restores."""
+    from flrec.decoding.shared_prompt import shared_prompt_attention
+
+    ids, mask = _prompts(3, len(tok), seed=21)
+    before = lm.config._attn_implementation
+    with torch.no_grad():
+        ref = lm(input_ids=ids, attention_mask=mask).logits
+        with shared_prompt_attention(lm):
+            with shared_prompt_attention(lm):
+                inner = lm(input_ids=ids, attention_mask=mask).logits
+            assert lm.config._attn_implementation == "flrec_shared_prompt"  # the outer search still runs
+            outer = lm(input_ids=ids, attention_mask=mask).logits
+    assert lm.config._attn_implementation == before
+    real = mask.bool()
+    torch.testing.assert_close(inner[real], ref[real])
+    torch.testing.assert_close(outer[real], ref[real])

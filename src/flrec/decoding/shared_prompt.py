@@ -15,18 +15,25 @@ which equals one softmax over the concatenation (flash-attention's split-softmax
 
     out = (e^{m_p−m} Σ_p e^{s_p−m_p} v_p + e^{m_s−m} Σ_s e^{s_s−m_s} v_s) / (e^{m_p−m} Z_p + e^{m_s−m} Z_s)
 
-with ``m = max(m_p, m_s)``. Masks are ours (the prompt's left padding; the suffix's padded jump
-slots and causality), so the model builds none (an unregistered mask name makes transformers skip
-it). Plain tensor ops: no custom kernel, any device, fp32 softmax whatever the model dtype.
+with ``m = max(m_p, m_s)``. The search's masks are ours (the prompt's left padding; the suffix's padded
+jump slots and causality). Plain tensor ops: no custom kernel, any device, fp32 softmax whatever the
+model dtype.
+
+The model is switched to this attention only while a search runs (reference-counted per config, so
+concurrent searches on one model are safe), and any other forward of the model meanwhile (no
+``flrec_prompt`` keyword) gets PyTorch SDPA with its usual mask, exactly as before the switch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import torch
 from transformers import AttentionInterface, DynamicCache
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 ATTN_NAME = "flrec_shared_prompt"
 
@@ -63,16 +70,29 @@ def supports_shared_prompt(model: torch.nn.Module, prompt_cache) -> bool:
                and layer.keys.dim() == 4 for layer in layers)
 
 
+_LOCK = threading.Lock()
+_ACTIVE: dict[int, tuple[int, str | None]] = {}  # id(config) -> (searches in flight, implementation before)
+
+
 @contextlib.contextmanager
 def shared_prompt_attention(model: torch.nn.Module) -> Iterator[None]:
-    """Run ``model``'s attention through :func:`split_prompt_attention` inside the block."""
-    config = model.config
-    before = config._attn_implementation
-    config._attn_implementation = ATTN_NAME
+    """Run ``model``'s attention through :func:`split_prompt_attention` inside the block (nestable and
+    thread-safe: the first search in flight switches, the last one restores)."""
+    config, key = model.config, id(model.config)
+    with _LOCK:
+        depth, before = _ACTIVE.get(key, (0, config._attn_implementation))
+        _ACTIVE[key] = (depth + 1, before)
+        config._attn_implementation = ATTN_NAME
     try:
         yield
     finally:
-        config._attn_implementation = before
+        with _LOCK:
+            depth, before = _ACTIVE[key]
+            if depth == 1:
+                del _ACTIVE[key]
+                config._attn_implementation = before
+            else:
+                _ACTIVE[key] = (depth - 1, before)
 
 
 def split_prompt_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -81,8 +101,9 @@ def split_prompt_attention(module: torch.nn.Module, query: torch.Tensor, key: to
                            ) -> tuple[torch.Tensor, None]:
     """Attention of ``query`` (N, H, W, d) over its user's prompt and its beam's suffix ``key``/``value``
     (N, H_kv, S, d), the W new tokens last; returns (N, W, H, d) as transformers' attention functions do."""
-    if flrec_prompt is None:
-        raise RuntimeError(f"attention '{ATTN_NAME}' needs the flrec_prompt keyword (a SharedPromptCache)")
+    if flrec_prompt is None:  # another forward of the model while a search runs: plain SDPA
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, scaling=scaling,
+                                               dropout=dropout, **_)
     pk, pv = flrec_prompt.prompt[module.layer_idx]  # (b, H_kv, P, d)
     n, h, w, d = query.shape
     b, h_kv = pk.shape[0], pk.shape[1]
@@ -122,3 +143,5 @@ def split_prompt_attention(module: torch.nn.Module, query: torch.Tensor, key: to
 
 
 AttentionInterface.register(ATTN_NAME, split_prompt_attention)
+# Ordinary forwards under the switched name build SDPA's mask; the search's own passes give no mask.
+AttentionMaskInterface.register(ATTN_NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
