@@ -227,7 +227,7 @@ class _BeamSearch:
         B = logits.shape[0]
         self.shared = shared
         if shared:  # the prompt once per user; self.attn masks the per-beam suffix only
-            self.cache = SharedPromptCache(state.cache, state.attention_mask, K)
+            self.cache = SharedPromptCache(state.cache, state.attention_mask)
             self.attn = state.attention_mask.new_zeros((B * K, 0))
         else:
             self.cache = state.cache

@@ -42,15 +42,14 @@ class SharedPromptCache(DynamicCache):
     """A per-beam suffix cache plus each user's prompt keys/values, held once.
 
     ``prompt_cache``: the prefill's cache (B rows, one per user); ``prompt_mask`` (B, P) its attention
-    mask; ``beams``: K, beams per user (beam ``i`` belongs to user ``i // K``). ``suffix_mask``
+    mask. Beam ``i`` belongs to user ``i // K`` (K = rows of the suffix / users). ``suffix_mask``
     (B*K, S), set by the search before each forward, marks the suffix's real slots.
     """
 
-    def __init__(self, prompt_cache, prompt_mask: torch.Tensor, beams: int) -> None:
+    def __init__(self, prompt_cache, prompt_mask: torch.Tensor) -> None:
         super().__init__()
         self.prompt = [(layer.keys, layer.values) for layer in prompt_cache.layers]
         self.prompt_mask = prompt_mask.bool()
-        self.beams = beams
         self.suffix_mask: torch.Tensor | None = None
 
     def keep_users(self, kept: torch.Tensor) -> None:
@@ -126,8 +125,7 @@ def split_prompt_attention(module: torch.nn.Module, query: torch.Tensor, key: to
 
     # suffix part: each beam's own tokens, its real slots only, causal among the W new ones
     ss = q.reshape(n, h_kv, g * w, d) @ key.to(acc).transpose(-1, -2)  # (N, H_kv, G*W, S)
-    real = flrec_prompt.suffix_mask.bool() if flrec_prompt.suffix_mask is not None else \
-        torch.ones(n, s, dtype=torch.bool, device=key.device)
+    real = flrec_prompt.suffix_mask.bool()
     causal = torch.arange(s, device=key.device)[None] <= torch.arange(s - w, s, device=key.device)[:, None]  # (W, S)
     allowed = (real[:, None, :] & causal[None]).repeat(1, g, 1)  # (N, G*W, S), rows ordered (g, w)
     ss = ss.masked_fill(~allowed[:, None], -torch.inf)

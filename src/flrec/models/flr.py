@@ -60,7 +60,8 @@ class ReasonerOutput:
     # model, which owns the write path): what the LM receives, so cross-row terms act on it.
     thought: torch.Tensor | None = None
     # (B, T) the next item's token ids (-1 at padding) and (V, D) the LM's input embeddings, detached:
-    # set by the model after the target pass for the thought_readout regulariser. None elsewhere.
+    # set by the model after the target pass for the thought_readout and thought_bag regularisers.
+    # None elsewhere.
     target_ids: torch.Tensor | None = None
     readout_vocab: torch.Tensor | None = None
 

@@ -132,6 +132,17 @@ def target_nce_loss(attn: torch.Tensor, gates: torch.Tensor, key_states: torch.T
     return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
 
 
+def _title_tokens(target_ids: torch.Tensor, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(ids, real, shared)`` of next-title tokens (``target_ids`` (B, T), −1 at padding): the ids with
+    padding clamped to 0, the real positions, and the positions whose token is in *every* row's target
+    (quotes, EOS: no user in them). With one row every real token is "shared"."""
+    real = target_ids >= 0
+    ids = target_ids.clamp(min=0)
+    present = torch.zeros(target_ids.shape[0], vocab_size, dtype=torch.bool, device=ids.device)
+    present.scatter_(1, ids, real)  # (B, V): token v is in row b's target
+    return ids, real, present.all(0)[ids]
+
+
 def thought_readout_loss(thought: torch.Tensor | None, target_ids: torch.Tensor | None,
                          vocab: torch.Tensor | None, temperature: float = 0.1) -> torch.Tensor:
     """The written thought, read as a word by the LM's own input embeddings, should name the next title.
@@ -154,10 +165,8 @@ def thought_readout_loss(thought: torch.Tensor | None, target_ids: torch.Tensor 
     if thought is None or target_ids is None or vocab is None or thought.shape[0] < 2:
         return torch.zeros((), dtype=torch.float32, device=None if thought is None else thought.device)
     logp = (F.normalize(_acc(thought), dim=-1) @ F.normalize(_acc(vocab), dim=-1).T / temperature).log_softmax(-1)
-    real = target_ids >= 0
-    ids = target_ids.clamp(min=0)
-    present = torch.zeros_like(logp, dtype=torch.bool).scatter_(1, ids, real)  # (B, V) token in row b's target
-    keep = real & ~present.all(0)[ids]
+    ids, real, shared = _title_tokens(target_ids, vocab.shape[0])
+    keep = real & ~shared
     if not bool(keep.any()):
         return logp.new_zeros(())
     return -(logp.gather(1, ids) * keep).sum() / keep.sum()
@@ -172,16 +181,14 @@ def title_bag(target_ids: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
     tensor([[1., 0., 0.],
             [0., 1., 0.]])
     """
-    real = target_ids >= 0
-    ids = target_ids.clamp(min=0)
+    ids, real, shared = _title_tokens(target_ids, vocab.shape[0])
     keep = real
     if target_ids.shape[0] > 1:
-        present = torch.zeros(target_ids.shape[0], vocab.shape[0], dtype=torch.bool, device=ids.device)
-        present.scatter_(1, ids, real)
-        keep = real & ~present.all(0)[ids]
+        keep = real & ~shared
         keep = torch.where(keep.any(1, keepdim=True), keep, real)  # a row of shared tokens only keeps them
-    w = keep.to(vocab.dtype)[..., None]
-    return (vocab[ids] * w).sum(1) / w.sum(1).clamp(min=1)
+    rows = _acc(vocab[ids])  # only the rows needed, then to fp32: never a copy of the whole matrix
+    w = keep.to(rows.dtype)[..., None]
+    return (rows * w).sum(1) / w.sum(1).clamp(min=1)
 
 
 def thought_bag_loss(thought: torch.Tensor | None, target_ids: torch.Tensor | None,
@@ -197,7 +204,7 @@ def thought_bag_loss(thought: torch.Tensor | None, target_ids: torch.Tensor | No
     """
     if thought is None or target_ids is None or vocab is None:
         return torch.zeros((), dtype=torch.float32, device=None if thought is None else thought.device)
-    bag = title_bag(target_ids, _acc(vocab))
+    bag = title_bag(target_ids, vocab)
     return 1.0 - F.cosine_similarity(_acc(thought), bag, dim=-1).mean()
 
 

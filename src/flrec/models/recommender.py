@@ -284,9 +284,10 @@ class FLRRecommender(nn.Module):
         alpha = max(0.0, 1.0 - float(self.objective.step) / n) if n and self.training else 0.0
         if alpha == 0.0:
             return e
-        emb = self.backbone.get_input_embeddings().weight.detach().float()
-        bag = title_bag(target_ids.masked_fill(~target_mask.bool(), -1), emb)
-        bag = bag * emb.pow(2).mean().sqrt() * torch.rsqrt(bag.pow(2).mean(-1, keepdim=True) + 1e-12)
+        emb = self.backbone.get_input_embeddings().weight.detach()
+        bag = title_bag(target_ids.masked_fill(~target_mask.bool(), -1), emb)  # fp32, from the rows it needs
+        rms = torch.linalg.vector_norm(emb, dtype=torch.promote_types(emb.dtype, torch.float32)) / emb.numel() ** 0.5
+        bag = bag * rms * torch.rsqrt(bag.pow(2).mean(-1, keepdim=True) + 1e-12)
         return (1 - alpha) * e + alpha * bag.to(e.dtype)
 
     def _history_dropout(self, mask: torch.Tensor, prompt_items: torch.Tensor | None) -> torch.Tensor:
